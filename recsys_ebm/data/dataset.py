@@ -1,0 +1,258 @@
+"""A prepared dataset directory and its Python handle, :class:`Dataset`.
+
+Directory layout (format version 1)::
+
+    manifest.json            format version, source, options, counts, content fingerprint
+    users.parquet            index (Int64), user_id (raw, Int64 or String)
+    items.parquet            index (Int64), item_id (raw)
+    item_metadata.parquet    item_id, title, genres (list[str]) - when the source has them
+    interactions/{split}.parquet   user_idx, item_idx, rating, timestamp
+    matrices/{split}.npz     (users x items) float32 CSR of ones
+    matrices/{split}_ratings.npz   same pattern, rating values (when ratings exist)
+
+Splits: ``train``, ``valid`` (optional), ``test``, and for the held-out-users protocol
+``fold_in`` - the 80 % of each held-out user's history that is given to the model at evaluation
+time (never trained on). Every matrix has the full (n_users, n_items) shape.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+import scipy.sparse as sp
+
+__all__ = ["DATASET_FORMAT_VERSION", "SPLIT_NAMES", "Dataset"]
+
+DATASET_FORMAT_VERSION = 1
+SPLIT_NAMES = ("train", "valid", "test", "fold_in")
+
+
+@dataclass
+class Dataset:
+    """Prepared interactions: vocabularies, per-split matrices and the manifest.
+
+    Build one with :func:`recsys_ebm.data.prepare.prepare` or load one with :meth:`load`.
+    """
+
+    users: pl.DataFrame  # index, user_id
+    items: pl.DataFrame  # index, item_id
+    interactions: dict[str, pl.DataFrame]  # split -> user_idx, item_idx, rating, timestamp
+    manifest: dict[str, Any] = field(default_factory=dict)
+    item_metadata: pl.DataFrame | None = None
+    path: Path | None = None
+
+    # ------------------------------------------------------------------ shape and vocabularies
+    @property
+    def n_users(self) -> int:
+        return self.users.height
+
+    @property
+    def n_items(self) -> int:
+        return self.items.height
+
+    @property
+    def user_ids(self) -> np.ndarray:
+        """(U,) raw user id of each index."""
+        return self.users["user_id"].to_numpy().astype(object)
+
+    @property
+    def item_ids(self) -> np.ndarray:
+        """(I,) raw item id of each index."""
+        return self.items["item_id"].to_numpy().astype(object)
+
+    @property
+    def fingerprint(self) -> str:
+        return str(self.manifest.get("fingerprint", ""))
+
+    @cached_property
+    def _user_lookup(self) -> dict[Any, int]:
+        return {u: i for i, u in enumerate(self.users["user_id"].to_list())}
+
+    @cached_property
+    def _item_lookup(self) -> dict[Any, int]:
+        return {u: i for i, u in enumerate(self.items["item_id"].to_list())}
+
+    def user_index(self, raw_ids: Any) -> np.ndarray:
+        """Raw user ids -> indices; unknown ids map to -1 (documented policy, never IndexError).
+
+        String and integer spellings of the same id match ("42" finds 42).
+        """
+        return _lookup(self._user_lookup, raw_ids, self.users["user_id"].dtype)
+
+    def item_index(self, raw_ids: Any) -> np.ndarray:
+        """Raw item ids -> indices; unknown ids map to -1."""
+        return _lookup(self._item_lookup, raw_ids, self.items["item_id"].dtype)
+
+    # ------------------------------------------------------------------ matrices
+    @property
+    def splits(self) -> list[str]:
+        return [s for s in SPLIT_NAMES if s in self.interactions]
+
+    def matrix(self, split: str, *, values: str = "binary") -> sp.csr_matrix:
+        """(n_users, n_items) float32 CSR of ``split``; ``values`` is "binary" or "rating"."""
+        if split not in self.interactions:
+            raise KeyError(f"split: {split!r} not in this dataset (has {self.splits})")
+        if values not in ("binary", "rating"):
+            raise ValueError(f"values: expected 'binary' or 'rating', got {values!r}")
+        key = (split, values)
+        cache = self.__dict__.setdefault("_matrix_cache", {})
+        if key not in cache:
+            df = self.interactions[split]
+            if values == "rating":
+                if df["rating"].null_count() == df.height and df.height:
+                    raise ValueError(f"values: split {split!r} has no ratings")
+                data = df["rating"].fill_null(0.0).to_numpy().astype(np.float32)
+            else:
+                data = np.ones(df.height, dtype=np.float32)
+            cache[key] = build_csr(
+                df["user_idx"].to_numpy(), df["item_idx"].to_numpy(), data, self.shape
+            )
+        return cache[key]
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (self.n_users, self.n_items)
+
+    @property
+    def train(self) -> sp.csr_matrix:
+        return self.matrix("train")
+
+    @property
+    def valid(self) -> sp.csr_matrix | None:
+        return self.matrix("valid") if "valid" in self.interactions else None
+
+    @property
+    def test(self) -> sp.csr_matrix:
+        return self.matrix("test")
+
+    def history(self, split: str) -> sp.csr_matrix:
+        """The history a model sees when it is evaluated on ``split`` (and whose items are masked).
+
+        * ``valid``: train (+ fold-in for held-out users).
+        * ``test``: train + valid (+ fold-in): everything known before the test period.
+        """
+        if split == "valid":
+            parts = ["train", "fold_in"]
+        elif split == "test":
+            parts = ["train", "valid", "fold_in"]
+        else:
+            raise ValueError(f"split: expected 'valid' or 'test', got {split!r}")
+        mats = [self.matrix(p) for p in parts if p in self.interactions]
+        out = mats[0]
+        for m in mats[1:]:
+            out = out + m
+        out = out.tocsr()
+        out.data[:] = 1.0
+        return out
+
+    def ratings(self, split: str) -> sp.csr_matrix:
+        """Rating values of ``split`` as CSR (for the softmax RBM and RMSE)."""
+        return self.matrix(split, values="rating")
+
+    @property
+    def has_ratings(self) -> bool:
+        return bool(self.manifest.get("has_ratings", False))
+
+    def eval_users(self, split: str = "test") -> np.ndarray:
+        """Indices of users with at least one interaction in ``split`` and a non-empty history."""
+        target = self.matrix(split).getnnz(axis=1) > 0
+        hist = self.history(split).getnnz(axis=1) > 0
+        return np.flatnonzero(target & hist)
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, path: str | Path, *, overwrite: bool = False) -> Path:
+        """Write the dataset directory atomically."""
+        from recsys_ebm.data.store import save_dataset
+
+        return save_dataset(self, path, overwrite=overwrite)
+
+    @classmethod
+    def load(cls, path: str | Path) -> Dataset:
+        """Load a directory written by ``recsys-ebm prepare`` or :meth:`save`.
+
+        Raises:
+            FileNotFoundError: ``path`` is not a prepared dataset directory.
+            ValueError: the directory has another format version.
+        """
+        path = Path(path)
+        mpath = path / "manifest.json"
+        if not mpath.is_file():
+            raise FileNotFoundError(
+                f"data: {path} is not a prepared dataset (no manifest.json); "
+                "run `recsys-ebm prepare --out DIR` first"
+            )
+        manifest = json.loads(mpath.read_text())
+        if manifest.get("format_version") != DATASET_FORMAT_VERSION:
+            raise ValueError(
+                f"data: {path} has dataset format {manifest.get('format_version')}, "
+                f"this version reads {DATASET_FORMAT_VERSION}"
+            )
+        interactions = {
+            s: pl.read_parquet(path / "interactions" / f"{s}.parquet")
+            for s in SPLIT_NAMES
+            if (path / "interactions" / f"{s}.parquet").is_file()
+        }
+        meta_path = path / "item_metadata.parquet"
+        ds = cls(
+            users=pl.read_parquet(path / "users.parquet"),
+            items=pl.read_parquet(path / "items.parquet"),
+            interactions=interactions,
+            manifest=manifest,
+            item_metadata=pl.read_parquet(meta_path) if meta_path.is_file() else None,
+            path=path,
+        )
+        cache = ds.__dict__.setdefault("_matrix_cache", {})
+        for s in interactions:
+            f = path / "matrices" / f"{s}.npz"
+            if f.is_file():
+                cache[(s, "binary")] = sp.csr_matrix(sp.load_npz(f), dtype=np.float32)
+        return ds
+
+    def summary(self) -> dict[str, Any]:
+        """Users, items, interactions per split and density, as printed by ``prepare``."""
+        counts = {s: int(self.interactions[s].height) for s in self.splits}
+        total = sum(counts.values())
+        return {
+            "users": self.n_users,
+            "items": self.n_items,
+            "interactions": counts,
+            "density": total / max(1, self.n_users * self.n_items),
+        }
+
+
+def build_csr(
+    rows: np.ndarray, cols: np.ndarray, data: np.ndarray, shape: tuple[int, int]
+) -> sp.csr_matrix:
+    """CSR from COO triples without densifying; duplicates (there should be none) are summed."""
+    m = sp.csr_matrix(
+        (data.astype(np.float32), (rows.astype(np.int64), cols.astype(np.int64))),
+        shape=shape,
+        dtype=np.float32,
+    )
+    m.sort_indices()
+    return m
+
+
+def _lookup(table: dict[Any, int], raw_ids: Any, dtype: pl.DataType) -> np.ndarray:
+    arr = np.atleast_1d(np.asarray(raw_ids, dtype=object))
+    out = np.full(arr.shape[0], -1, dtype=np.int64)
+    is_int = dtype.is_integer()
+    for k, rid in enumerate(arr):
+        key = rid
+        if is_int and isinstance(rid, str):
+            try:
+                key = int(rid)
+            except ValueError:
+                continue
+        elif not is_int and not isinstance(rid, str):
+            key = str(rid.item() if isinstance(rid, np.generic) else rid)
+        elif isinstance(rid, np.generic):
+            key = rid.item()
+        out[k] = table.get(key, -1)
+    return out

@@ -1,0 +1,40 @@
+"""Error and warning classes, in one place (LensKit's ``diagnostics`` module pattern).
+
+Every error subclasses the builtin a caller would expect (``ValueError`` for bad data or
+configuration), so ``except ValueError`` keeps working.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ConfigError",
+    "ConfigWarning",
+    "DataError",
+    "DataWarning",
+    "ModelFitError",
+    "NotFittedError",
+]
+
+
+class DataError(ValueError):
+    """Input data is malformed: names the file, the line or column, and what was expected."""
+
+
+class ConfigError(ValueError):
+    """A configuration value is unknown or of the wrong type or range."""
+
+
+class ModelFitError(RuntimeError):
+    """Training diverged (NaN or exploding parameters); says which epoch and which quantity."""
+
+
+class NotFittedError(RuntimeError):
+    """A model was used before ``fit`` or ``load``."""
+
+
+class DataWarning(UserWarning):
+    """Something in the data was dropped or coerced; training goes on."""
+
+
+class ConfigWarning(UserWarning):
+    """A configuration choice is legal but probably not what was meant."""

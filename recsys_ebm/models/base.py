@@ -1,0 +1,373 @@
+"""The one contract every recommender implements (implicit's ``RecommenderBase``, in energies).
+
+A model maps a user's history (one CSR row over the catalogue) to an **energy** per item:
+lower = better, and p(item | user) is proportional to exp(-energy). Baselines whose natural output
+is a score s report energy -s. Everything that ranks can therefore be mixed by the ranker.
+
+Subclasses implement :meth:`fit`, :meth:`_energies_block` and the two persistence hooks
+:meth:`_state_tensors` / :meth:`_load_state`; :meth:`recommend`, :meth:`energies`, input checks,
+seen-item masking, chunking and saving are shared here.
+"""
+
+from __future__ import annotations
+
+import abc
+import json
+import shutil
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, ClassVar, Self
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+from safetensors.torch import load_file, save_file
+
+from recsys_ebm.config import Config
+from recsys_ebm.diagnostics import DataWarning, NotFittedError
+from recsys_ebm.io import atomic_dir
+
+__all__ = ["FORMAT_VERSION", "EpochCallback", "Recommender", "as_user_items"]
+
+FORMAT_VERSION = 1
+#: ``callback(epoch, metrics)`` is called once per training epoch with that epoch's figures.
+EpochCallback = Callable[[int, dict[str, float]], None]
+# Upper bound on floats held per scoring block (users x items): 2**25 floats = 128 MiB.
+_BLOCK_FLOATS = 2**25
+
+
+def as_user_items(user_items: Any, n_items: int, name: str = "user_items") -> sp.csr_matrix:
+    """Validate a user-by-item history matrix and return it as float32 CSR.
+
+    Non-CSR sparse input is converted with a :class:`DataWarning` (as implicit does).
+
+    Raises:
+        TypeError: not a scipy sparse matrix / numpy array.
+        ValueError: wrong number of columns.
+    """
+    if isinstance(user_items, np.ndarray):
+        if user_items.ndim == 1:
+            user_items = user_items[None, :]
+        user_items = sp.csr_matrix(user_items)
+    elif sp.issparse(user_items):
+        if not isinstance(user_items, sp.csr_matrix | sp.csr_array):
+            warnings.warn(
+                f"{name}: converting {type(user_items).__name__} to CSR; pass a csr_matrix",
+                DataWarning,
+                stacklevel=3,
+            )
+        user_items = sp.csr_matrix(user_items)
+    else:
+        raise TypeError(
+            f"{name}: expected a scipy.sparse CSR matrix (users x items), "
+            f"got {type(user_items).__name__}"
+        )
+    if user_items.ndim != 2 or user_items.shape[1] != n_items:
+        raise ValueError(
+            f"{name}: expected {n_items} columns (one per item of the catalogue), "
+            f"got shape {user_items.shape}"
+        )
+    if user_items.dtype != np.float32:
+        user_items = user_items.astype(np.float32)
+    return user_items
+
+
+class Recommender(abc.ABC):
+    """Base class: ``fit`` / ``energies`` / ``recommend`` / ``save`` / ``load``.
+
+    Attributes:
+        config: the model's frozen config.
+        n_items: catalogue size seen at fit time (columns of every history matrix).
+        item_ids: optional raw item ids (index -> raw id), saved with the model.
+        user_ids: optional raw user ids of the training rows, saved with the model.
+        fit_info: per-epoch training curves and summary figures (logged to MLflow).
+    """
+
+    #: registry key used by the CLI (``--model NAME``)
+    name: ClassVar[str] = ""
+    config_class: ClassVar[type[Config]] = Config
+    #: device the energies are computed on; models with torch parameters override.
+    device: torch.device = torch.device("cpu")
+
+    def __init__(self, config: Config | None = None, **overrides: Any) -> None:
+        if config is None:
+            config = self.config_class.from_dict(overrides)
+        elif overrides:
+            config = config.replace(**overrides)
+        if not isinstance(config, self.config_class):
+            raise TypeError(
+                f"config: expected {self.config_class.__name__}, got {type(config).__name__}"
+            )
+        self.config = config
+        self.n_items: int | None = None
+        self.item_ids: np.ndarray | None = None
+        self.user_ids: np.ndarray | None = None
+        self.fit_info: dict[str, Any] = {}
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.config!r})"
+
+    # ----------------------------------------------------------------------------- subclass API
+    @abc.abstractmethod
+    def fit(
+        self,
+        train: sp.csr_matrix,
+        valid: sp.csr_matrix | None = None,
+        *,
+        callback: EpochCallback | None = None,
+    ) -> Self:
+        """Train on a users x items CSR matrix; ``valid`` (same shape) is for early stopping."""
+
+    @abc.abstractmethod
+    def _energies_block(
+        self, user_items: sp.csr_matrix, users: np.ndarray | None, items: np.ndarray | None
+    ) -> torch.Tensor | np.ndarray:
+        """Energies for a block of users: (B, I) or (B, len(items)) when ``items`` is given.
+
+        ``users`` holds the training-row index of each history row, or -1 for a user not seen in
+        training; models without per-user parameters ignore it.
+        """
+
+    def fit_dataset(self, dataset: Any, *, callback: EpochCallback | None = None) -> Self:
+        """Train from a prepared :class:`~recsys_ebm.data.dataset.Dataset` (what the CLI calls).
+
+        The default uses the binary train/valid matrices; models that need ratings or item
+        metadata override this. The test split is never passed.
+        """
+        self.fit(dataset.train, dataset.valid, callback=callback)
+        self.item_ids = dataset.item_ids
+        self.user_ids = dataset.user_ids
+        return self
+
+    def _state_tensors(self) -> dict[str, torch.Tensor]:
+        """Tensors to save (CPU, contiguous)."""
+        return {}
+
+    def _load_state(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+        """Restore from :meth:`_state_tensors` output."""
+
+    def _extra_meta(self) -> dict[str, Any]:
+        """JSON-serialisable extras saved in ``model.json``."""
+        return {}
+
+    # ----------------------------------------------------------------------------- shared API
+    def _check_fitted(self) -> int:
+        if self.n_items is None:
+            raise NotFittedError(f"{type(self).__name__} is not fitted; call fit() or load()")
+        return self.n_items
+
+    def _check_users(self, users: Any, n_rows: int) -> np.ndarray | None:
+        if users is None:
+            return None
+        users = np.asarray(users)
+        if users.ndim == 0:
+            users = users[None]
+        if users.shape != (n_rows,) or not np.issubdtype(users.dtype, np.integer):
+            raise ValueError(
+                f"users: expected {n_rows} integer training-row indices (one per row of "
+                f"user_items, -1 for unknown users), got array of shape {users.shape} "
+                f"dtype {users.dtype}"
+            )
+        return users.astype(np.int64)
+
+    def _block_rows(self, n_cols: int, batch_size: int | None) -> int:
+        if batch_size is not None:
+            if batch_size <= 0:
+                raise ValueError(f"batch_size: expected > 0, got {batch_size}")
+            return batch_size
+        return max(1, min(4096, _BLOCK_FLOATS // max(1, n_cols)))
+
+    def energies(
+        self,
+        user_items: sp.csr_matrix,
+        *,
+        users: np.ndarray | None = None,
+        items: np.ndarray | None = None,
+        batch_size: int | None = None,
+    ) -> np.ndarray:
+        """Energy of every (history row, item): float32 array (U, I) or (U, len(items))."""
+        n_items = self._check_fitted()
+        user_items = as_user_items(user_items, n_items)
+        users = self._check_users(users, user_items.shape[0])
+        if items is not None:
+            items = np.asarray(items, dtype=np.int64)
+            if items.ndim != 1 or (items.size and (items.min() < 0 or items.max() >= n_items)):
+                raise ValueError(f"items: expected 1-D item indices in [0, {n_items}), got {items}")
+        n_cols = n_items if items is None else len(items)
+        step = self._block_rows(n_cols, batch_size)
+        out = np.empty((user_items.shape[0], n_cols), dtype=np.float32)
+        for start in range(0, user_items.shape[0], step):
+            stop = min(start + step, user_items.shape[0])
+            block = self._energies_block(
+                user_items[start:stop], None if users is None else users[start:stop], items
+            )
+            if isinstance(block, torch.Tensor):
+                block = block.detach().float().cpu().numpy()
+            out[start:stop] = block
+        return out
+
+    def recommend(
+        self,
+        user_items: sp.csr_matrix,
+        n: int = 10,
+        *,
+        users: np.ndarray | None = None,
+        exclude_seen: bool = True,
+        candidates: np.ndarray | None = None,
+        exclude: np.ndarray | None = None,
+        batch_size: int | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Top-``n`` lowest-energy items for each row of ``user_items``.
+
+        Args:
+            user_items: (U, I) CSR histories. With ``exclude_seen`` its non-zeros are masked:
+                the mask always comes from this matrix, never from state captured at fit time.
+            n: list length (> 0).
+            users: optional training-row index per history row (-1 = unknown user).
+            exclude_seen: drop items present in the history.
+            candidates: restrict to these item indices, 1-D (shared) or 2-D (U, C) per user
+                (-1 entries are padding).
+            exclude: item indices never to recommend (1-D).
+            batch_size: users per scoring block (default bounds a block to 128 MiB).
+
+        Returns:
+            ``(items, energies)``: int64 (U, n) and float32 (U, n), ascending energy. Rows with
+            fewer than ``n`` eligible items are padded with item -1 and energy +inf.
+        """
+        n_items = self._check_fitted()
+        if isinstance(n, bool) or not isinstance(n, int | np.integer) or n <= 0:
+            raise ValueError(f"n: expected a positive int, got {n!r}")
+        user_items = as_user_items(user_items, n_items)
+        n_rows = user_items.shape[0]
+        users = self._check_users(users, n_rows)
+        cand = None if candidates is None else np.asarray(candidates, dtype=np.int64)
+        if cand is not None:
+            if cand.ndim not in (1, 2) or (cand.ndim == 2 and cand.shape[0] != n_rows):
+                raise ValueError(
+                    f"candidates: expected 1-D item indices or a ({n_rows}, C) array, "
+                    f"got shape {cand.shape}"
+                )
+            if cand.size and (cand.max() >= n_items or cand.min() < -1):
+                raise ValueError(f"candidates: item indices must lie in [0, {n_items})")
+        excl = None if exclude is None else np.asarray(exclude, dtype=np.int64).ravel()
+        if excl is not None and excl.size and (excl.min() < 0 or excl.max() >= n_items):
+            raise ValueError(f"exclude: item indices must lie in [0, {n_items}), got {excl}")
+
+        n_cols = n_items if cand is None or cand.ndim == 2 else len(cand)
+        k = int(min(n, n_cols))
+        step = self._block_rows(n_cols, batch_size)
+        out_items = np.full((n_rows, n), -1, dtype=np.int64)
+        out_en = np.full((n_rows, n), np.inf, dtype=np.float32)
+        for start in range(0, n_rows, step):
+            stop = min(start + step, n_rows)
+            block_ui = user_items[start:stop]
+            block_users = None if users is None else users[start:stop]
+            cols = cand if cand is not None and cand.ndim == 1 else None
+            en = self._energies_block(block_ui, block_users, cols)
+            en = torch.as_tensor(en).float()  # (B, n_cols)
+            dev = en.device
+            mask = torch.zeros(n_items, dtype=torch.bool, device=dev)
+            if excl is not None and excl.size:
+                mask[torch.as_tensor(excl, device=dev)] = True
+            full_mask = mask.expand(stop - start, n_items).clone()  # (B, I)
+            if exclude_seen and block_ui.nnz:
+                coo = block_ui.tocoo()
+                rows = torch.as_tensor(coo.row, dtype=torch.long, device=dev)
+                colsi = torch.as_tensor(coo.col, dtype=torch.long, device=dev)
+                full_mask[rows, colsi] = True
+            if cand is not None and cand.ndim == 2:
+                # per-user candidates: gather their energies from the full (B, I) block
+                cb = torch.as_tensor(cand[start:stop], device=dev)  # (B, C)
+                pad = cb < 0
+                cbc = cb.clamp(min=0)
+                en = en.gather(1, cbc).masked_fill(pad | full_mask.gather(1, cbc), float("inf"))
+                index = cbc
+            elif cols is not None:
+                colt = torch.as_tensor(cols, device=dev)
+                en = en.masked_fill(full_mask[:, colt], float("inf"))
+                index = colt.expand(stop - start, len(cols))
+            else:
+                en = en.masked_fill(full_mask, float("inf"))
+                index = None
+            kk = min(k, en.shape[1])
+            top_en, top_pos = torch.topk(en, kk, dim=1, largest=False, sorted=True)
+            top_items = top_pos if index is None else index.gather(1, top_pos)
+            top_items = top_items.masked_fill(torch.isinf(top_en) & (top_en > 0), -1)
+            out_items[start:stop, :kk] = top_items.cpu().numpy()
+            out_en[start:stop, :kk] = top_en.cpu().numpy()
+        return out_items, out_en
+
+    # ----------------------------------------------------------------------------- persistence
+    def save(self, path: str | Path, *, overwrite: bool = False) -> Path:
+        """Write the model directory atomically (temporary directory, then rename).
+
+        Layout: ``model.json`` (format version, package version, model name, config, extras),
+        ``weights.safetensors``, and ``items.json`` / ``users.json`` raw-id vocabularies when set.
+        """
+        from recsys_ebm import __version__
+
+        n_items = self._check_fitted()
+        meta = {
+            "format_version": FORMAT_VERSION,
+            "package_version": __version__,
+            "model": self.name,
+            "config": self.config.to_dict(),
+            "n_items": n_items,
+            "fit_info": self.fit_info,
+            "extra": self._extra_meta(),
+        }
+        with atomic_dir(path, overwrite=overwrite) as tmp:
+            (tmp / "model.json").write_text(json.dumps(meta, indent=2, default=_json_default))
+            tensors = {k: v.detach().cpu().contiguous() for k, v in self._state_tensors().items()}
+            save_file(tensors, str(tmp / "weights.safetensors"))
+            for key, ids in (("items", self.item_ids), ("users", self.user_ids)):
+                if ids is not None:
+                    (tmp / f"{key}.json").write_text(json.dumps([_py(x) for x in ids]))
+        return Path(path)
+
+    @classmethod
+    def load(cls, path: str | Path, *, device: str = "cpu") -> Self:
+        """Load a directory written by :meth:`save` (tensors are mapped to ``device``)."""
+        path = Path(path)
+        meta_path = path / "model.json"
+        if not meta_path.is_file():
+            raise FileNotFoundError(f"path: no model.json in {path} (not a saved model directory)")
+        meta = json.loads(meta_path.read_text())
+        if meta.get("format_version") != FORMAT_VERSION:
+            raise ValueError(
+                f"path: {path} has model format {meta.get('format_version')}, "
+                f"this version reads {FORMAT_VERSION}"
+            )
+        if cls.name and meta["model"] != cls.name:
+            raise ValueError(f"path: {path} holds a {meta['model']!r} model, not {cls.name!r}")
+        config = cls.config_class.from_dict(meta["config"])
+        if "device" in meta["config"]:
+            config = config.replace(device=device)
+        model = cls(config)
+        model.n_items = int(meta["n_items"])
+        model.fit_info = meta.get("fit_info", {})
+        tensors = load_file(str(path / "weights.safetensors"), device="cpu")
+        for key in ("items", "users"):
+            f = path / f"{key}.json"
+            if f.is_file():
+                setattr(model, f"{key[:-1]}_ids", np.asarray(json.loads(f.read_text()), dtype=object))
+        model._load_state(tensors, meta.get("extra", {}))
+        return model
+
+
+def _py(x: Any) -> Any:
+    return x.item() if isinstance(x, np.generic) else x
+
+
+def _json_default(x: Any) -> Any:
+    if isinstance(x, np.generic):
+        return x.item()
+    if isinstance(x, np.ndarray):
+        return x.tolist()
+    raise TypeError(f"not JSON serialisable: {type(x).__name__}")
+
+
+def copy_model_dir(src: str | Path, dst: str | Path) -> None:
+    """Copy a saved model directory (used when logging artifacts)."""
+    shutil.copytree(src, dst)
