@@ -1,0 +1,5 @@
+import sys
+
+from recsys_ebm.cli import main
+
+sys.exit(main())

@@ -1,0 +1,65 @@
+"""``recsys-ebm`` command line: one module per subcommand, each with ``add_parser`` and ``run``.
+
+Exit codes: 0 success, 2 bad input or configuration (message on stderr), 1 anything else.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+__all__ = ["build_parser", "main"]
+
+#: subcommand -> module under recsys_ebm.cli; each defines add_parser(subparsers) and run(args).
+SUBCOMMANDS = [
+    "prepare",
+    "train",
+    "evaluate",
+    "recommend",
+    "run",
+    "register",
+    "anomalies",
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from recsys_ebm import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="recsys-ebm",
+        description=(
+            "Energy-based recommender systems. Every model assigns an energy E(user, item), "
+            "lower = better; recommending serves the lowest-energy items."
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=(
+            "typical flow:\n"
+            "  recsys-ebm prepare --out runs/data            # bundled ml-latest-small\n"
+            "  recsys-ebm train --data runs/data --model rbm --out runs/rbm\n"
+            "  recsys-ebm evaluate --data runs/data --model runs/rbm --report runs/report\n"
+            "  recsys-ebm recommend --model runs/rbm --data runs/data --out recs.parquet\n"
+            "\nrun `recsys-ebm SUBCOMMAND --help` for each subcommand's options."
+        ),
+    )
+    parser.add_argument("--version", action="version", version=f"recsys-ebm {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="SUBCOMMAND", required=True)
+    for name in SUBCOMMANDS:
+        module = importlib.import_module(f"recsys_ebm.cli.{name}")
+        module.add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (ValueError, TypeError, FileNotFoundError, FileExistsError, KeyError) as exc:
+        msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        print(f"recsys-ebm {args.command}: error: {msg}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

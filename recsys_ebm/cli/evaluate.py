@@ -1,0 +1,14 @@
+"""``recsys-ebm evaluate``: not built yet in this version (see the project's issues)."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("evaluate", help="(evaluate: not available in this version yet)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    raise ValueError("the 'evaluate' subcommand is not available in this version yet")

@@ -1,0 +1,14 @@
+"""``recsys-ebm register``: not built yet in this version (see the project's issues)."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("register", help="(register: not available in this version yet)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    raise ValueError("the 'register' subcommand is not available in this version yet")
