@@ -1,0 +1,280 @@
+"""From a raw interaction log to a leak-free :class:`Dataset`.
+
+Steps, in order (each reported in ``manifest["counts"]``):
+
+1. read the log (one lazy scan, collected once) and, for ``predefined``, the test/valid files;
+2. drop exact duplicate events (same user, item, rating and timestamp);
+3. ``min_rating``: keep ratings >= X as positives (default: every interaction is positive);
+4. aggregate repeated (user, item) pairs. **Rule:** the pair keeps its *most recent* rating (the
+   user's latest opinion), its *earliest* timestamp (when the user first met the item, so a
+   temporal split never lets a re-rating drag an old pair into the future) and ``n_events``;
+5. iterative k-core filtering (users and items until both minimums hold);
+6. split (random per-user, global temporal, leave-last-k, held-out users, or predefined);
+7. vocabularies from the training part (+ held-out users' fold-in histories); valid/test pairs
+   whose user or item is unknown to training are dropped and counted.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from recsys_ebm.data import splits as S
+from recsys_ebm.data.dataset import DATASET_FORMAT_VERSION, Dataset
+from recsys_ebm.data.readers import FORMATS, ColumnMap, read_interactions, read_item_metadata
+from recsys_ebm.diagnostics import DataError
+
+__all__ = ["DEFAULT_INPUT", "PrepareOptions", "kcore_mask", "prepare_dataset"]
+
+#: The bundled MovieLens ml-latest-small (GroupLens licence: see data/ml-latest-small/README.txt).
+DEFAULT_INPUT = Path(__file__).resolve().parents[2] / "data" / "ml-latest-small" / "ratings.csv"
+
+
+@dataclass(frozen=True)
+class PrepareOptions:
+    """Everything ``prepare`` does, as data (saved in the manifest)."""
+
+    format: str = "auto"
+    user_col: str = "user_id"
+    item_col: str = "item_id"
+    rating_col: str | None = "rating"
+    timestamp_col: str | None = "timestamp"
+    separator: str | None = None
+    min_rating: float | None = None
+    min_user_interactions: int = 1
+    min_item_interactions: int = 1
+    split: str = "random"
+    test_fraction: float = 0.2
+    valid_fraction: float = 0.1
+    leave_k: int = 1
+    valid_k: int = 1
+    fold_in_fraction: float = 0.8
+    test_file: str | None = None
+    valid_file: str | None = None
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.format not in FORMATS:
+            raise ValueError(f"format: expected one of {list(FORMATS)}, got {self.format!r}")
+        if self.split not in S.SPLITS:
+            raise ValueError(f"split: expected one of {list(S.SPLITS)}, got {self.split!r}")
+        for name in ("min_user_interactions", "min_item_interactions"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}: expected >= 1, got {getattr(self, name)}")
+        if self.split == "predefined" and not self.test_file:
+            raise ValueError("test_file: the 'predefined' split needs --test FILE")
+        if self.split != "predefined" and (self.test_file or self.valid_file):
+            raise ValueError(f"test_file: --test/--valid need --split predefined, got {self.split!r}")
+        if self.split in ("random", "temporal", "users"):
+            S._check_fractions(self.test_fraction, self.valid_fraction)
+
+    @property
+    def columns(self) -> ColumnMap:
+        return ColumnMap(
+            self.user_col, self.item_col, self.rating_col, self.timestamp_col, self.separator
+        )
+
+
+def _log(msg: str, t0: float, verbose: bool) -> None:
+    if verbose:
+        print(f"[prepare {time.perf_counter() - t0:6.1f}s] {msg}", file=sys.stderr, flush=True)
+
+
+def _clean(df: pl.DataFrame, opts: PrepareOptions, counts: dict[str, int], tag: str) -> pl.DataFrame:
+    """Steps 2-4: exact duplicates, min_rating, aggregation of repeated pairs."""
+    n0 = df.height
+    df = df.unique(subset=["user_id", "item_id", "rating", "timestamp"], keep="first")
+    counts[f"{tag}duplicate_events_dropped"] = n0 - df.height
+    if opts.min_rating is not None:
+        if df["rating"].null_count() == df.height:
+            raise DataError(f"--min-rating: the {tag or 'input'} log has no rating column")
+        n1 = df.height
+        df = df.filter(pl.col("rating") >= opts.min_rating)
+        counts[f"{tag}below_min_rating_dropped"] = n1 - df.height
+    n2 = df.height
+    df = (
+        df.sort(["timestamp", "_line"], nulls_last=True)
+        .group_by(["user_id", "item_id"], maintain_order=True)
+        .agg(
+            pl.col("rating").last(),
+            pl.col("timestamp").min(),
+            pl.len().cast(pl.Int64).alias("n_events"),
+            pl.col("_line").min(),
+        )
+    )
+    counts[f"{tag}repeated_events_aggregated"] = n2 - df.height
+    return df
+
+
+def kcore_mask(
+    users: np.ndarray, items: np.ndarray, min_user: int, min_item: int
+) -> tuple[np.ndarray, int]:
+    """Iterative k-core: keep rows until every user has >= min_user and every item >= min_item.
+
+    Returns ``(mask, iterations)``.
+    """
+    mask = np.ones(len(users), dtype=bool)
+    it = 0
+    while True:
+        it += 1
+        uc = np.bincount(users[mask], minlength=users.max(initial=-1) + 1)
+        ic = np.bincount(items[mask], minlength=items.max(initial=-1) + 1)
+        new = mask & (uc[users] >= min_user) & (ic[items] >= min_item)
+        if new.sum() == mask.sum():
+            return new, it
+        mask = new
+
+
+def _codes(series: pl.Series) -> np.ndarray:
+    return (series.rank("dense").cast(pl.Int64) - 1).to_numpy()
+
+
+def prepare_dataset(
+    input: str | Path | None = None, *, verbose: bool = False, **options: Any
+) -> Dataset:
+    """Read, clean, filter, split and index an interaction log.
+
+    Args:
+        input: log file or directory (default: the bundled ml-latest-small ratings.csv).
+        verbose: print progress of each step to stderr.
+        **options: fields of :class:`PrepareOptions`.
+
+    Raises:
+        FileNotFoundError, DataError (a ValueError): see :mod:`recsys_ebm.data.readers`; also an
+        empty result after filtering, or a predefined test file whose users are all unknown.
+    """
+    opts = PrepareOptions(**options)
+    t0 = time.perf_counter()
+    path = Path(input) if input is not None else DEFAULT_INPUT
+    df, fmt = read_interactions(path, opts.format, opts.columns)
+    counts: dict[str, int] = {"raw_events": df.height}
+    _log(f"read {df.height:,} events ({fmt}) from {path}", t0, verbose)
+    df = _clean(df, opts, counts, "")
+    if df.height == 0:
+        raise DataError(f"{path}: no interactions left after --min-rating {opts.min_rating}")
+
+    # 5. k-core on integer codes
+    mask, iters = kcore_mask(
+        _codes(df["user_id"]), _codes(df["item_id"]),
+        opts.min_user_interactions, opts.min_item_interactions,
+    )
+    counts["kcore_removed"] = int((~mask).sum())
+    counts["kcore_iterations"] = iters
+    df = df.filter(pl.Series(mask))
+    if df.height == 0:
+        raise DataError(
+            f"{path}: no interactions left after k-core filtering "
+            f"(--min-user-interactions {opts.min_user_interactions}, "
+            f"--min-item-interactions {opts.min_item_interactions})"
+        )
+    _log(f"cleaned and filtered to {df.height:,} pairs ({iters} k-core iterations)", t0, verbose)
+
+    # 6. split
+    users = _codes(df["user_id"])
+    ts = df["timestamp"]
+    if opts.split in ("temporal", "leave-last-k") and ts.null_count():
+        raise DataError(f"--split {opts.split}: needs timestamps, but {path} has none")
+    if opts.split == "random":
+        part = S.random_split(users, opts.test_fraction, opts.valid_fraction, opts.seed)
+    elif opts.split == "temporal":
+        part = S.temporal_split(ts.to_numpy(), opts.test_fraction, opts.valid_fraction)
+    elif opts.split == "leave-last-k":
+        part = S.leave_last_k_split(users, ts.to_numpy(), opts.leave_k, opts.valid_k, opts.seed)
+    elif opts.split == "users":
+        part = S.heldout_users_split(
+            users, int(users.max()) + 1, opts.test_fraction, opts.valid_fraction,
+            opts.fold_in_fraction, opts.seed,
+        )
+    else:
+        part = np.full(df.height, S.TRAIN, dtype=np.int8)
+    df = df.with_columns(pl.Series("part", part))
+    extra = []
+    if opts.split == "predefined":
+        for code, f in ((S.TEST, opts.test_file), (S.VALID, opts.valid_file)):
+            if f:
+                other, _ = read_interactions(f, fmt, opts.columns)
+                other = _clean(other, opts, counts, f"{S.PART_NAMES[code]}_")
+                other = other.with_columns(
+                    pl.col("user_id").cast(df["user_id"].dtype, strict=False),
+                    pl.col("item_id").cast(df["item_id"].dtype, strict=False),
+                    pl.lit(code, pl.Int8).alias("part"),
+                ).drop_nulls(["user_id", "item_id"])
+                extra.append((f, other))
+        df = pl.concat([df] + [o for _, o in extra], how="vertical_relaxed")
+    _log(f"split: {opts.split}", t0, verbose)
+
+    # 7. vocabularies from what the model may train on or be given as history
+    known = df.filter(pl.col("part").is_in([S.TRAIN, S.FOLD_IN]))
+    user_vocab = known["user_id"].unique().sort()
+    item_vocab = known["item_id"].unique().sort()
+    users_df = pl.DataFrame({"index": np.arange(len(user_vocab)), "user_id": user_vocab})
+    items_df = pl.DataFrame({"index": np.arange(len(item_vocab)), "item_id": item_vocab})
+    df = df.join(users_df.rename({"index": "user_idx"}), on="user_id", how="left").join(
+        items_df.rename({"index": "item_idx"}), on="item_id", how="left"
+    )
+    # a pair already in training never counts again in a later part (predefined files may repeat)
+    dropped: dict[str, dict[str, int]] = {}
+    for code in (S.VALID, S.TEST):
+        name = S.PART_NAMES[code]
+        sub = df.filter(pl.col("part") == code)
+        if sub.height == 0:
+            continue
+        dropped[name] = {
+            "unknown_user_interactions": int(sub["user_idx"].null_count()),
+            "unknown_item_interactions": int(sub["item_idx"].null_count()),
+        }
+        if opts.split == "predefined" and code == S.TEST and sub["user_idx"].null_count() == sub.height:
+            raise DataError(
+                f"{opts.test_file}: none of its {sub['user_id'].n_unique()} users appear in the "
+                f"training file {path}"
+            )
+    df = df.drop_nulls(["user_idx", "item_idx"])
+    if opts.split == "predefined":
+        n_before = df.height
+        df = df.sort("part").unique(subset=["user_idx", "item_idx"], keep="first")
+        counts["overlap_with_train_dropped"] = n_before - df.height
+    interactions = {}
+    for code, name in S.PART_NAMES.items():
+        sub = df.filter(pl.col("part") == code).sort(["user_idx", "item_idx"])
+        if sub.height or code in (S.TRAIN, S.TEST):
+            interactions[name] = sub.select(
+                pl.col("user_idx").cast(pl.Int64), pl.col("item_idx").cast(pl.Int64),
+                "rating", "timestamp", "n_events",
+            )
+    if interactions["test"].height == 0:
+        raise DataError(
+            f"{path}: the {opts.split} split left no test interactions; lower the filters or "
+            "raise --test-fraction"
+        )
+
+    metadata = read_item_metadata(path, fmt)
+    if metadata is not None:
+        key = pl.col("item_id").cast(pl.String)
+        metadata = items_df.select(key.alias("_k"), "item_id").join(
+            metadata.with_columns(key.alias("_k")).drop("item_id"), on="_k", how="inner"
+        ).drop("_k")
+    ratings = df["rating"].drop_nulls()
+    manifest = {
+        "format_version": DATASET_FORMAT_VERSION,
+        "source": {"path": str(path.resolve()), "format": fmt},
+        "options": asdict(opts),
+        "counts": {**counts, "dropped_unknown": dropped},
+        "n_users": users_df.height,
+        "n_items": items_df.height,
+        "has_ratings": ratings.len() == df.height and df.height > 0,
+        "rating_values": sorted(ratings.unique().to_list())[:100] if ratings.len() else [],
+        "split": opts.split,
+    }
+    from recsys_ebm.data.store import fingerprint
+
+    ds = Dataset(users_df, items_df, interactions, manifest, metadata)
+    manifest["fingerprint"] = fingerprint(ds)
+    manifest["summary"] = ds.summary()
+    _log(f"indexed {ds.n_users:,} users x {ds.n_items:,} items", t0, verbose)
+    return ds
