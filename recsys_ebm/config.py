@@ -21,7 +21,7 @@ __all__ = ["Config", "parse_overrides"]
 
 
 def _coerce(name: str, value: Any, annotation: Any, where: str) -> Any:
-    """Coerce ``value`` to ``annotation`` (int/float/str/bool/tuple/Optional), or raise ConfigError."""
+    """Coerce ``value`` to ``annotation`` (int/float/str/bool/tuple/Optional) or raise."""
     origin = typing.get_origin(annotation)
     args = typing.get_args(annotation)
     if origin in (typing.Union, types.UnionType):

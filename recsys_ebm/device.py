@@ -19,7 +19,9 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     if isinstance(device, torch.device):
         return device
     if not isinstance(device, str):
-        raise TypeError(f"device: expected 'auto', 'cpu' or 'cuda[:N]', got {type(device).__name__}")
+        raise TypeError(
+            f"device: expected 'auto', 'cpu' or 'cuda[:N]', got {type(device).__name__}"
+        )
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
@@ -27,5 +29,7 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     except RuntimeError as exc:
         raise ValueError(f"device: expected 'auto', 'cpu' or 'cuda[:N]', got {device!r}") from exc
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device: {device!r} requested but CUDA is not available; use 'auto' or 'cpu'")
+        raise ValueError(
+            f"device: {device!r} requested but CUDA is not available; use 'auto' or 'cpu'"
+        )
     return dev

@@ -57,8 +57,12 @@ class RecommenderTestMixin:
         # a different history than the one fitted on: its items, not the training items, are masked
         rng = np.random.default_rng(0)
         hist = sp.random(
-            board.train.shape[0], board.train.shape[1], density=0.3, format="csr",
-            random_state=rng, dtype=np.float32,
+            board.train.shape[0],
+            board.train.shape[1],
+            density=0.3,
+            format="csr",
+            random_state=rng,
+            dtype=np.float32,
         )
         hist.data[:] = 1.0
         items, _ = fitted.recommend(hist, n=10)

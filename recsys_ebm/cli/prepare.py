@@ -17,45 +17,94 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "write a dataset directory (Parquet interactions, CSR matrices, vocabularies, manifest). "
         "Without --input the bundled MovieLens ml-latest-small is used.",
     )
-    p.add_argument("--input", default=None, help="log file or directory (default: bundled "
-                   "data/ml-latest-small/ratings.csv)")
-    p.add_argument("--format", default="auto", choices=FORMATS,
-                   help="input format (default: auto-detect from the file name and first line)")
+    p.add_argument(
+        "--input",
+        default=None,
+        help="log file or directory (default: bundled data/ml-latest-small/ratings.csv)",
+    )
+    p.add_argument(
+        "--format",
+        default="auto",
+        choices=FORMATS,
+        help="input format (default: auto-detect from the file name and first line)",
+    )
     p.add_argument("--out", required=True, help="output dataset directory (written atomically)")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     g = p.add_argument_group("columns of generic csv/tsv/parquet input")
     g.add_argument("--user-col", default="user_id", help="user id column (default: user_id)")
     g.add_argument("--item-col", default="item_id", help="item id column (default: item_id)")
-    g.add_argument("--rating-col", default="rating",
-                   help="rating column; ignored when absent (default: rating)")
-    g.add_argument("--timestamp-col", default="timestamp",
-                   help="timestamp column, unix seconds or ISO dates (default: timestamp)")
+    g.add_argument(
+        "--rating-col",
+        default="rating",
+        help="rating column; ignored when absent (default: rating)",
+    )
+    g.add_argument(
+        "--timestamp-col",
+        default="timestamp",
+        help="timestamp column, unix seconds or ISO dates (default: timestamp)",
+    )
     g.add_argument("--separator", default=None, help="field separator of csv/tsv input")
     f = p.add_argument_group("filtering")
-    f.add_argument("--min-rating", type=float, default=None,
-                   help="keep ratings >= X as positives (default: every interaction is positive)")
-    f.add_argument("--min-user-interactions", type=int, default=1,
-                   help="iterative k-core: minimum interactions per user (default: 1)")
-    f.add_argument("--min-item-interactions", type=int, default=1,
-                   help="iterative k-core: minimum interactions per item (default: 1)")
+    f.add_argument(
+        "--min-rating",
+        type=float,
+        default=None,
+        help="keep ratings >= X as positives (default: every interaction is positive)",
+    )
+    f.add_argument(
+        "--min-user-interactions",
+        type=int,
+        default=1,
+        help="iterative k-core: minimum interactions per user (default: 1)",
+    )
+    f.add_argument(
+        "--min-item-interactions",
+        type=int,
+        default=1,
+        help="iterative k-core: minimum interactions per item (default: 1)",
+    )
     s = p.add_argument_group("splitting")
-    s.add_argument("--split", default="random", choices=SPLITS,
-                   help="random: per-user holdout; temporal: global time cutoff; leave-last-k: "
-                   "each user's last k by time; users: held-out users with fold-in histories; "
-                   "predefined: --test/--valid files (default: random)")
-    s.add_argument("--test-fraction", type=float, default=0.2,
-                   help="share of each user's pairs (random), of pairs by time (temporal) or of "
-                   "users (users) in the test part (default: 0.2)")
-    s.add_argument("--valid-fraction", type=float, default=0.1,
-                   help="the same for the validation part; 0 for none (default: 0.1)")
+    s.add_argument(
+        "--split",
+        default="random",
+        choices=SPLITS,
+        help="random: per-user holdout; temporal: global time cutoff; leave-last-k: "
+        "each user's last k by time; users: held-out users with fold-in histories; "
+        "predefined: --test/--valid files (default: random)",
+    )
+    s.add_argument(
+        "--test-fraction",
+        type=float,
+        default=0.2,
+        help="share of each user's pairs (random), of pairs by time (temporal) or of "
+        "users (users) in the test part (default: 0.2)",
+    )
+    s.add_argument(
+        "--valid-fraction",
+        type=float,
+        default=0.1,
+        help="the same for the validation part; 0 for none (default: 0.1)",
+    )
     s.add_argument("--leave-k", type=int, default=1, help="leave-last-k: test items per user")
     s.add_argument("--valid-k", type=int, default=1, help="leave-last-k: valid items per user")
-    s.add_argument("--fold-in-fraction", type=float, default=0.8,
-                   help="users: share of each held-out user's history given as input (default 0.8)")
-    s.add_argument("--test", dest="test_file", default=None,
-                   help="predefined: test file, same format as --input")
-    s.add_argument("--valid", dest="valid_file", default=None,
-                   help="predefined: optional validation file, same format as --input")
+    s.add_argument(
+        "--fold-in-fraction",
+        type=float,
+        default=0.8,
+        help="users: share of each held-out user's history given as input (default 0.8)",
+    )
+    s.add_argument(
+        "--test",
+        dest="test_file",
+        default=None,
+        help="predefined: test file, same format as --input",
+    )
+    s.add_argument(
+        "--valid",
+        dest="valid_file",
+        default=None,
+        help="predefined: optional validation file, same format as --input",
+    )
     s.add_argument("--seed", type=int, default=0, help="seed of every random choice (default: 0)")
     p.add_argument("--quiet", action="store_true", help="no progress messages on stderr")
     p.set_defaults(func=run)

@@ -70,7 +70,9 @@ class PrepareOptions:
         if self.split == "predefined" and not self.test_file:
             raise ValueError("test_file: the 'predefined' split needs --test FILE")
         if self.split != "predefined" and (self.test_file or self.valid_file):
-            raise ValueError(f"test_file: --test/--valid need --split predefined, got {self.split!r}")
+            raise ValueError(
+                f"test_file: --test/--valid need --split predefined, got {self.split!r}"
+            )
         if self.split in ("random", "temporal", "users"):
             S._check_fractions(self.test_fraction, self.valid_fraction)
 
@@ -86,7 +88,9 @@ def _log(msg: str, t0: float, verbose: bool) -> None:
         print(f"[prepare {time.perf_counter() - t0:6.1f}s] {msg}", file=sys.stderr, flush=True)
 
 
-def _clean(df: pl.DataFrame, opts: PrepareOptions, counts: dict[str, int], tag: str) -> pl.DataFrame:
+def _clean(
+    df: pl.DataFrame, opts: PrepareOptions, counts: dict[str, int], tag: str
+) -> pl.DataFrame:
     """Steps 2-4: exact duplicates, min_rating, aggregation of repeated pairs."""
     n0 = df.height
     df = df.unique(subset=["user_id", "item_id", "rating", "timestamp"], keep="first")
@@ -161,8 +165,10 @@ def prepare_dataset(
 
     # 5. k-core on integer codes
     mask, iters = kcore_mask(
-        _codes(df["user_id"]), _codes(df["item_id"]),
-        opts.min_user_interactions, opts.min_item_interactions,
+        _codes(df["user_id"]),
+        _codes(df["item_id"]),
+        opts.min_user_interactions,
+        opts.min_item_interactions,
     )
     counts["kcore_removed"] = int((~mask).sum())
     counts["kcore_iterations"] = iters
@@ -188,8 +194,12 @@ def prepare_dataset(
         part = S.leave_last_k_split(users, ts.to_numpy(), opts.leave_k, opts.valid_k, opts.seed)
     elif opts.split == "users":
         part = S.heldout_users_split(
-            users, int(users.max()) + 1, opts.test_fraction, opts.valid_fraction,
-            opts.fold_in_fraction, opts.seed,
+            users,
+            int(users.max()) + 1,
+            opts.test_fraction,
+            opts.valid_fraction,
+            opts.fold_in_fraction,
+            opts.seed,
         )
     else:
         part = np.full(df.height, S.TRAIN, dtype=np.int8)
@@ -229,7 +239,11 @@ def prepare_dataset(
             "unknown_user_interactions": int(sub["user_idx"].null_count()),
             "unknown_item_interactions": int(sub["item_idx"].null_count()),
         }
-        if opts.split == "predefined" and code == S.TEST and sub["user_idx"].null_count() == sub.height:
+        if (
+            opts.split == "predefined"
+            and code == S.TEST
+            and sub["user_idx"].null_count() == sub.height
+        ):
             raise DataError(
                 f"{opts.test_file}: none of its {sub['user_id'].n_unique()} users appear in the "
                 f"training file {path}"
@@ -244,8 +258,11 @@ def prepare_dataset(
         sub = df.filter(pl.col("part") == code).sort(["user_idx", "item_idx"])
         if sub.height or code in (S.TRAIN, S.TEST):
             interactions[name] = sub.select(
-                pl.col("user_idx").cast(pl.Int64), pl.col("item_idx").cast(pl.Int64),
-                "rating", "timestamp", "n_events",
+                pl.col("user_idx").cast(pl.Int64),
+                pl.col("item_idx").cast(pl.Int64),
+                "rating",
+                "timestamp",
+                "n_events",
             )
     if interactions["test"].height == 0:
         raise DataError(
@@ -256,9 +273,11 @@ def prepare_dataset(
     metadata = read_item_metadata(path, fmt)
     if metadata is not None:
         key = pl.col("item_id").cast(pl.String)
-        metadata = items_df.select(key.alias("_k"), "item_id").join(
-            metadata.with_columns(key.alias("_k")).drop("item_id"), on="_k", how="inner"
-        ).drop("_k")
+        metadata = (
+            items_df.select(key.alias("_k"), "item_id")
+            .join(metadata.with_columns(key.alias("_k")).drop("item_id"), on="_k", how="inner")
+            .drop("_k")
+        )
     ratings = df["rating"].drop_nulls()
     manifest = {
         "format_version": DATASET_FORMAT_VERSION,

@@ -24,7 +24,15 @@ from recsys_ebm.diagnostics import DataError
 __all__ = ["FORMATS", "ColumnMap", "detect_format", "read_interactions", "read_item_metadata"]
 
 FORMATS = (
-    "auto", "ml-100k", "ml-1m", "ml-latest", "movietweetings", "csv", "tsv", "parquet", "adjacency",
+    "auto",
+    "ml-100k",
+    "ml-1m",
+    "ml-latest",
+    "movietweetings",
+    "csv",
+    "tsv",
+    "parquet",
+    "adjacency",
 )
 _CANONICAL_INT = r"^(0|-?[1-9][0-9]{0,17})$"
 
@@ -130,8 +138,11 @@ def _scan(path: Path, fmt: str, columns: ColumnMap) -> tuple[pl.LazyFrame, int]:
             .explode("item_id")
             .filter(pl.col("item_id").is_not_null() & (pl.col("item_id") != ""))
             .select(
-                "user_id", "item_id", pl.lit(None, s).alias("rating"),
-                pl.lit(None, s).alias("timestamp"), "_row",
+                "user_id",
+                "item_id",
+                pl.lit(None, s).alias("rating"),
+                pl.lit(None, s).alias("timestamp"),
+                "_row",
             )
         )
         return lf, 0
@@ -275,7 +286,10 @@ def _to_epoch(df: pl.DataFrame, col: str, source: str) -> pl.Series:
     bad = as_int.is_null() & series.is_not_null()
     if bad.any():
         # ISO dates / datetimes are accepted too
-        parsed = series.str.to_datetime(strict=False, time_unit="us").dt.epoch("s")
+        try:
+            parsed = series.str.to_datetime(strict=False, time_unit="us").dt.epoch("s")
+        except pl.exceptions.PolarsError:
+            parsed = pl.Series(col, [None] * len(series), dtype=pl.Int64)
         as_int = pl.select(pl.coalesce(as_int, parsed)).to_series()
         bad = as_int.is_null() & series.is_not_null()
         if bad.any():
@@ -285,9 +299,25 @@ def _to_epoch(df: pl.DataFrame, col: str, source: str) -> pl.Series:
 
 # ------------------------------------------------------------------------------ item metadata
 _ML100K_GENRES = [
-    "unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime",
-    "Documentary", "Drama", "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery", "Romance",
-    "Sci-Fi", "Thriller", "War", "Western",
+    "unknown",
+    "Action",
+    "Adventure",
+    "Animation",
+    "Children's",
+    "Comedy",
+    "Crime",
+    "Documentary",
+    "Drama",
+    "Fantasy",
+    "Film-Noir",
+    "Horror",
+    "Musical",
+    "Mystery",
+    "Romance",
+    "Sci-Fi",
+    "Thriller",
+    "War",
+    "Western",
 ]
 
 
@@ -308,7 +338,11 @@ def read_item_metadata(path: str | Path, fmt: str) -> pl.DataFrame | None:
                 continue
             flags = parts[5 : 5 + len(_ML100K_GENRES)]
             rows.append(
-                (parts[0], parts[1], [g for g, f in zip(_ML100K_GENRES, flags, strict=True) if f == "1"])
+                (
+                    parts[0],
+                    parts[1],
+                    [g for g, f in zip(_ML100K_GENRES, flags, strict=True) if f == "1"],
+                )
             )
     elif fmt in ("ml-1m", "movietweetings") and (folder / "movies.dat").is_file():
         enc = "utf-8" if fmt == "movietweetings" else "latin-1"
@@ -330,6 +364,7 @@ def read_item_metadata(path: str | Path, fmt: str) -> pl.DataFrame | None:
     if not rows:
         return None
     return pl.DataFrame(
-        rows, schema={"item_id": pl.String, "title": pl.String, "genres": pl.List(pl.String)},
+        rows,
+        schema={"item_id": pl.String, "title": pl.String, "genres": pl.List(pl.String)},
         orient="row",
     )

@@ -11,8 +11,16 @@ from __future__ import annotations
 import numpy as np
 
 __all__ = [
-    "FOLD_IN", "PART_NAMES", "TEST", "TRAIN", "VALID", "SPLITS",
-    "heldout_users_split", "leave_last_k_split", "random_split", "temporal_split",
+    "FOLD_IN",
+    "PART_NAMES",
+    "TEST",
+    "TRAIN",
+    "VALID",
+    "SPLITS",
+    "heldout_users_split",
+    "leave_last_k_split",
+    "random_split",
+    "temporal_split",
 ]
 
 TRAIN, VALID, TEST, FOLD_IN = 0, 1, 2, 3
@@ -59,7 +67,9 @@ def random_split(
     return part
 
 
-def temporal_split(timestamps: np.ndarray, test_fraction: float, valid_fraction: float) -> np.ndarray:
+def temporal_split(
+    timestamps: np.ndarray, test_fraction: float, valid_fraction: float
+) -> np.ndarray:
     """Global temporal cutoff: the latest ``test_fraction`` of pairs (by time) form the test part,
     the ``valid_fraction`` before them the valid part. Ties at a cutoff go to the later part, so
     no instant straddles two parts."""

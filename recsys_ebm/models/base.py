@@ -146,6 +146,7 @@ class Recommender(abc.ABC):
 
     def _load_state(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
         """Restore from :meth:`_state_tensors` output."""
+        return None
 
     def _extra_meta(self) -> dict[str, Any]:
         """JSON-serialisable extras saved in ``model.json``."""
@@ -351,7 +352,9 @@ class Recommender(abc.ABC):
         for key in ("items", "users"):
             f = path / f"{key}.json"
             if f.is_file():
-                setattr(model, f"{key[:-1]}_ids", np.asarray(json.loads(f.read_text()), dtype=object))
+                setattr(
+                    model, f"{key[:-1]}_ids", np.asarray(json.loads(f.read_text()), dtype=object)
+                )
         model._load_state(tensors, meta.get("extra", {}))
         return model
 

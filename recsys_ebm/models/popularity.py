@@ -38,7 +38,9 @@ class Popularity(Recommender):
         callback: EpochCallback | None = None,
     ) -> Self:
         if not sp.issparse(train):
-            raise TypeError(f"train: expected a scipy.sparse CSR matrix, got {type(train).__name__}")
+            raise TypeError(
+                f"train: expected a scipy.sparse CSR matrix, got {type(train).__name__}"
+            )
         train = as_user_items(train, train.shape[1], "train")
         counts = np.asarray((train > 0).sum(axis=0)).ravel().astype(np.float64)  # (I,)
         self.n_items = train.shape[1]
