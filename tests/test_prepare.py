@@ -131,8 +131,8 @@ def test_duplicates_and_aggregation_rule(tmp_path):
     f = tmp_path / "u.data"
     # exact duplicate (line 2 = line 1); user 1 re-rates item 10 later: latest rating, first time
     f.write_text(
-        "1\t10\t2\t100\n1\t10\t2\t100\n1\t10\t5\t300\n1\t11\t4\t200\n2\t10\t3\t150\n"
-        "2\t11\t1\t160\n2\t12\t1\t170\n1\t12\t3\t180\n"
+        "1\t10\t2\t100\n1\t10\t2\t100\n1\t10\t5\t300\n1\t11\t4\t200\n1\t12\t3\t180\n"
+        + "".join(f"{u}\t{i}\t3\t{150 + i}\n" for u in (2, 3, 4) for i in (10, 11, 12))
     )
     ds = prepare_dataset(f, split="random", test_fraction=0.3, valid_fraction=0.0)
     c = ds.manifest["counts"]

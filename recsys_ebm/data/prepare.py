@@ -93,7 +93,7 @@ def _clean(
 ) -> pl.DataFrame:
     """Steps 2-4: exact duplicates, min_rating, aggregation of repeated pairs."""
     n0 = df.height
-    df = df.unique(subset=["user_id", "item_id", "rating", "timestamp"], keep="first")
+    df = df.unique(subset=["user_id", "item_id", "rating", "timestamp"], keep="any")
     counts[f"{tag}duplicate_events_dropped"] = n0 - df.height
     if opts.min_rating is not None:
         if df["rating"].null_count() == df.height:
@@ -102,15 +102,11 @@ def _clean(
         df = df.filter(pl.col("rating") >= opts.min_rating)
         counts[f"{tag}below_min_rating_dropped"] = n1 - df.height
     n2 = df.height
-    df = (
-        df.sort(["timestamp", "_line"], nulls_last=True)
-        .group_by(["user_id", "item_id"], maintain_order=True)
-        .agg(
-            pl.col("rating").last(),
-            pl.col("timestamp").min(),
-            pl.len().cast(pl.Int64).alias("n_events"),
-            pl.col("_line").min(),
-        )
+    df = df.group_by(["user_id", "item_id"]).agg(
+        pl.col("rating").sort_by(["timestamp", "_line"], nulls_last=True).last(),
+        pl.col("timestamp").min(),
+        pl.len().cast(pl.Int64).alias("n_events"),
+        pl.col("_line").min(),
     )
     counts[f"{tag}repeated_events_aggregated"] = n2 - df.height
     return df
@@ -164,12 +160,8 @@ def prepare_dataset(
         raise DataError(f"{path}: no interactions left after --min-rating {opts.min_rating}")
 
     # 5. k-core on integer codes
-    mask, iters = kcore_mask(
-        _codes(df["user_id"]),
-        _codes(df["item_id"]),
-        opts.min_user_interactions,
-        opts.min_item_interactions,
-    )
+    ucodes, icodes = _codes(df["user_id"]), _codes(df["item_id"])
+    mask, iters = kcore_mask(ucodes, icodes, opts.min_user_interactions, opts.min_item_interactions)
     counts["kcore_removed"] = int((~mask).sum())
     counts["kcore_iterations"] = iters
     df = df.filter(pl.Series(mask))
@@ -181,20 +173,23 @@ def prepare_dataset(
         )
     _log(f"cleaned and filtered to {df.height:,} pairs ({iters} k-core iterations)", t0, verbose)
 
-    # 6. split
-    users = _codes(df["user_id"])
+    # 6. split (codes made dense again after filtering so bincount-based splits stay small)
+    present = np.bincount(ucodes[mask]) > 0
+    users = (np.cumsum(present) - 1)[ucodes[mask]]
+    keys = S.pair_keys(users, icodes[mask], opts.seed)
     ts = df["timestamp"]
     if opts.split in ("temporal", "leave-last-k") and ts.null_count():
         raise DataError(f"--split {opts.split}: needs timestamps, but {path} has none")
     if opts.split == "random":
-        part = S.random_split(users, opts.test_fraction, opts.valid_fraction, opts.seed)
+        part = S.random_split(users, keys, opts.test_fraction, opts.valid_fraction)
     elif opts.split == "temporal":
         part = S.temporal_split(ts.to_numpy(), opts.test_fraction, opts.valid_fraction)
     elif opts.split == "leave-last-k":
-        part = S.leave_last_k_split(users, ts.to_numpy(), opts.leave_k, opts.valid_k, opts.seed)
+        part = S.leave_last_k_split(users, ts.to_numpy(), keys, opts.leave_k, opts.valid_k)
     elif opts.split == "users":
         part = S.heldout_users_split(
             users,
+            keys,
             int(users.max()) + 1,
             opts.test_fraction,
             opts.valid_fraction,
