@@ -1,14 +1,46 @@
-"""``recsys-ebm run``: not built yet in this version (see the project's issues)."""
+"""``recsys-ebm run``: run a pipeline file (prepare -> train -> evaluate -> register -> recommend)."""
 
 from __future__ import annotations
 
 import argparse
 
+from recsys_ebm.cli.common import add_tracking_options
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("run", help="(run: not available in this version yet)")
+    p = sub.add_parser(
+        "run",
+        help="run a pipeline declared in a TOML file",
+        description="Run the stages of a pipeline file in order, in one MLflow parent run with "
+        "nested stage runs. Stages whose options and inputs are unchanged are skipped (content "
+        "hash); --force reruns everything.",
+    )
+    p.add_argument("pipeline", help="pipeline file, e.g. pipelines/quickstart.toml")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        metavar="STAGE.KEY=VALUE",
+        action="append",
+        default=[],
+        help="override one stage option (repeatable), e.g. --set train.rbm.set.epochs=3 "
+        "--set prepare.seed=1",
+    )
+    p.add_argument("--run-dir", default=None, help="override [pipeline] run_dir")
+    p.add_argument("--force", action="store_true", help="rerun every stage")
+    add_tracking_options(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    raise ValueError("the 'run' subcommand is not available in this version yet")
+    from recsys_ebm.pipeline import load_pipeline, print_outputs, run_pipeline
+
+    pipe = load_pipeline(args.pipeline, args.overrides, run_dir=args.run_dir)
+    if args.experiment != "recsys-ebm":
+        pipe.experiment = args.experiment
+    status = run_pipeline(
+        pipe, force=args.force, tracking_uri=args.tracking_uri, mlflow=not args.no_mlflow
+    )
+    ran = sum(v == "ran" for v in status.values())
+    print(f"\npipeline {pipe.name}: {ran} stage(s) ran, {len(status) - ran} skipped")
+    print_outputs(pipe, args.tracking_uri)
+    return 0

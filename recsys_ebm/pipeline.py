@@ -1,0 +1,362 @@
+"""Pipelines: TOML files that chain ``prepare -> train -> evaluate -> register -> recommend``.
+
+A pipeline file declares stages; each stage's keys are the options of the CLI subcommand of the
+same name (``test_fraction`` = ``--test-fraction``), so anything a user can type, a pipeline can
+declare. Example (``pipelines/quickstart.toml``)::
+
+    [pipeline]
+    name = "quickstart"
+    run_dir = "runs/quickstart"          # stage outputs live here
+
+    [prepare]
+    split = "random"
+
+    [train.ease]                         # one table per model; the table name is the model id
+    model = "ease"
+    set = { l2 = 200.0 }                 # config overrides, as --set key=value
+
+    [evaluate]
+    k = "10,20,50"                       # models default to every trained model
+
+    [recommend]
+    model = "ease"
+    n = 100
+
+``recsys-ebm run FILE`` runs the stages in order inside one MLflow parent run (stage runs nest
+under it). A stage whose resolved options and upstream outputs are unchanged is skipped by
+content hash; ``--force`` reruns everything.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+import time
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from recsys_ebm.diagnostics import ConfigError
+
+__all__ = ["STAGES", "Pipeline", "Stage", "load_pipeline", "run_pipeline"]
+
+STAGES = ("prepare", "train", "evaluate", "register", "recommend")
+_PIPELINE_KEYS = {"name", "run_dir", "tracking_uri", "experiment"}
+# options the runner fills in itself (outputs and inputs wired between stages)
+_MANAGED = {
+    "prepare": {"out", "overwrite", "func"},
+    "train": {"data", "out", "overwrite", "func", "overrides"},
+    "evaluate": {"data", "report", "func"},
+    "register": {"func"},
+    "recommend": {"data", "out", "func"},
+}
+_TRACKING = {"tracking_uri", "experiment", "no_mlflow"}
+
+
+@dataclass
+class Stage:
+    """One resolved stage: the CLI argv it runs, its output path and its content hash."""
+
+    kind: str
+    name: str
+    argv: list[str]
+    output: Path | None
+    upstream: list[str] = field(default_factory=list)
+    digest: str = ""
+
+
+@dataclass
+class Pipeline:
+    path: Path
+    name: str
+    run_dir: Path
+    tracking_uri: str | None
+    experiment: str
+    stages: list[Stage]
+
+
+def _subparser(kind: str) -> argparse.ArgumentParser:
+    from recsys_ebm.cli import build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return sub.choices[kind]
+
+
+def _options(kind: str) -> dict[str, argparse.Action]:
+    return {
+        a.dest: a for a in _subparser(kind)._actions if a.dest not in ("help",) and a.option_strings
+    }
+
+
+def _to_argv(where: str, kind: str, values: dict[str, Any]) -> list[str]:
+    """Turn a stage table into CLI arguments, validating keys and types against the parser."""
+    opts = _options(kind)
+    managed = _MANAGED.get(kind, set())
+    argv: list[str] = []
+    for key, value in values.items():
+        action = opts.get(key)
+        if action is None or key in managed or key in _TRACKING:
+            known = sorted(k for k in opts if k not in managed and k not in _TRACKING)
+            raise ConfigError(f"{where}: unknown key {key!r}; known keys: {known}")
+        flag = action.option_strings[-1]
+        if isinstance(action, argparse._StoreTrueAction):
+            if not isinstance(value, bool):
+                raise ConfigError(f"{where}: key {key!r} expects true/false, got {value!r}")
+            if value:
+                argv.append(flag)
+            continue
+        items = value if isinstance(action, argparse._AppendAction) else [value]
+        if isinstance(action, argparse._AppendAction) and not isinstance(value, list):
+            raise ConfigError(f"{where}: key {key!r} expects a list, got {value!r}")
+        for item in items:
+            if isinstance(item, dict | list):
+                raise ConfigError(f"{where}: key {key!r} expects a scalar, got {item!r}")
+            text = str(item).lower() if isinstance(item, bool) else str(item)
+            if action.type is not None:
+                try:
+                    action.type(text)
+                except (TypeError, ValueError) as exc:
+                    raise ConfigError(
+                        f"{where}: key {key!r} expects {action.type.__name__}, got {item!r}"
+                    ) from exc
+            if action.choices is not None and text not in action.choices:
+                raise ConfigError(
+                    f"{where}: key {key!r} expects one of {sorted(action.choices)}, got {item!r}"
+                )
+            argv += [flag, text]
+    return argv
+
+
+def _set_path(data: dict[str, Any], dotted: str, value: Any, source: str) -> None:
+    parts = dotted.split(".")
+    if len(parts) < 2 or not all(parts):
+        raise ConfigError(f"--set: expected stage.key=value, got {dotted!r}")
+    node = data
+    for p in parts[:-1]:
+        node = node.setdefault(p, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"{source}: --set {dotted}: {p!r} is not a table")
+    node[parts[-1]] = value
+
+
+def load_pipeline(
+    path: str | Path, overrides: list[str] | None = None, *, run_dir: str | Path | None = None
+) -> Pipeline:
+    """Parse and validate a pipeline file; errors name the file, the stage and the key."""
+    from recsys_ebm.config import parse_overrides
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"pipeline: file not found: {path}")
+    try:
+        data = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
+    for dotted, value in parse_overrides(overrides or []).items():
+        _set_path(data, dotted, value, str(path))
+    unknown = sorted(set(data) - set(STAGES) - {"pipeline"})
+    if unknown:
+        raise ConfigError(f"{path}: unknown stage(s) {unknown}; stages are {list(STAGES)}")
+    head = data.get("pipeline", {})
+    bad = sorted(set(head) - _PIPELINE_KEYS)
+    if bad:
+        raise ConfigError(
+            f"{path}: [pipeline]: unknown key(s) {bad}; known: {sorted(_PIPELINE_KEYS)}"
+        )
+    name = str(head.get("name", path.stem))
+    base = Path(run_dir or head.get("run_dir", Path("runs") / name))
+    stages: list[Stage] = []
+
+    data_dir = base / "data"
+    if "prepare" in data:
+        where = f"{path}: [prepare]"
+        argv = ["prepare", *_to_argv(where, "prepare", data["prepare"])]
+        stages.append(Stage("prepare", "prepare", argv + ["--out", str(data_dir)], data_dir))
+
+    trained: dict[str, Path] = {}
+    train_tables = data.get("train", {})
+    if not isinstance(train_tables, dict):
+        raise ConfigError(f"{path}: [train] must hold one table per model, e.g. [train.rbm]")
+    for mname, table in train_tables.items():
+        where = f"{path}: [train.{mname}]"
+        if not isinstance(table, dict):
+            raise ConfigError(f"{where}: expected a table with a 'model' key, got {table!r}")
+        table = dict(table)
+        sets = table.pop("set", {})
+        if not isinstance(sets, dict):
+            raise ConfigError(f"{where}: key 'set' expects a table of config keys, got {sets!r}")
+        table.setdefault("model", mname)
+        argv = ["train", *_to_argv(where, "train", table)]
+        for k, v in sets.items():
+            val = json.dumps(v) if isinstance(v, list | bool) else str(v)
+            argv += ["--set", f"{k}={val}"]
+        _needs(stages, "prepare", where, path)
+        out = base / "models" / mname
+        argv += ["--data", str(data_dir), "--out", str(out), "--overwrite"]
+        stages.append(Stage("train", f"train.{mname}", argv, out, ["prepare"]))
+        trained[mname] = out
+
+    def model_ref(where: str, ref: str) -> str:
+        if ref in trained:
+            return str(trained[ref])
+        if ref.startswith("models:/") or Path(ref).is_dir():
+            return ref
+        raise ConfigError(
+            f"{where}: model {ref!r} is neither a [train.{ref}] stage of this pipeline "
+            f"(trained: {sorted(trained)}) nor an existing model directory"
+        )
+
+    if "evaluate" in data:
+        where = f"{path}: [evaluate]"
+        table = dict(data["evaluate"])
+        models = table.pop("models", sorted(trained))
+        if isinstance(models, str) or not isinstance(models, list) or not models:
+            raise ConfigError(f"{where}: key 'models' expects a non-empty list, got {models!r}")
+        _needs(stages, "prepare", where, path)
+        table.pop("model", None)
+        argv = ["evaluate", *_to_argv(where, "evaluate", table)]
+        for m in models:
+            argv += ["--model", model_ref(where, str(m))]
+        out = base / "report"
+        argv += ["--data", str(data_dir), "--report", str(out)]
+        ups = ["prepare"] + [f"train.{m}" for m in models if m in trained]
+        stages.append(Stage("evaluate", "evaluate", argv, out, ups))
+
+    if "register" in data:
+        where = f"{path}: [register]"
+        table = dict(data["register"])
+        ref = table.pop("model", None)
+        if ref is None:
+            raise ConfigError(f"{where}: missing key 'model' (a [train.NAME] of this pipeline)")
+        if ref not in trained:
+            raise ConfigError(
+                f"{where}: model {ref!r} needs a [train.{ref}] stage, which is not there "
+                f"(trained: {sorted(trained)})"
+            )
+        argv = ["register", *_to_argv(where, "register", table), "--model-dir", str(trained[ref])]
+        ups = [f"train.{ref}"] + (["evaluate"] if "evaluate" in data else [])
+        stages.append(Stage("register", "register", argv, None, ups))
+
+    if "recommend" in data:
+        where = f"{path}: [recommend]"
+        table = dict(data["recommend"])
+        ref = table.pop("model", None)
+        if ref is None:
+            raise ConfigError(f"{where}: missing key 'model'")
+        _needs(stages, "prepare", where, path)
+        out = base / "recommendations.parquet"
+        argv = ["recommend", *_to_argv(where, "recommend", table)]
+        argv += ["--model", model_ref(where, str(ref)), "--data", str(data_dir), "--out", str(out)]
+        ups = ["prepare"] + ([f"train.{ref}"] if ref in trained else [])
+        stages.append(Stage("recommend", "recommend", argv, out, ups))
+
+    from recsys_ebm import __version__
+
+    for st in stages:
+        h = hashlib.sha256(json.dumps([__version__, st.argv, _input_state(st, base)]).encode())
+        for up in st.upstream:
+            h.update(next(s.digest for s in stages if s.name == up).encode())
+        st.digest = h.hexdigest()[:16]
+    return Pipeline(
+        path, name, base, head.get("tracking_uri"), head.get("experiment", "recsys-ebm"), stages
+    )
+
+
+def _input_state(stage: Stage, base: Path) -> list[Any]:
+    """Size and mtime of the files a stage reads from outside the run (the raw input of
+    ``prepare``, model directories given by path), so edited inputs invalidate the stage."""
+    from recsys_ebm.data.prepare import DEFAULT_INPUT
+
+    paths: list[Path] = []
+    argv = stage.argv
+    for flag in ("--input", "--test", "--valid", "--model"):
+        if flag in argv:
+            paths += [Path(argv[i + 1]) for i, a in enumerate(argv[:-1]) if a == flag]
+    if stage.kind == "prepare" and "--input" not in argv:
+        paths.append(DEFAULT_INPUT)
+    state = []
+    for p in paths:
+        if p.resolve().is_relative_to(base.resolve()):
+            continue  # produced by this pipeline: covered by the upstream stage's digest
+        files = sorted(p.rglob("*")) if p.is_dir() else [p]
+        state += [[str(f), f.stat().st_size, f.stat().st_mtime_ns] for f in files if f.is_file()]
+    return state
+
+
+def _needs(stages: list[Stage], kind: str, where: str, path: Path) -> None:
+    if not any(s.kind == kind for s in stages):
+        raise ConfigError(f"{where}: needs the output of a [{kind}] stage, which {path} lacks")
+
+
+def _stamp(run_dir: Path, stage: Stage) -> Path:
+    return run_dir / ".stages" / f"{stage.name}.json"
+
+
+def run_pipeline(
+    pipe: Pipeline, *, force: bool = False, tracking_uri: str | None = None, mlflow: bool = True
+) -> dict[str, str]:
+    """Run every stage in order; returns ``{stage: "ran" | "skipped"}``."""
+    from recsys_ebm.cli import main as cli_main
+    from recsys_ebm.tracking import log_params_flat, mlflow_run
+
+    uri = tracking_uri or pipe.tracking_uri
+    status: dict[str, str] = {}
+    pipe.run_dir.mkdir(parents=True, exist_ok=True)
+    with mlflow_run(
+        f"pipeline-{pipe.name}",
+        tracking_uri=uri,
+        experiment=pipe.experiment,
+        tags={"stage": "pipeline", "pipeline": str(pipe.path)},
+        enabled=mlflow,
+    ) as parent:
+        if parent is not None:
+            log_params_flat(
+                {"pipeline.file": str(pipe.path), "pipeline.run_dir": str(pipe.run_dir)}
+            )
+        for st in pipe.stages:
+            stamp = _stamp(pipe.run_dir, st)
+            done = stamp.is_file() and json.loads(stamp.read_text()).get("digest") == st.digest
+            present = st.output is None or st.output.exists()
+            if done and present and not force:
+                print(f"[run] {st.name}: skipped (unchanged, hash {st.digest})", flush=True)
+                status[st.name] = "skipped"
+                continue
+            print(f"[run] {st.name}: recsys-ebm {' '.join(st.argv)}", flush=True)
+            t0 = time.perf_counter()
+            argv = list(st.argv)
+            if st.kind in ("prepare",):
+                argv.append("--overwrite")
+            if st.kind != "prepare":
+                argv += ["--experiment", pipe.experiment]
+                if uri:
+                    argv += ["--tracking-uri", uri]
+                if not mlflow:
+                    argv.append("--no-mlflow")
+            rc = cli_main(argv)
+            if rc != 0:
+                raise RuntimeError(f"pipeline {pipe.path}: stage {st.name} failed (exit {rc})")
+            stamp.parent.mkdir(parents=True, exist_ok=True)
+            stamp.write_text(json.dumps({"digest": st.digest, "argv": st.argv}))
+            status[st.name] = "ran"
+            print(f"[run] {st.name}: done in {time.perf_counter() - t0:.1f}s", flush=True)
+    return status
+
+
+def print_outputs(pipe: Pipeline, tracking_uri: str | None) -> None:
+    from recsys_ebm.tracking import default_tracking_uri
+
+    uri = default_tracking_uri(tracking_uri or pipe.tracking_uri)
+    out = sys.stdout
+    print("\nWhere things are:", file=out)
+    for st in pipe.stages:
+        if st.kind == "evaluate" and st.output is not None:
+            print(f"  report:           {st.output / 'report.html'}", file=out)
+        if st.kind == "recommend" and st.output is not None:
+            print(f"  recommendations:  {st.output}", file=out)
+        if st.kind == "prepare" and st.output is not None:
+            print(f"  dataset:          {st.output}", file=out)
+    print(f"  MLflow UI:        mlflow ui --backend-store-uri {uri}", file=out)
