@@ -1,4 +1,4 @@
-"""``recsys-ebm run``: run a pipeline file (prepare -> train -> evaluate -> register -> recommend)."""
+"""``recsys-ebm run``: run a pipeline file (prepare, train, evaluate, register, recommend)."""
 
 from __future__ import annotations
 
