@@ -119,6 +119,8 @@ def kcore_mask(
 
     Returns ``(mask, iterations)``.
     """
+    users = np.asarray(users, dtype=np.int64)
+    items = np.asarray(items, dtype=np.int64)
     mask = np.ones(len(users), dtype=bool)
     it = 0
     while True:
