@@ -1,4 +1,4 @@
-"""Writes the analyst notebooks from the cell sources below (run: python notebooks/build_notebooks.py).
+"""Writes the analyst notebooks from the cell sources below: python notebooks/build_notebooks.py
 
 Keeping the sources here makes notebook diffs readable; the .ipynb files are what analysts open.
 Each notebook's first code cell is tagged ``parameters`` (papermill convention) so the dataset
