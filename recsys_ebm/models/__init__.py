@@ -13,6 +13,7 @@ __all__ = ["MODEL_PATHS", "Recommender", "as_user_items", "get_model_class", "lo
 #: ``--model NAME`` -> "module:Class". Every entry passes tests/recommender_mixin.py.
 MODEL_PATHS: dict[str, str] = {
     "popularity": "recsys_ebm.models.popularity:Popularity",
+    "ease": "recsys_ebm.models.ease:EASE",
 }
 
 

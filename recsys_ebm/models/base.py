@@ -28,7 +28,7 @@ from recsys_ebm.config import Config
 from recsys_ebm.diagnostics import DataWarning, NotFittedError
 from recsys_ebm.io import atomic_dir
 
-__all__ = ["FORMAT_VERSION", "EpochCallback", "Recommender", "as_user_items"]
+__all__ = ["FORMAT_VERSION", "EpochCallback", "Recommender", "as_user_items", "csr_to_torch"]
 
 FORMAT_VERSION = 1
 #: ``callback(epoch, metrics)`` is called once per training epoch with that epoch's figures.
@@ -71,6 +71,20 @@ def as_user_items(user_items: Any, n_items: int, name: str = "user_items") -> sp
     if user_items.dtype != np.float32:
         user_items = user_items.astype(np.float32)
     return user_items
+
+
+def csr_to_torch(m: sp.csr_matrix, device: torch.device, *, binary: bool = True) -> torch.Tensor:
+    """(B, I) scipy CSR -> torch sparse CSR tensor on ``device`` (float32; ones if ``binary``)."""
+    data = np.ones(m.nnz, np.float32) if binary else m.data.astype(np.float32)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+        return torch.sparse_csr_tensor(
+            torch.from_numpy(m.indptr.astype(np.int64)),
+            torch.from_numpy(m.indices.astype(np.int64)),
+            torch.from_numpy(data),
+            size=m.shape,
+            check_invariants=False,  # scipy CSR is already valid
+        ).to(device)
 
 
 class Recommender(abc.ABC):

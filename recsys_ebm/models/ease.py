@@ -1,0 +1,126 @@
+"""EASE: Embarrassingly Shallow Autoencoders (Steck, WWW 2019), as energies.
+
+Closed form: with Gram matrix G = X^T X + lambda I and P = G^-1,
+    B_ij = -P_ij / P_jj  (i != j),  B_jj = 0,
+and the score of item j for a user with history x is (x B)_j. Energy = -(x B)_j.
+
+Memory: the item-item matrices are I x I float32. Fitting holds G (4 I^2 bytes), overwritten in
+place by its Cholesky factor and then by P (torch.cholesky_inverse allocates one more I x I),
+then B replaces P: peak ~ 2 x 4 I^2 bytes = 8 I^2 bytes, plus the CSR input. For I = 20,000
+items that is 3.2 GB; serving holds only B (4 I^2 bytes = 1.6 GB).
+
+The L2 strength ``l2`` is chosen on the validation split when ``l2_grid`` is given and ``fit``
+receives ``valid`` (best NDCG@10 of history=train vs target=valid).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Self
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+from recsys_ebm.config import Config
+from recsys_ebm.device import resolve_device
+from recsys_ebm.diagnostics import ConfigError, ModelFitError
+from recsys_ebm.models.base import EpochCallback, Recommender, as_user_items, csr_to_torch
+
+__all__ = ["EASE", "EASEConfig"]
+
+
+@dataclasses.dataclass(frozen=True)
+class EASEConfig(Config):
+    #: L2 strength; Steck reports 200-1000 as best on ML-20M / Netflix sized data
+    l2: float = 250.0
+    #: candidates for ``l2`` searched on the validation split (empty = use ``l2`` as is)
+    l2_grid: tuple[float, ...] = (50.0, 100.0, 250.0, 500.0, 1000.0)
+    device: str = "auto"
+
+    def validate(self) -> None:
+        self._check_positive("l2")
+        if any(v <= 0 for v in self.l2_grid):
+            raise ConfigError(f"EASEConfig.l2_grid: expected positive values, got {self.l2_grid}")
+
+
+class EASE(Recommender):
+    name = "ease"
+    config_class = EASEConfig
+
+    def __init__(self, config: EASEConfig | None = None, **overrides: Any) -> None:
+        super().__init__(config, **overrides)
+        self.device = resolve_device(self.config.device)
+        self.B: torch.Tensor | None = None  # (I, I)
+
+    @staticmethod
+    def _gram(train: sp.csr_matrix, device: torch.device) -> torch.Tensor:
+        g = (train.T @ train).toarray().astype(np.float32)  # (I, I)
+        return torch.from_numpy(g).to(device)
+
+    @staticmethod
+    def _solve(gram: torch.Tensor, l2: float) -> torch.Tensor:
+        """B from a Gram matrix (the input is left untouched)."""
+        g = gram.clone()
+        g.diagonal().add_(l2)
+        chol = torch.linalg.cholesky(g)  # (I, I), reuses no memory of g
+        del g
+        p = torch.cholesky_inverse(chol)  # (I, I) = (X^T X + l2 I)^-1
+        del chol
+        p.div_(-p.diagonal().clone())  # B_ij = -P_ij / P_jj (column-wise)
+        p.diagonal().zero_()
+        return p
+
+    def fit(
+        self,
+        train: sp.csr_matrix,
+        valid: sp.csr_matrix | None = None,
+        *,
+        callback: EpochCallback | None = None,
+    ) -> Self:
+        if not sp.issparse(train):
+            raise TypeError(
+                f"train: expected a scipy.sparse CSR matrix, got {type(train).__name__}"
+            )
+        train = as_user_items(train, train.shape[1], "train")
+        binary = train.copy()
+        binary.data[:] = 1.0
+        self.n_items = train.shape[1]
+        gram = self._gram(binary, self.device)
+        grid = list(self.config.l2_grid) if valid is not None and valid.nnz else []
+        self.fit_info = {"l2": self.config.l2}
+        if grid:
+            from recsys_ebm.evaluation.protocol import evaluate_ranking
+
+            valid = as_user_items(valid, self.n_items, "valid")
+            scores = {}
+            for step, l2 in enumerate(grid):
+                self.B = self._solve(gram, l2)
+                scores[l2] = evaluate_ranking(self, binary, valid, (10,))["ndcg@10"]
+                if callback is not None:
+                    callback(step, {"l2": l2, "valid_ndcg@10": scores[l2]})
+            best = max(scores, key=scores.get)
+            self.fit_info = {
+                "l2": best,
+                "valid_ndcg@10_by_l2": {str(k): v for k, v in scores.items()},
+            }
+            self.config = self.config.replace(l2=best)
+        self.B = self._solve(gram, self.config.l2)
+        if not torch.isfinite(self.B).all():
+            raise ModelFitError(f"EASE: non-finite weights B with l2={self.config.l2}")
+        return self
+
+    def _energies_block(
+        self, user_items: sp.csr_matrix, users: np.ndarray | None, items: np.ndarray | None
+    ) -> torch.Tensor:
+        assert self.B is not None
+        x = csr_to_torch(user_items, self.device)  # (B, I) sparse binary history
+        b = self.B if items is None else self.B[:, torch.as_tensor(items, device=self.device)]
+        return -(x @ b)  # (B, I) energies
+
+    def _state_tensors(self) -> dict[str, torch.Tensor]:
+        assert self.B is not None
+        return {"B": self.B}
+
+    def _load_state(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+        self.B = tensors["B"].to(self.device)

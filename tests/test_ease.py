@@ -1,0 +1,31 @@
+import numpy as np
+import scipy.sparse as sp
+
+from recsys_ebm.data.synthetic import checkerboard
+from recsys_ebm.models.ease import EASE
+from tests.recommender_mixin import RecommenderTestMixin
+
+
+class TestEASE(RecommenderTestMixin):
+    def make_model(self):
+        return EASE(l2=10.0, l2_grid=(), device="cpu")
+
+
+def test_closed_form_matches_definition():
+    rng = np.random.default_rng(0)
+    x = (rng.random((40, 12)) < 0.3).astype(np.float32)
+    model = EASE(l2=5.0, l2_grid=(), device="cpu").fit(sp.csr_matrix(x))
+    p = np.linalg.inv(x.T @ x + 5.0 * np.eye(12))
+    b = -p / np.diag(p)[None, :]
+    np.fill_diagonal(b, 0.0)
+    np.testing.assert_allclose(model.B.numpy(), b, rtol=1e-3, atol=1e-4)
+    np.testing.assert_allclose(model.energies(sp.csr_matrix(x)), -(x @ b), rtol=1e-3, atol=1e-4)
+
+
+def test_l2_is_chosen_on_validation():
+    board = checkerboard(seed=1)
+    model = EASE(l2_grid=(0.5, 5000.0), device="cpu").fit(board.train, board.test)
+    assert model.config.l2 in (0.5, 5000.0)
+    assert set(model.fit_info["valid_ndcg@10_by_l2"]) == {"0.5", "5000.0"}
+    best = max(model.fit_info["valid_ndcg@10_by_l2"].values())
+    assert model.fit_info["valid_ndcg@10_by_l2"][str(model.config.l2)] == best
