@@ -14,6 +14,8 @@ __all__ = ["MODEL_PATHS", "Recommender", "as_user_items", "get_model_class", "lo
 MODEL_PATHS: dict[str, str] = {
     "popularity": "recsys_ebm.models.popularity:Popularity",
     "ease": "recsys_ebm.models.ease:EASE",
+    "als": "recsys_ebm.models.implicit_adapter:ALS",
+    "bpr": "recsys_ebm.models.implicit_adapter:BPR",
 }
 
 

@@ -1,0 +1,54 @@
+import numpy as np
+import scipy.sparse as sp
+
+from recsys_ebm.data.synthetic import checkerboard
+from recsys_ebm.models.implicit_adapter import ALS, BPR
+from tests.recommender_mixin import RecommenderTestMixin
+
+
+class TestALS(RecommenderTestMixin):
+    def make_model(self):
+        return ALS(factors=8, epochs=10, num_threads=1, seed=1)
+
+
+class TestBPR(RecommenderTestMixin):
+    top1_accuracy = 0.8
+
+    def make_model(self):
+        return BPR(factors=8, epochs=200, learning_rate=0.05, num_threads=1, seed=1)
+
+
+def test_energy_is_negative_implicit_score():
+    board = checkerboard(seed=2)
+    model = ALS(factors=8, epochs=5, num_threads=1, seed=0).fit(board.train)
+    users = np.arange(5)
+    e = model.energies(board.train[:5], users=users)
+    scores = model.user_factors[:5].numpy() @ model.item_factors.numpy().T
+    np.testing.assert_allclose(e, -scores, rtol=1e-5, atol=1e-5)
+
+
+def test_als_fold_in_matches_implicit_recalculate_user():
+    from implicit.cpu.als import AlternatingLeastSquares
+
+    board = checkerboard(seed=2)
+    model = ALS(factors=8, epochs=5, alpha=3.0, num_threads=1, seed=0).fit(board.train)
+    ref = AlternatingLeastSquares(factors=8, alpha=3.0, regularization=0.05, iterations=1)
+    ref.fit(board.train, show_progress=False)
+    ref.item_factors = model.item_factors.numpy().copy()
+    ref.YtY_ = None
+    hist = board.train[:4]
+    expected = ref.recalculate_user(np.arange(4), hist)
+    np.testing.assert_allclose(model.fold_in(hist).numpy(), expected, rtol=1e-3, atol=1e-4)
+
+
+def test_known_user_uses_learned_factors_and_unknown_is_folded_in():
+    board = checkerboard(seed=2)
+    model = BPR(factors=8, epochs=50, num_threads=1, seed=0).fit(board.train)
+    e_known = model.energies(board.train[:1], users=np.array([0]))
+    e_new = model.energies(board.train[:1], users=np.array([-1]))
+    np.testing.assert_allclose(
+        e_known[0], -(model.user_factors[0].numpy() @ model.item_factors.numpy().T), rtol=1e-5
+    )
+    assert not np.allclose(e_known, e_new)
+    empty = sp.csr_matrix((1, board.train.shape[1]), dtype=np.float32)
+    assert np.isfinite(model.energies(empty)).all()
