@@ -88,8 +88,8 @@ class _FactorModel(Recommender):
         train.data[:] = 1.0
         from threadpoolctl import threadpool_limits
 
-        model = self._make()
         with threadpool_limits(1, "blas"):  # implicit's advice: its own threads, not BLAS's
+            model = self._make()
             model.fit(train, show_progress=False)
         uf = np.asarray(model.user_factors, dtype=np.float32)
         itf = np.asarray(model.item_factors, dtype=np.float32)
