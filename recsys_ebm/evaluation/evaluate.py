@@ -1,0 +1,140 @@
+"""Evaluate several models under one leak-free full-ranking protocol.
+
+For split S (``test`` or ``valid``): every model ranks the whole catalogue from
+``dataset.history(S)`` (train, + valid for test, + fold-in for held-out users) with those items
+masked at call time; ``dataset.matrix(S)`` is only read to score. Users with no target or no
+history are skipped (and counted).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from recsys_ebm.evaluation.metrics import (
+    beyond_accuracy,
+    ranking_metrics,
+    rating_errors,
+    recall_by_popularity,
+)
+from recsys_ebm.evaluation.stats import bootstrap_ci, paired_test
+
+__all__ = ["BASELINES", "EvaluationResult", "ModelResult", "evaluate_models"]
+
+BASELINES = ("popularity", "ease", "als", "bpr")
+
+
+@dataclass
+class ModelResult:
+    name: str
+    kind: str
+    config: dict[str, Any]
+    per_user: dict[str, np.ndarray]  # metric -> (U,)
+    means: dict[str, float]
+    ci: dict[str, tuple[float, float]]
+    beyond: dict[str, float]
+    recall_by_bucket: np.ndarray
+    energies_pos: np.ndarray
+    energies_rand: np.ndarray
+    seconds: float
+    extra: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class EvaluationResult:
+    split: str
+    ks: tuple[int, ...]
+    recall_denominator: str
+    n_users: int
+    n_skipped: int
+    models: list[ModelResult]
+    significance: dict[str, dict[str, float]]  # model -> paired test vs best baseline
+    best_baseline: str | None
+    primary: str
+
+    def table(self) -> list[dict[str, Any]]:
+        return [{"model": m.name, **m.means, **m.beyond, **m.extra} for m in self.models]
+
+
+def evaluate_models(
+    dataset: Any,
+    models: dict[str, Any],
+    ks: tuple[int, ...] = (10, 20, 50),
+    *,
+    split: str = "test",
+    recall_denominator: str = "relevant",
+    n_boot: int = 1000,
+    energy_sample_users: int = 300,
+    seed: int = 0,
+) -> EvaluationResult:
+    """Evaluate fitted models (name -> Recommender) on ``split`` of ``dataset``."""
+    if not models:
+        raise ValueError("models: expected at least one model, got none")
+    ks = tuple(sorted(set(int(k) for k in ks)))
+    if not ks or ks[0] <= 0:
+        raise ValueError(f"ks: expected positive cut-offs, got {ks}")
+    history = dataset.history(split)
+    target = dataset.matrix(split)
+    rows = np.flatnonzero((target.getnnz(axis=1) > 0) & (history.getnnz(axis=1) > 0))
+    skipped = int((target.getnnz(axis=1) > 0).sum() - rows.size)
+    hist_rows, target_rows = history[rows], target[rows]
+    item_counts = np.asarray(dataset.train.getnnz(axis=0), dtype=np.float64)
+    rng = np.random.default_rng(seed)
+    sample = rng.choice(rows.size, size=min(energy_sample_users, rows.size), replace=False)
+    primary = f"ndcg@{ks[0]}"
+    results = []
+    for name, model in models.items():
+        t0 = time.perf_counter()
+        items, _ = model.recommend(hist_rows, n=max(ks), users=rows)
+        per_user = ranking_metrics(items, target_rows, ks, recall_denominator=recall_denominator)
+        seconds = time.perf_counter() - t0
+        means = {k: float(np.nanmean(v)) for k, v in per_user.items()}
+        ci = {k: bootstrap_ci(v, n_boot=n_boot, seed=seed) for k, v in per_user.items()}
+        beyond = beyond_accuracy(items, item_counts, dataset.n_users, ks[0])
+        by_bucket, _ = recall_by_popularity(items, target_rows, item_counts, ks[-1])
+        en = model.energies(hist_rows[sample], users=rows[sample])  # (S, I)
+        t_s = target_rows[sample].tocoo()
+        pos = en[t_s.row, t_s.col]
+        rand = en[rng.integers(0, len(sample), pos.size), rng.integers(0, en.shape[1], pos.size)]
+        extra = {}
+        if hasattr(model, "predict_ratings") and dataset.has_ratings:
+            coo = dataset.ratings(split)[rows].tocoo()
+            pred = model.predict_ratings(dataset.history(split)[rows], coo.row, coo.col)
+            extra = rating_errors(pred, coo.data)
+        results.append(
+            ModelResult(
+                name,
+                getattr(model, "name", type(model).__name__),
+                model.config.to_dict(),
+                per_user,
+                means,
+                ci,
+                beyond,
+                by_bucket,
+                pos,
+                rand,
+                seconds,
+                extra,
+            )
+        )
+    baselines = [r for r in results if r.kind in BASELINES]
+    best = max(baselines, key=lambda r: r.means[primary]) if baselines else None
+    significance = {}
+    if best is not None:
+        for r in results:
+            if r is not best:
+                significance[r.name] = paired_test(r.per_user[primary], best.per_user[primary])
+    return EvaluationResult(
+        split,
+        ks,
+        recall_denominator,
+        int(rows.size),
+        skipped,
+        results,
+        significance,
+        best.name if best else None,
+        primary,
+    )
