@@ -144,9 +144,11 @@ def recall_by_popularity(
     per bucket; a model that only recommends blockbusters has recall near 0 in the tail buckets.
     """
     order = np.argsort(-item_counts, kind="stable")
-    share = np.cumsum(item_counts[order]) / max(1.0, item_counts.sum())
+    sorted_counts = item_counts[order]
+    # share of interactions held by strictly more popular items: the item's starting point
+    start = (np.cumsum(sorted_counts) - sorted_counts) / max(1.0, item_counts.sum())
     bucket_of = np.empty(len(item_counts), dtype=np.int64)
-    bucket_of[order] = np.minimum((share * n_buckets - 1e-9).astype(np.int64), n_buckets - 1)
+    bucket_of[order] = np.minimum((start * n_buckets).astype(np.int64), n_buckets - 1)
     bucket_of[order[item_counts[order] == 0]] = n_buckets - 1
     hits = hits_matrix(rec_items[:, :k], target)
     hit_items = rec_items[:, :k][hits]
