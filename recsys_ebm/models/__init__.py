@@ -16,6 +16,7 @@ MODEL_PATHS: dict[str, str] = {
     "ease": "recsys_ebm.models.ease:EASE",
     "als": "recsys_ebm.models.implicit_adapter:ALS",
     "bpr": "recsys_ebm.models.implicit_adapter:BPR",
+    "rbm": "recsys_ebm.models.rbm:RBM",
 }
 
 

@@ -1,0 +1,97 @@
+import numpy as np
+import pytest
+import scipy.sparse as sp
+import torch
+
+from recsys_ebm.data.synthetic import checkerboard
+from recsys_ebm.diagnostics import ModelFitError
+from recsys_ebm.models.rbm import RBM
+from tests.recommender_mixin import RecommenderTestMixin
+
+
+def small(**kw):
+    base = dict(
+        n_hidden=16,
+        epochs=40,
+        batch_size=10,
+        learning_rate=0.1,
+        patience=0,
+        progress=False,
+        device="cpu",
+        seed=0,
+    )
+    return RBM(**{**base, **kw})
+
+
+class TestRBM(RecommenderTestMixin):
+    def make_model(self):
+        return small()
+
+
+class TestPersistentRBM(RecommenderTestMixin):
+    def make_model(self):
+        return small(persistent=True, cd_k=1)
+
+
+def test_k_schedule():
+    m = small(epochs=8, k_schedule=(1, 3, 5, 9))
+    assert [m.config.k_at(e) for e in range(8)] == [1, 1, 3, 3, 5, 5, 9, 9]
+
+
+def test_divergence_guard_names_epoch_and_quantity():
+    board = checkerboard(seed=0)
+    with pytest.raises(ModelFitError, match=r"epoch 0: max \|W\|"):
+        small(learning_rate=50.0, max_abs_param=1.0, epochs=2).fit(board.train)
+
+
+def test_monitoring_curves_and_early_stopping():
+    board = checkerboard(seed=0)
+    seen = []
+    m = small(epochs=30, patience=3).fit(
+        board.train, board.test, callback=lambda e, x: seen.append(x)
+    )
+    h = m.fit_info["history"]
+    assert len(h) == len(seen) <= 30
+    for key in ("reconstruction_error", "free_energy_gap", "valid_ndcg@10"):
+        assert key in h[0] and np.isfinite(h[0][key])
+    assert h[-1]["reconstruction_error"] < h[0]["reconstruction_error"]
+    assert m.fit_info["best_valid_ndcg@10"] == max(x["valid_ndcg@10"] for x in h)
+
+
+def test_checkpoint_resume_equals_uninterrupted(tmp_path):
+    board = checkerboard(seed=0)
+    ref = small(epochs=6, persistent=True).fit(board.train, board.test)
+
+    class Stop(Exception):
+        pass
+
+    def stop_after_2(epoch, metrics):
+        if epoch == 2:
+            raise Stop
+
+    ckpt = str(tmp_path / "ckpt")
+    with pytest.raises(Stop):
+        small(epochs=6, persistent=True, checkpoint_dir=ckpt).fit(
+            board.train, board.test, callback=stop_after_2
+        )
+    resumed = small(epochs=6, persistent=True, checkpoint_dir=ckpt).fit(board.train, board.test)
+    for name in ("W", "b", "c"):
+        torch.testing.assert_close(getattr(resumed, name), getattr(ref, name))
+
+
+def test_free_energy_orders_real_over_random_profiles():
+    board = checkerboard(seed=0)
+    m = small().fit(board.train)
+    real = m.free_energy(board.train)
+    rng = np.random.default_rng(0)
+    rand = sp.csr_matrix((rng.random(board.train.shape) < 0.25).astype(np.float32))
+    assert real.mean() < m.free_energy(rand).mean()
+
+
+def test_saved_model_loads_on_cpu(tmp_path):
+    board = checkerboard(seed=0)
+    m = small(device="auto").fit(board.train)
+    m.save(tmp_path / "m")
+    loaded = RBM.load(tmp_path / "m", device="cpu")
+    assert loaded.W.device.type == "cpu"
+    np.testing.assert_allclose(loaded.energies(board.train), m.energies(board.train), rtol=1e-5)
