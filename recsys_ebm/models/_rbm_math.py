@@ -13,7 +13,14 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-__all__ = ["free_energy", "free_energy_delta", "gibbs_vhv", "hidden_prob", "visible_prob"]
+__all__ = [
+    "free_energy",
+    "free_energy_delta",
+    "gibbs_chain",
+    "gibbs_vhv",
+    "hidden_prob",
+    "visible_prob",
+]
 
 
 def hidden_prob(v: torch.Tensor, W: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
@@ -43,12 +50,31 @@ def gibbs_vhv(
 
     k = 0 returns the input unchanged (so CD-0 has exactly zero gradient).
     """
-    ph = hidden_prob(v, W, c)
-    for _ in range(k):
+    v_k, ph, _ = gibbs_chain(v, W, b, c, k, generator)
+    return v_k, ph
+
+
+def gibbs_chain(
+    v: torch.Tensor,
+    W: torch.Tensor,
+    b: torch.Tensor,
+    c: torch.Tensor,
+    k: int,
+    generator: torch.Generator | None,
+    ph: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """As :func:`gibbs_vhv`, also returning p(v | h_1) of the first step (the reconstruction,
+    None when k = 0); ``ph`` = p(h | v) when the caller already has it."""
+    ph = hidden_prob(v, W, c) if ph is None else ph
+    recon = None
+    for step in range(k):
         h = torch.bernoulli(ph, generator=generator)
-        v = torch.bernoulli(visible_prob(h, W, b), generator=generator)
+        pv = visible_prob(h, W, b)
+        if step == 0:
+            recon = pv
+        v = torch.bernoulli(pv, generator=generator)
         ph = hidden_prob(v, W, c)
-    return v, ph
+    return v, ph, recon
 
 
 def free_energy_delta(

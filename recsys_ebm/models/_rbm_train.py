@@ -110,7 +110,7 @@ def train_rbm(
         for s in batches:
             rows = order[s : s + cfg.batch_size]
             v0 = model._dense(train[rows])  # (B, I)
-            grads, vk = model.cd_gradient(v0, k, dev_gen, chain)
+            grads, vk, rec = model.cd_step(v0, k, dev_gen, chain)
             if cfg.persistent:
                 chain = vk
             with torch.no_grad():
@@ -120,8 +120,9 @@ def train_rbm(
                         g = g - cfg.weight_decay * model.W
                     vel[name].mul_(momentum).add_(g, alpha=lr)
                     getattr(model, name).add_(vel[name])
-                ph0 = hidden_prob(v0, model.W, model.c)
-                recon += float(((v0 - visible_prob(ph0, model.W, model.b)) ** 2).sum())
+                if rec is None:  # PCD or k = 0: one extra mean-field pass
+                    rec = visible_prob(hidden_prob(v0, model.W, model.c), model.W, model.b)
+                recon += float(((v0 - rec) ** 2).sum())
                 seen += v0.numel()
         model.check_params(epoch)
         metrics = {

@@ -21,7 +21,7 @@ import torch
 from recsys_ebm.config import Config
 from recsys_ebm.device import resolve_device
 from recsys_ebm.diagnostics import ConfigError, ModelFitError
-from recsys_ebm.models._rbm_math import free_energy, free_energy_delta, gibbs_vhv, hidden_prob
+from recsys_ebm.models._rbm_math import free_energy, free_energy_delta, gibbs_chain, hidden_prob
 from recsys_ebm.models.base import EpochCallback, Recommender, as_user_items
 
 __all__ = ["RBM", "RBMConfig"]
@@ -103,16 +103,31 @@ class RBM(Recommender):
         Returns (gradients averaged over the batch, the chain's new state).
         """
         assert self.W is not None and self.b is not None and self.c is not None
+        grads, vk, _ = self.cd_step(v0, k, generator, chain)
+        return grads, vk
+
+    def cd_step(
+        self,
+        v0: torch.Tensor,
+        k: int,
+        generator: torch.Generator | None,
+        chain: torch.Tensor | None = None,
+    ) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor | None]:
+        """:meth:`cd_gradient` plus the reconstruction p(v | h) of v0 (free with CD, k >= 1)."""
+        assert self.W is not None and self.b is not None and self.c is not None
         ph0 = hidden_prob(v0, self.W, self.c)  # (B, H) positive phase
-        start = v0 if chain is None else chain
-        vk, phk = gibbs_vhv(start, self.W, self.b, self.c, k, generator)  # negative phase
+        if chain is None:  # CD: the negative chain starts at the data
+            vk, phk, recon = gibbs_chain(v0, self.W, self.b, self.c, k, generator, ph0)
+        else:  # PCD: it continues the persistent fantasy particles
+            vk, phk, _ = gibbs_chain(chain, self.W, self.b, self.c, k, generator)
+            recon = None
         n0, nk = v0.shape[0], vk.shape[0]
         grads = {
             "W": v0.T @ ph0 / n0 - vk.T @ phk / nk,  # (I, H)
             "b": v0.mean(0) - vk.mean(0),
             "c": ph0.mean(0) - phk.mean(0),
         }
-        return grads, vk
+        return grads, vk, recon
 
     def free_energy(self, user_items: sp.csr_matrix) -> np.ndarray:
         """(U,) free energy of each history row (lower = more plausible profile)."""
