@@ -1,14 +1,123 @@
-"""``recsys-ebm recommend``: not built yet in this version (see the project's issues)."""
+"""``recsys-ebm recommend``: batch top-N recommendations to Parquet."""
 
 from __future__ import annotations
 
 import argparse
 
+from recsys_ebm.cli.common import add_tracking_options
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("recommend", help="(recommend: not available in this version yet)")
+    p = sub.add_parser(
+        "recommend",
+        help="write top-N recommendations for many users to a Parquet file",
+        description="Score users in chunks and write one row per recommendation (user_id, rank, "
+        "item_id, energy, model_version) to Parquet, atomically. Known users are served from "
+        "their history in the dataset (train + valid + fold-in); --history adds new users.",
+    )
+    p.add_argument("--model", required=True, help="saved model directory")
+    p.add_argument("--data", required=True, help="prepared dataset directory")
+    p.add_argument(
+        "--users",
+        default="all",
+        help="'all', 'test' (users with test interactions) or a file of raw user ids "
+        "(csv/parquet with a user_id column, or one id per line)",
+    )
+    p.add_argument("--n", type=int, default=100, help="list length per user (default: 100)")
+    p.add_argument("--out", required=True, help="output Parquet file")
+    p.add_argument(
+        "--shard",
+        default=None,
+        metavar="I/N",
+        help="score only shard I of N (deterministic interleaved slice of users)",
+    )
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue a killed job: keep finished chunks in OUT.parts/",
+    )
+    p.add_argument(
+        "--history",
+        default=None,
+        help="csv/parquet of user_id,item_id histories for users absent from --data",
+    )
+    p.add_argument("--chunk-size", type=int, default=2048, help="users per chunk (default 2048)")
+    add_tracking_options(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    raise ValueError("the 'recommend' subcommand is not available in this version yet")
+    from pathlib import Path
+
+    from recsys_ebm.batch import model_version, parse_shard, run_batch
+    from recsys_ebm.data.dataset import Dataset
+    from recsys_ebm.models import load_model
+    from recsys_ebm.tracking import log_dataset, log_params_flat, mlflow_run
+
+    if args.model.startswith("models:/"):
+        raise ValueError(
+            "--model: registry URIs (models:/NAME@ALIAS) are not supported by this version; "
+            "pass a saved model directory"
+        )
+    shard = parse_shard(args.shard)
+    model_dir = Path(args.model)
+    model = load_model(model_dir, device="auto")
+    dataset = Dataset.load(args.data)
+    if model.n_items != dataset.n_items:
+        raise ValueError(
+            f"--model: {model_dir} was trained on {model.n_items} items, --data has "
+            f"{dataset.n_items}"
+        )
+    version = model_version(model_dir)
+    with mlflow_run(
+        "recommend",
+        tracking_uri=args.tracking_uri,
+        experiment=args.experiment,
+        nested=True,
+        tags={"stage": "recommend", "model_dir": str(model_dir.resolve())},
+        enabled=not args.no_mlflow,
+    ) as run_:
+        res = run_batch(
+            model,
+            dataset,
+            Path(args.out),
+            users=args.users,
+            n=args.n,
+            shard=shard,
+            resume=args.resume,
+            history_file=Path(args.history) if args.history else None,
+            chunk_size=args.chunk_size,
+            version=version,
+        )
+        if run_ is not None:
+            import mlflow
+
+            log_params_flat(
+                {
+                    "model_dir": str(model_dir),
+                    "users": args.users,
+                    "n": args.n,
+                    "shard": f"{shard[0]}/{shard[1]}",
+                    "model_version": version,
+                }
+            )
+            log_dataset(dataset)
+            mlflow.log_metrics(
+                {
+                    "users": res.n_users,
+                    "rows": res.n_rows,
+                    "seconds": res.seconds,
+                    "users_per_second": res.n_users / max(res.seconds, 1e-9),
+                }
+            )
+            mlflow.set_tag("output", str(Path(args.out).resolve()))
+    print(
+        f"wrote {res.n_rows:,} recommendations for {res.n_users:,} users to {res.out} "
+        f"in {res.seconds:.1f}s ({res.chunks_done} chunks scored, {res.chunks_skipped} resumed)"
+    )
+    if res.unknown_users:
+        print(
+            f"note: {res.unknown_users} requested user ids are not in the dataset and were "
+            "skipped (pass their histories with --history)"
+        )
+    return 0
