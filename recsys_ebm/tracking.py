@@ -22,6 +22,7 @@ __all__ = [
     "git_commit",
     "log_dataset",
     "log_params_flat",
+    "metric_key",
     "mlflow_run",
 ]
 
@@ -36,6 +37,11 @@ def default_tracking_uri(uri: str | None = None) -> str:
     if env:
         return env
     return f"sqlite:///{Path.cwd() / 'mlflow.db'}"
+
+
+def metric_key(name: str) -> str:
+    """MLflow metric names cannot hold '@': ``ndcg@10`` -> ``ndcg_at_10``."""
+    return name.replace("@", "_at_")
 
 
 def git_commit() -> str:

@@ -68,7 +68,13 @@ def run(args: argparse.Namespace) -> int:
     from recsys_ebm.evaluation.evaluate import evaluate_models
     from recsys_ebm.evaluation.report import write_report
     from recsys_ebm.models import load_model
-    from recsys_ebm.tracking import git_commit, log_dataset, log_params_flat, mlflow_run
+    from recsys_ebm.tracking import (
+        git_commit,
+        log_dataset,
+        log_params_flat,
+        metric_key,
+        mlflow_run,
+    )
 
     out = Path(args.report)
     if out.exists() and not args.overwrite:
@@ -130,7 +136,7 @@ def run(args: argparse.Namespace) -> int:
             for m in res.models:
                 mlflow.log_metrics(
                     {
-                        f"{m.name}.{_key(k)}": v
+                        f"{m.name}.{metric_key(k)}": v
                         for k, v in {**m.means, **m.beyond, **m.extra}.items()
                     }
                 )
@@ -146,17 +152,12 @@ def run(args: argparse.Namespace) -> int:
                     },
                 ):
                     mlflow.log_metrics(
-                        {_key(k): v for k, v in {**m.means, **m.beyond, **m.extra}.items()}
+                        {metric_key(k): v for k, v in {**m.means, **m.beyond, **m.extra}.items()}
                     )
             mlflow.log_artifacts(str(out), artifact_path="report")
     _print_table(res)
     print(f"\nreport: {out / 'report.html'}  (markdown: {out / 'report.md'})")
     return 0
-
-
-def _key(metric: str) -> str:
-    """MLflow metric names cannot hold '@': ndcg@10 -> ndcg_at_10."""
-    return metric.replace("@", "_at_")
 
 
 def _print_table(res) -> None:  # noqa: ANN001

@@ -32,7 +32,7 @@ def run(args: argparse.Namespace) -> int:
 
     from recsys_ebm.data.dataset import Dataset
     from recsys_ebm.models import get_model_class
-    from recsys_ebm.tracking import log_dataset, log_params_flat, mlflow_run
+    from recsys_ebm.tracking import log_dataset, log_params_flat, metric_key, mlflow_run
 
     out = Path(args.out)
     if out.exists() and not args.overwrite:
@@ -57,7 +57,9 @@ def run(args: argparse.Namespace) -> int:
             log_dataset(dataset)
 
             def callback(epoch: int, metrics: dict[str, float]) -> None:
-                mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=epoch)
+                mlflow.log_metrics(
+                    {metric_key(k): float(v) for k, v in metrics.items()}, step=epoch
+                )
 
         t0 = time.perf_counter()
         model.fit_dataset(dataset, callback=callback)
