@@ -29,7 +29,7 @@ __all__ = ["RBM", "RBMConfig"]
 
 @dataclasses.dataclass(frozen=True)
 class RBMConfig(Config):
-    n_hidden: int = 200  # tuned on ML-100K validation (100-400 all within noise; 200 cheapest)
+    n_hidden: int = 200  # best of {100, 200, 400} on ML-100K validation (benchmarks/README.md)
     epochs: int = 30
     batch_size: int = 32  # small batches: more updates per epoch on ~1k users
     learning_rate: float = 0.05
