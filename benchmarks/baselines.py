@@ -78,11 +78,52 @@ def run_dataset(label: str, ds) -> list[dict]:  # noqa: ANN001
     return rows
 
 
+EASE_CHILD = r"""
+import resource, sys, time
+import numpy as np, scipy.sparse as sp
+from recsys_ebm.data.synthetic import planted_communities
+from recsys_ebm.models.ease import EASE
+n_items = int(sys.argv[1])
+log = planted_communities(n_users=30_000, n_items=n_items, n_interactions=1_500_000, seed=0)
+x = sp.csr_matrix((np.ones(log.height, np.float32),
+                   (log["user_id"].to_numpy(), log["item_id"].to_numpy())), shape=(30_000, n_items))
+x.data[:] = 1.0
+t0 = time.perf_counter()
+EASE(l2=500.0, l2_grid=(), device="cpu").fit(x)
+print(f"EASE on {n_items:,} items: fit {time.perf_counter() - t0:.1f} s, peak RSS "
+      f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GB "
+      f"(formula 8 I^2 bytes = {8 * n_items**2 / 2**30:.2f} GiB)")
+"""
+
+
+def ease_memory(n_items: int) -> None:
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, "-c", EASE_CHILD, str(n_items)],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=ROOT,
+    )
+    print(out.stdout.strip())
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--ml100k", default=str(ROOT.parent / "shared" / "data" / "ml-100k"))
     ap.add_argument("--skip-ml100k", action="store_true")
+    ap.add_argument(
+        "--ease-items",
+        type=int,
+        default=0,
+        help="also fit EASE on a synthetic catalogue of this many items (e.g. 20000) "
+        "in a subprocess and print its fit time and peak RSS",
+    )
     args = ap.parse_args()
+    if args.ease_items:
+        ease_memory(args.ease_items)
     from recsys_ebm.data.prepare import prepare_dataset
 
     opts = dict(split="random", test_fraction=0.2, valid_fraction=0.1, seed=0)
