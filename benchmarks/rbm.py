@@ -99,18 +99,22 @@ def throughput(batch_size: int) -> None:
         n_hidden=n_hidden, epochs=1, batch_size=batch_size, patience=0, progress=False, device="cpu"
     )
     model.fit(x[:batch_size])  # warm-up (allocations, thread pool)
-    t0 = time.perf_counter()
-    model.fit(x)  # one CD-1 epoch; no validation set, so no monitoring cost
-    epoch_s = time.perf_counter() - t0
+    epoch_s = float("inf")
+    for _ in range(3):  # best of 3: these machines are shared and noisy
+        t0 = time.perf_counter()
+        model.fit(x)  # one CD-1 epoch; no validation set, so no monitoring cost
+        epoch_s = min(epoch_s, time.perf_counter() - t0)
     flops = 5 * 2 * n_users * n_items * n_hidden
     a = torch.rand(batch_size, n_items)
     w = torch.rand(n_items, n_hidden)
     reps = 5 * (n_users // batch_size)
     a @ w
-    t0 = time.perf_counter()
-    for _ in range(reps):
-        a @ w
-    mm_s = time.perf_counter() - t0
+    mm_s = float("inf")
+    for _ in range(3):
+        t0 = time.perf_counter()
+        for _ in range(reps):
+            a @ w
+        mm_s = min(mm_s, time.perf_counter() - t0)
     mm_rate = reps * 2 * batch_size * n_items * n_hidden / mm_s
     rate = flops / epoch_s
     print(
@@ -136,7 +140,8 @@ def main() -> None:
         anomalies(ml)
     else:
         print(f"MovieLens 100K: skipped ({ml} not found)")
-    throughput(args.batch_size)
+    for bs in sorted({args.batch_size, 128}):
+        throughput(bs)
 
 
 if __name__ == "__main__":
