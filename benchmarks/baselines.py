@@ -132,7 +132,8 @@ def main() -> None:
     if (ml / "u.data").is_file() and not args.skip_ml100k:
         rows += run_dataset("MovieLens 100K", prepare_dataset(ml, **opts))
     else:
-        print(f"MovieLens 100K: skipped ({ml} not found)")
+        why = "--skip-ml100k" if args.skip_ml100k else f"{ml} not found"
+        print(f"MovieLens 100K: skipped ({why})")
     rows += run_dataset(
         "ml-latest-small", prepare_dataset(ROOT / "data" / "ml-latest-small", **opts)
     )

@@ -5,9 +5,10 @@ Closed form: with Gram matrix G = X^T X + lambda I and P = G^-1,
 and the score of item j for a user with history x is (x B)_j. Energy = -(x B)_j.
 
 Memory: the item-item matrices are I x I float32. Fitting holds G (4 I^2 bytes), overwritten in
-place by its Cholesky factor and then by P (torch.cholesky_inverse allocates one more I x I),
-then B replaces P: peak ~ 2 x 4 I^2 bytes = 8 I^2 bytes, plus the CSR input. For I = 20,000
-items that is 3.2 GB; serving holds only B (4 I^2 bytes = 1.6 GB).
+place by its Cholesky factor, and P = G^-1 from torch.cholesky_inverse (another 4 I^2 bytes),
+which then becomes B in place: peak ~ 8 I^2 bytes plus the transient sparse product X^T X. For
+I = 20,000 items that is 3.2 GB; serving holds only B (4 I^2 bytes = 1.6 GB). The validation
+search over ``l2_grid`` keeps G alive and needs one more I x I matrix (12 I^2 bytes).
 
 The L2 strength ``l2`` is chosen on the validation split when ``l2_grid`` is given and ``fit``
 receives ``valid`` (best NDCG@10 of history=train vs target=valid).
@@ -55,18 +56,17 @@ class EASE(Recommender):
 
     @staticmethod
     def _gram(train: sp.csr_matrix, device: torch.device) -> torch.Tensor:
-        g = (train.T @ train).toarray().astype(np.float32)  # (I, I)
+        g = (train.T @ train).toarray().astype(np.float32, copy=False)  # (I, I)
         return torch.from_numpy(g).to(device)
 
     @staticmethod
-    def _solve(gram: torch.Tensor, l2: float) -> torch.Tensor:
-        """B from a Gram matrix (the input is left untouched)."""
-        g = gram.clone()
+    def _solve(gram: torch.Tensor, l2: float, *, inplace: bool = False) -> torch.Tensor:
+        """B from a Gram matrix; with ``inplace`` the Gram matrix's memory is reused."""
+        g = gram if inplace else gram.clone()
         g.diagonal().add_(l2)
-        chol = torch.linalg.cholesky(g)  # (I, I), reuses no memory of g
+        torch.linalg.cholesky(g, out=g)  # (I, I) lower factor, in place
+        p = torch.cholesky_inverse(g)  # (I, I) = (X^T X + l2 I)^-1
         del g
-        p = torch.cholesky_inverse(chol)  # (I, I) = (X^T X + l2 I)^-1
-        del chol
         p.div_(-p.diagonal().clone())  # B_ij = -P_ij / P_jj (column-wise)
         p.diagonal().zero_()
         return p
@@ -105,7 +105,8 @@ class EASE(Recommender):
                 "valid_ndcg@10_by_l2": {str(k): v for k, v in scores.items()},
             }
             self.config = self.config.replace(l2=best)
-        self.B = self._solve(gram, self.config.l2)
+        self.B = self._solve(gram, self.config.l2, inplace=True)
+        del gram
         if not torch.isfinite(self.B).all():
             raise ModelFitError(f"EASE: non-finite weights B with l2={self.config.l2}")
         return self
