@@ -153,3 +153,60 @@ def test_cli_run_with_mlflow_parent_and_nested_runs(tmp_path, small_log):
         cwd=tmp_path,
     )
     assert r2.returncode == 0 and "skipped (unchanged" in r2.stdout
+
+
+def test_quickstart_pipeline_end_to_end_reduced(tmp_path):
+    """The README's main job, through the CLI, on a reduced config: report, runs, recs."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    sets = [
+        "train.rbm.set.epochs=2",
+        "train.rbm.set.n_hidden=32",
+        "train.ease.set.l2_grid=[]",
+        "evaluate.bootstrap=100",
+    ]
+    cmd = [
+        sys.executable,
+        "-m",
+        "recsys_ebm",
+        "run",
+        str(ROOT / "pipelines" / "quickstart.toml"),
+        "--run-dir",
+        str(tmp_path / "run"),
+        "--tracking-uri",
+        uri,
+    ]
+    for s in sets:
+        cmd += ["--set", s]
+    r = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    run = tmp_path / "run"
+    report = run / "report" / "report.html"
+    assert report.is_file() and f"report:           {report}" in r.stdout
+    assert "mlflow ui --backend-store-uri" in r.stdout
+    import json
+
+    import polars as pl
+
+    metrics = json.loads((run / "report" / "metrics.json").read_text())
+    assert set(metrics["models"]) == {"popularity", "ease", "als", "rbm"}
+    recs = pl.read_parquet(run / "recommendations.parquet")
+    users = pl.read_parquet(run / "data" / "users.parquet")
+    assert set(recs["user_id"]) == set(users["user_id"]), "recommendations for every user"
+    assert recs.group_by("user_id").len()["len"].min() == 100
+    import mlflow
+
+    mlflow.set_tracking_uri(uri)
+    runs = mlflow.search_runs(experiment_names=["recsys-ebm"], output_format="list")
+    stages = sorted(x.data.tags.get("stage") for x in runs)
+    assert stages.count("train") == 4 and "evaluate" in stages and "recommend" in stages
+    parent = next(x for x in runs if x.data.tags.get("stage") == "pipeline")
+    nested = [x for x in runs if x.data.tags.get("stage") in ("train", "evaluate", "recommend")]
+    assert all(x.data.tags.get("mlflow.parentRunId") == parent.info.run_id for x in nested)
+    r2 = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path)
+    assert r2.returncode == 0 and "0 stage(s) ran, 7 skipped" in r2.stdout
+
+
+def test_shipped_pipelines_parse():
+    for name in ("quickstart", "movielens-100k", "benchmark-adjacency"):
+        pipe = load_pipeline(ROOT / "pipelines" / f"{name}.toml")
+        assert pipe.stages[0].kind == "prepare"
