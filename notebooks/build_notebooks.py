@@ -236,6 +236,108 @@ stab""",
     ),
 ]
 
+NOTEBOOKS["04_model_comparison.ipynb"] = [
+    (
+        "md",
+        """# 4. Model comparison from MLflow
+
+Reads the MLflow runs of the quickstart pipeline back into pandas, compares the models, plots
+metric@K, and explains one user's RBM recommendations item by item from energies. If no tracking
+store is given, the pipeline is run first (reduced settings by default).""",
+    ),
+    (
+        "params",
+        """# Parameters
+TRACKING_URI = None    # e.g. "sqlite:///mlflow.db" after `recsys-ebm run pipelines/quickstart.toml`
+RUN_DIR = None         # that pipeline's run directory, e.g. "runs/quickstart"
+RBM_EPOCHS = 2         # used only when the pipeline is run here
+RBM_HIDDEN = 32""",
+    ),
+    (
+        "code",
+        """%matplotlib inline
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import mlflow
+import numpy as np
+import pandas as pd
+
+from recsys_ebm import Dataset, load_model
+
+if TRACKING_URI is None:
+    import recsys_ebm
+    root = Path(recsys_ebm.__file__).resolve().parents[1]
+    tmp = Path(tempfile.mkdtemp())
+    RUN_DIR, TRACKING_URI = str(tmp / "run"), f"sqlite:///{tmp / 'mlflow.db'}"
+    cmd = [sys.executable, "-m", "recsys_ebm", "run", str(root / "pipelines" / "quickstart.toml"),
+           "--run-dir", RUN_DIR, "--tracking-uri", TRACKING_URI,
+           "--set", f"train.rbm.set.epochs={RBM_EPOCHS}", "--set", f"train.rbm.set.n_hidden={RBM_HIDDEN}",
+           "--set", "train.ease.set.l2_grid=[]", "--set", "evaluate.bootstrap=100"]
+    subprocess.run(cmd, check=True, capture_output=True)
+mlflow.set_tracking_uri(TRACKING_URI)
+runs = mlflow.search_runs(experiment_names=["recsys-ebm"])
+print(len(runs), "runs;", runs["tags.stage"].value_counts().to_dict())""",
+    ),
+    ("md", "## Per-model evaluation runs as a table"),
+    (
+        "code",
+        """ev = runs[runs["tags.stage"] == "evaluate-model"].sort_values("start_time")
+ev = ev.drop_duplicates("tags.model", keep="last").set_index("tags.model")
+cols = [c for c in ev.columns if c.startswith("metrics.ndcg_at_") or c.startswith("metrics.recall_at_")]
+table = ev[cols].rename(columns=lambda c: c.replace("metrics.", "").replace("_at_", "@"))
+table = table[sorted(table.columns, key=lambda c: (c.split("@")[0], int(c.split("@")[1])))]
+assert {"popularity", "ease", "als", "rbm"} <= set(table.index)
+assert (table["ndcg@10"].drop("popularity") > table.loc["popularity", "ndcg@10"]).all()
+table.round(4)""",
+    ),
+    ("md", "## Metric@K"),
+    (
+        "code",
+        """fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
+for ax, metric in zip(axes, ["recall", "ndcg"]):
+    ks = sorted(int(c.split("@")[1]) for c in table.columns if c.startswith(metric))
+    for model, row in table.iterrows():
+        ax.plot(ks, [row[f"{metric}@{k}"] for k in ks], marker="o", label=model)
+    ax.set_xlabel("K"); ax.set_ylabel(f"{metric}@K")
+axes[0].legend()
+plt.tight_layout()""",
+    ),
+    (
+        "md",
+        """## One user's RBM recommendations, item by item
+
+For the RBM, energy(u, i) = dF_i = -b_i - sum_j log1p(sigmoid(x_j) expm1(W_ij)), x = c + vW: a
+popularity-like prior -b_i plus the pull of the user's hidden features. The history items whose
+weight vectors point the same way as the recommended item's explain the pull.""",
+    ),
+    (
+        "code",
+        """ds = Dataset.load(Path(RUN_DIR) / "data")
+rbm = load_model(Path(RUN_DIR) / "models" / "rbm")
+titles = dict(zip(ds.item_metadata["item_id"].to_list(), ds.item_metadata["title"].to_list()))
+u = int(np.argmax(ds.history("test").getnnz(axis=1) > 20))
+hist = ds.history("test")[u]
+items, energies = rbm.recommend(hist, n=5)
+W = rbm.W.numpy(); b = rbm.b.numpy()
+Wn = W / np.linalg.norm(W, axis=1, keepdims=True)
+rows = []
+for i, e in zip(items[0], energies[0]):
+    sims = Wn[hist.indices] @ Wn[i]
+    because = [titles.get(ds.item_ids[j], str(ds.item_ids[j])) for j in hist.indices[np.argsort(-sims)[:2]]]
+    rows.append({"item": titles.get(ds.item_ids[i], str(ds.item_ids[i])), "energy dF": e,
+                 "prior -b_i": -b[i], "hidden-feature pull": e + b[i], "because you liked": because})
+explain = pd.DataFrame(rows)
+assert np.allclose(explain["prior -b_i"] + explain["hidden-feature pull"], explain["energy dF"])
+assert (np.diff(explain["energy dF"]) >= 0).all()
+explain""",
+    ),
+]
+
 
 def build() -> None:
     for name, cells in NOTEBOOKS.items():
