@@ -51,7 +51,7 @@ class BPRConfig(Config):
     regularization: float = 0.01
     epochs: int = 100  # implicit's ``iterations``
     seed: int = 0
-    num_threads: int = 0
+    num_threads: int = 0  # 0 = all cores; > 1 makes BPR non-deterministic (Hogwild updates)
 
     def validate(self) -> None:
         self._check_positive("factors", "learning_rate", "epochs")
