@@ -110,6 +110,40 @@ def ease_memory(n_items: int) -> None:
     print(out.stdout.strip())
 
 
+def eval_speed() -> None:
+    """Full-ranking evaluation of every test user of a 6,000 x 4,000 dataset, for all models."""
+    import tempfile
+
+    from recsys_ebm.data.prepare import prepare_dataset
+    from recsys_ebm.data.synthetic import planted_communities
+    from recsys_ebm.evaluation.evaluate import evaluate_models
+    from recsys_ebm.models import get_model_class
+
+    with tempfile.TemporaryDirectory() as tmp:
+        log = planted_communities(n_users=6000, n_items=4000, n_interactions=400_000, seed=0)
+        path = Path(tmp) / "log.parquet"
+        log.drop("community").write_parquet(path)
+        ds = prepare_dataset(path, split="random", test_fraction=0.2, valid_fraction=0.0)
+    params = {
+        "ease": {"l2_grid": []},
+        "als": {"num_threads": 2},
+        "bpr": {"num_threads": 2},
+        "rbm": {"epochs": 3, "patience": 0, "progress": False},
+    }
+    models = {
+        n: get_model_class(n)(**params.get(n, {})).fit(ds.train)
+        for n in ("popularity", "ease", "als", "bpr", "rbm")
+    }
+    t0 = time.perf_counter()
+    res = evaluate_models(ds, models, (10, 20, 50), n_boot=1000)
+    total = time.perf_counter() - t0
+    per = ", ".join(f"{m.name} {m.seconds:.2f}s" for m in res.models)
+    print(
+        f"evaluate_models on {res.n_users:,} users x {ds.n_items:,} items, 5 models, K=10,20,50, "
+        f"1000 bootstrap resamples: {total:.1f} s in total (ranking + metrics: {per})"
+    )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--ml100k", default=str(ROOT.parent / "shared" / "data" / "ml-100k"))
@@ -121,7 +155,14 @@ def main() -> None:
         help="also fit EASE on a synthetic catalogue of this many items (e.g. 20000) "
         "in a subprocess and print its fit time and peak RSS",
     )
+    ap.add_argument(
+        "--eval-speed",
+        action="store_true",
+        help="also time the evaluation of 5 models on a 6,000 x 4,000 dataset",
+    )
     args = ap.parse_args()
+    if args.eval_speed:
+        eval_speed()
     if args.ease_items:
         ease_memory(args.ease_items)
     from recsys_ebm.data.prepare import prepare_dataset
