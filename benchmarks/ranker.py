@@ -97,9 +97,10 @@ def main() -> None:
     ranker = Ranker(**overrides).fit_dataset(ds)
     models["ranker"] = (ranker, time.perf_counter() - t0, "defaults")
     info = ranker.fit_info
+    pairs = zip(info["components"], info["weights"], strict=True)
     print(
         "ranker weights (learned on valid): "
-        + ", ".join(f"{c} {w:.2f}" for c, w in zip(info["components"], info["weights"], strict=True))
+        + ", ".join(f"{c} {w:.2f}" for c, w in pairs)
         + f"; valid NDCG@10 {info.get('valid_ndcg_at_10', float('nan')):.4f}"
     )
     scores = {name: per_user(m, ds) for name, (m, _, _) in models.items()}

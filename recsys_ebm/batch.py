@@ -57,10 +57,15 @@ def parse_shard(text: str | None) -> tuple[int, int]:
 
 
 def model_version(model_dir: Path) -> str:
-    """``<model name>-<first 12 hex of the weights' sha256>``: changes whenever weights do."""
+    """``<model name>-<12 hex of a sha256 over every file of the directory>``.
+
+    Covers weights, config and, for a ranker, its components: changes whenever any of them does.
+    """
     meta = json.loads((model_dir / "model.json").read_text())
-    h = hashlib.sha256((model_dir / "weights.safetensors").read_bytes()).hexdigest()[:12]
-    return f"{meta['model']}-{h}"
+    h = hashlib.sha256()
+    for f in sorted(p for p in Path(model_dir).rglob("*") if p.is_file()):
+        h.update(str(f.relative_to(model_dir)).encode() + b"\0" + f.read_bytes())
+    return f"{meta['model']}-{h.hexdigest()[:12]}"
 
 
 def _read_ids(path: Path) -> list[Any]:

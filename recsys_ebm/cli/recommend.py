@@ -15,7 +15,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "item_id, energy, model_version) to Parquet, atomically. Known users are served from "
         "their history in the dataset (train + valid + fold-in); --history adds new users.",
     )
-    p.add_argument("--model", required=True, help="saved model directory")
+    p.add_argument(
+        "--model",
+        required=True,
+        help="saved model directory, or a registered model: models:/NAME@ALIAS "
+        "(e.g. models:/ranker@champion) or models:/NAME/VERSION",
+    )
     p.add_argument("--data", required=True, help="prepared dataset directory")
     p.add_argument(
         "--users",
@@ -47,28 +52,38 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import tempfile
     from pathlib import Path
 
-    from recsys_ebm.batch import model_version, parse_shard, run_batch
-    from recsys_ebm.data.dataset import Dataset
+    from recsys_ebm.batch import model_version, parse_shard
     from recsys_ebm.models import load_model
+
+    shard = parse_shard(args.shard)
+    with tempfile.TemporaryDirectory(prefix="recsys-ebm-model-") as tmp:
+        if args.model.startswith("models:/"):
+            from recsys_ebm.registry import resolve_model_uri
+
+            model_dir, version = resolve_model_uri(args.model, args.tracking_uri, tmp)
+        else:
+            model_dir = Path(args.model)
+            version = model_version(model_dir) if (model_dir / "model.json").is_file() else ""
+        model = load_model(model_dir, device="auto")
+        return _run(args, model, model_dir, version, shard)
+
+
+def _run(args, model, model_dir, version, shard) -> int:  # noqa: ANN001
+    from pathlib import Path
+
+    from recsys_ebm.batch import run_batch
+    from recsys_ebm.data.dataset import Dataset
     from recsys_ebm.tracking import log_dataset, log_params_flat, mlflow_run
 
-    if args.model.startswith("models:/"):
-        raise ValueError(
-            "--model: registry URIs (models:/NAME@ALIAS) are not supported by this version; "
-            "pass a saved model directory"
-        )
-    shard = parse_shard(args.shard)
-    model_dir = Path(args.model)
-    model = load_model(model_dir, device="auto")
     dataset = Dataset.load(args.data)
     if model.n_items != dataset.n_items:
         raise ValueError(
             f"--model: {model_dir} was trained on {model.n_items} items, --data has "
             f"{dataset.n_items}"
         )
-    version = model_version(model_dir)
     with mlflow_run(
         "recommend",
         tracking_uri=args.tracking_uri,
@@ -94,7 +109,7 @@ def run(args: argparse.Namespace) -> int:
 
             log_params_flat(
                 {
-                    "model_dir": str(model_dir),
+                    "model": args.model,
                     "users": args.users,
                     "n": args.n,
                     "shard": f"{shard[0]}/{shard[1]}",

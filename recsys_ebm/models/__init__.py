@@ -17,6 +17,8 @@ MODEL_PATHS: dict[str, str] = {
     "als": "recsys_ebm.models.implicit_adapter:ALS",
     "bpr": "recsys_ebm.models.implicit_adapter:BPR",
     "rbm": "recsys_ebm.models.rbm:RBM",
+    "retriever": "recsys_ebm.models.retriever:Retriever",
+    "ranker": "recsys_ebm.ranking.ranker:Ranker",
 }
 
 

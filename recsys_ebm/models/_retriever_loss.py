@@ -1,0 +1,116 @@
+"""InfoNCE for the retriever: the cross-entropy of a conditional EBM over a candidate set.
+
+For an anchor user u with positive item i+ and candidate set C (the batch's positives plus
+optional sampled negatives), InfoNCE (van den Oord et al., 2018) is
+
+    L(u) = -log  exp(-E(u, i+) - log Q(i+)) / sum_{j in C} exp(-E(u, j) - log Q(j)),
+
+i.e. the negative log-likelihood of i+ under the conditional EBM p(i | u) ∝ exp(-E(u, i))
+restricted to C. ``log Q(j)`` is the logQ correction (sampled softmax, Bengio & Senecal 2008; for
+in-batch negatives Yi et al., "Sampling-Bias-Corrected Neural Modeling for Large Corpus Item
+Recommendations", RecSys 2019): popular items appear as in-batch negatives more often than they
+would in the full softmax, so each candidate's logit is lowered by the log of its expected count
+in C. With log Q constant the loss is the plain softmax over C.
+
+Accidental hits: a candidate that belongs to the anchor user's own positive set (any of their
+training items, not only a row that shares the identical positive) is not a negative, so it is
+removed from the anchor's softmax (its logit set to -inf). The label column is never removed.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+__all__ = ["NegativeSampler", "accidental_hit_mask", "info_nce", "log_expected_counts"]
+
+
+def info_nce(
+    energies: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    mask: torch.Tensor | None = None,
+    log_q: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Mean InfoNCE loss over the rows of ``energies``.
+
+    Args:
+        energies: (B, C) E(u_b, c) for each anchor row and candidate column.
+        labels: (B,) column of each row's positive.
+        mask: (B, C) bool, True = candidate removed from that row's softmax (accidental hit).
+        log_q: (C,) or (B, C) log expected count of each candidate under the sampler (logQ
+            correction); None = no correction.
+
+    Returns:
+        scalar: mean over rows of logsumexp_c(logit_bc) - logit_{b, label_b}, logit = -E - log Q.
+    """
+    logits = -energies.float()  # (B, C)
+    if log_q is not None:
+        logits = logits - log_q.float()
+    if mask is not None:
+        rows = torch.arange(logits.shape[0], device=logits.device)
+        keep_label = torch.zeros_like(mask)
+        keep_label[rows, labels] = True
+        logits = logits.masked_fill(mask & ~keep_label, float("-inf"))
+    return torch.nn.functional.cross_entropy(logits, labels)
+
+
+def accidental_hit_mask(
+    positives: sp.csr_matrix, users: np.ndarray, cand_items: np.ndarray, labels: np.ndarray
+) -> np.ndarray:
+    """(B, C) bool: candidate c is in anchor b's positive set and is not b's label column.
+
+    Args:
+        positives: (U, I) CSR of every user's positive items (the training matrix).
+        users: (B,) user row of each anchor.
+        cand_items: (C,) item index of each candidate column.
+        labels: (B,) the column holding each anchor's own positive.
+    """
+    hit = positives[users][:, cand_items].toarray() > 0  # (B, C)
+    hit[np.arange(len(users)), labels] = False
+    return hit
+
+
+def log_expected_counts(
+    cand_items: torch.Tensor,
+    n_in_batch: int,
+    n_sampled: int,
+    freq: torch.Tensor,
+    probs: torch.Tensor | None,
+) -> torch.Tensor:
+    """(C,) log Q(j): log of the expected number of copies of item j in the candidate set.
+
+    In-batch candidates are the positives of ``n_in_batch`` training interactions drawn
+    uniformly, so item j appears n_in_batch * freq_j times on average (freq = count / nnz);
+    ``n_sampled`` extra negatives drawn from ``probs`` add n_sampled * probs_j.
+    """
+    q = n_in_batch * freq[cand_items]
+    if n_sampled and probs is not None:
+        q = q + n_sampled * probs[cand_items]
+    return torch.log(q.clamp_min(1e-30))
+
+
+class NegativeSampler:
+    """Draws extra negatives (shared by the batch) with a seeded generator.
+
+    Args:
+        counts: (I,) training interaction count per item; only items with count > 0 are drawn.
+        kind: "uniform" over those items, or "popularity" with p_j ∝ count_j ** alpha
+            (word2vec's unigram^0.75 when alpha = 0.75).
+        alpha: popularity exponent.
+    """
+
+    def __init__(self, counts: np.ndarray, kind: str, alpha: float = 0.75) -> None:
+        if kind not in ("uniform", "popularity"):
+            raise ValueError(f"kind: expected 'uniform' or 'popularity', got {kind!r}")
+        counts = np.asarray(counts, dtype=np.float64)
+        weights = (counts > 0).astype(np.float64) if kind == "uniform" else counts**alpha
+        if weights.sum() <= 0:
+            raise ValueError("counts: no item has a training interaction to sample from")
+        self.kind = kind
+        self.probs = torch.as_tensor(weights / weights.sum(), dtype=torch.float64)  # (I,)
+
+    def sample(self, k: int, generator: torch.Generator) -> torch.Tensor:
+        """(k,) int64 item indices drawn with replacement from ``probs``."""
+        return torch.multinomial(self.probs, k, replacement=True, generator=generator)

@@ -1,0 +1,177 @@
+"""The two towers of :class:`~recsys_ebm.models.retriever.Retriever` and their energy.
+
+Energy (lower = better): E(u, i) = -sim(f(u), g(i)) / tau, with sim the cosine or the dot product
+and tau a fixed or learned temperature clamped to [tau_min, tau_max]. The conditional EBM
+p(i | u) = exp(-E(u, i)) / sum_j exp(-E(u, j)) is what InfoNCE trains (see ``_retriever_loss``).
+
+* **Item tower** g(i) = e_id[i] + phi_i W_meta: an item-id embedding plus, when the dataset has
+  them, a linear map of the item's genre multi-hot phi_i (rows normalised to sum 1).
+  *Out-of-vocabulary fallback*: items with no training interaction ("cold") have no trained id
+  embedding, so they all share one OOV row, e_id[I]; an unseen item is thus served as "an average
+  item with these genres". The OOV row is learned by item-id dropout during training when
+  ``item_id_dropout > 0``, else set to the mean warm id embedding after training.
+* **User tower** f(u) = h + MLP(h), h = pool({g_in(j) : j in H_u}) + e_user[u]: the user's history
+  H_u (a CSR row) pooled by mean or by attention with a learned query (one-seed, one-head
+  pooling-by-attention, Lee et al., "Set Transformer", ICML 2019: weights
+  softmax_j(q . tanh(W g_j))), then a residual MLP. The optional user-id embedding e_user is
+  added only for known training rows; unknown users (-1) get zero, so any history is served
+  without retraining. Empty histories pool to the zero vector: the user tower then returns its
+  learned "no information" vector.
+
+Pooling is a sparse (B, I) x (I, D) product, so histories of any length need no padding.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+from torch import nn
+
+__all__ = ["TwoTower", "sparse_history"]
+
+# attention logits are bounded to +-_ATT_BOUND so exp() of them never under/overflows in fp32
+_ATT_BOUND = 10.0
+
+
+def sparse_history(m: sp.spmatrix, device: torch.device) -> torch.Tensor:
+    """(B, I) scipy sparse history -> torch sparse COO of ones on ``device``."""
+    coo = m.tocoo()
+    idx = torch.as_tensor(np.vstack([coo.row, coo.col]).astype(np.int64))
+    ones = torch.ones(coo.nnz, dtype=torch.float32)
+    return torch.sparse_coo_tensor(idx, ones, coo.shape, check_invariants=False).to(device)
+
+
+class TwoTower(nn.Module):
+    """Item and user towers; every parameter is initialised from the caller's generator.
+
+    Args:
+        n_items: catalogue size I (the OOV row is index I).
+        dim: embedding size D.
+        n_hidden: width of the user tower's residual MLP.
+        item_features: (I, G) float features (row-normalised genre multi-hot) or None.
+        warm: (I,) bool, True for items with training interactions (others use the OOV row).
+        n_users: training users for the user-id embedding; 0 disables it.
+        pooling: "mean" or "attention".
+        tie_embeddings: the user tower pools the item tower's own vectors (else its own table).
+        similarity: "cosine" or "dot".
+        temperature, learn_temperature, tau_min, tau_max: tau and its clamp.
+        generator: seeded CPU generator for the initialisation.
+    """
+
+    def __init__(
+        self,
+        n_items: int,
+        dim: int,
+        n_hidden: int,
+        *,
+        item_features: torch.Tensor | None,
+        warm: torch.Tensor,
+        n_users: int,
+        pooling: str,
+        tie_embeddings: bool,
+        similarity: str,
+        temperature: float,
+        learn_temperature: bool,
+        tau_min: float,
+        tau_max: float,
+        generator: torch.Generator,
+    ) -> None:
+        super().__init__()
+        self.n_items, self.dim = n_items, dim
+        self.pooling, self.similarity = pooling, similarity
+        self.tau_min, self.tau_max = tau_min, tau_max
+        g = generator
+        std = 1.0 / math.sqrt(dim)
+
+        def randn(*shape: int, scale: float) -> nn.Parameter:
+            return nn.Parameter(torch.randn(*shape, generator=g) * scale)
+
+        self.id_emb = randn(n_items + 1, dim, scale=std)  # (I + 1, D), row I = OOV
+        self.in_emb = None if tie_embeddings else randn(n_items + 1, dim, scale=std)
+        self.register_buffer("warm", warm.bool().clone())  # (I,)
+        if item_features is not None and item_features.shape[1] > 0:
+            self.register_buffer("item_features", item_features.float().clone())  # (I, G)
+            self.meta_proj = randn(item_features.shape[1], dim, scale=std)  # (G, D)
+        else:
+            self.register_buffer("item_features", None)
+            self.meta_proj = None
+        if pooling == "attention":
+            self.att_w = randn(dim, dim, scale=std)  # keys k_j = tanh(g_j W)
+            self.att_q = randn(dim, scale=std)  # learned query (the single seed)
+        self.user_emb = randn(n_users, dim, scale=0.1 * std) if n_users > 0 else None
+        self.w1 = randn(dim, n_hidden, scale=std)
+        self.b1 = nn.Parameter(torch.zeros(n_hidden))
+        # the residual branch starts small: f(u) ~ pooled history at initialisation
+        self.w2 = randn(n_hidden, dim, scale=0.1 / math.sqrt(n_hidden))
+        self.b2 = nn.Parameter(torch.zeros(dim))
+        log_tau = torch.tensor(math.log(temperature))
+        if learn_temperature:
+            self.log_tau = nn.Parameter(log_tau)
+        else:
+            self.register_buffer("log_tau", log_tau)
+
+    # ------------------------------------------------------------------ item tower
+    def _rows(self, id_drop: torch.Tensor | None = None) -> torch.Tensor:
+        """(I,) id-embedding row of each item: itself if warm (and not dropped), else OOV."""
+        idx = torch.arange(self.n_items, device=self.warm.device)
+        keep = self.warm if id_drop is None else self.warm & ~id_drop
+        return torch.where(keep, idx, torch.full_like(idx, self.n_items))
+
+    def item_table(
+        self, *, which: str = "out", id_drop: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """(I, D) raw item vectors g(i) (``which="in"``: the user tower's input table)."""
+        table = self.id_emb if which == "out" or self.in_emb is None else self.in_emb
+        v = table[self._rows(id_drop)]  # (I, D)
+        if self.meta_proj is not None:
+            v = v + self.item_features @ self.meta_proj  # (I, G) @ (G, D)
+        return v
+
+    def _norm(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.normalize(x, dim=-1) if self.similarity == "cosine" else x
+
+    def item_vectors(self, id_drop: torch.Tensor | None = None) -> torch.Tensor:
+        """(I, D) candidate vectors, unit-norm for cosine similarity."""
+        return self._norm(self.item_table(which="out", id_drop=id_drop))
+
+    # ------------------------------------------------------------------ user tower
+    def encode(
+        self,
+        history: torch.Tensor,
+        users: torch.Tensor | None,
+        in_table: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """(B, D) user vectors from a sparse COO (B, I) binary history and (B,) user rows.
+
+        ``users`` holds training-row indices, -1 for unknown users (no id embedding).
+        ``in_table`` (I, D) lets the training step reuse one item-table computation.
+        """
+        v = self.item_table(which="in") if in_table is None else in_table  # (I, D)
+        if self.pooling == "attention":
+            s = torch.tanh(v @ self.att_w) @ self.att_q  # (I,) attention logits q . k_j
+            s = _ATT_BOUND * torch.tanh(s / _ATT_BOUND)
+            w = torch.exp(s - s.max().detach())  # (I,) in (e^-2B, 1]: safe in fp32
+        else:
+            w = torch.ones(v.shape[0], device=v.device, dtype=v.dtype)
+        # sparse products in fp32 (no bf16 sparse kernels under autocast)
+        num = torch.sparse.mm(history, (v * w[:, None]).float())  # (B, D) sum_j w_j g_j
+        den = torch.sparse.mm(history, w[:, None].float())  # (B, 1) sum_j w_j
+        h = num / den.clamp_min(1e-12)  # empty history -> 0
+        if self.user_emb is not None and users is not None:
+            known = users >= 0
+            uid = self.user_emb[users.clamp_min(0)] * known[:, None].to(h.dtype)
+            h = h + uid
+        h = h + torch.relu(h @ self.w1 + self.b1) @ self.w2 + self.b2  # residual MLP
+        return self._norm(h)
+
+    # ------------------------------------------------------------------ energy
+    def tau(self) -> torch.Tensor:
+        """Temperature, clamped to [tau_min, tau_max] (a learned tau cannot run to 0)."""
+        return self.log_tau.exp().clamp(self.tau_min, self.tau_max)
+
+    def energy(self, user_vecs: torch.Tensor, item_vecs: torch.Tensor) -> torch.Tensor:
+        """(B, C) E(u, i) = -sim(u, i) / tau from (B, D) users and (C, D) candidate vectors."""
+        return -(user_vecs @ item_vecs.T) / self.tau().to(user_vecs.dtype)

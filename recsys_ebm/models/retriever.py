@@ -1,0 +1,388 @@
+"""Energy-based contrastive two-tower retriever trained with InfoNCE (registry name ``retriever``).
+
+Energy E(u, i) = -sim(f(u), g(i)) / tau (towers in :mod:`._retriever_towers`); training minimises
+InfoNCE, the cross-entropy of the conditional EBM p(i | u) ∝ exp(-E(u, i)) over in-batch (and
+optionally sampled) candidates, with logQ correction and accidental-hit masking
+(:mod:`._retriever_loss`, loop in :mod:`._retriever_train`). Each training example holds one item
+of a user's training history out as the positive and encodes the rest, so the user tower learns
+to serve any history: new users are served from the history passed in, with no retraining.
+
+Serving: :meth:`recommend` (top-n by lowest energy: user vectors, one matmul against the item
+matrix, top-k), :meth:`retrieve` (candidate lists for the ranker, exact or through an optional
+faiss index, :mod:`recsys_ebm.models.ann`), :meth:`encode_users` and :meth:`item_embeddings`.
+
+Fallbacks (documented policy, never an IndexError):
+* empty history -> the user tower's learned "no information" vector (pooled history = 0);
+* an item with no training interaction -> the shared out-of-vocabulary item embedding (+ its
+  genres when the model was trained with metadata), as input and as a candidate;
+* unknown user (``users`` entry -1, or ``users`` omitted) -> no user-id embedding;
+* raw item ids unknown to the model (:meth:`histories_from_ids`) -> dropped with a DataWarning
+  (``on_unknown="drop"``) or a ValueError (``on_unknown="raise"``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal, Self
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+from recsys_ebm.config import Config
+from recsys_ebm.device import resolve_device
+from recsys_ebm.diagnostics import ConfigError, DataWarning
+from recsys_ebm.models._retriever_towers import TwoTower, sparse_history
+from recsys_ebm.models.base import EpochCallback, Recommender, as_user_items
+
+__all__ = ["Retriever", "RetrieverConfig", "genre_features"]
+
+
+@dataclasses.dataclass(frozen=True)
+class RetrieverConfig(Config):
+    embedding_size: int = 64  # D; 32-128 tie on ML-100K validation, 64 is the cheap middle
+    n_hidden: int = 256  # width of the user tower's residual MLP
+    pooling: Literal["mean", "attention"] = "mean"  # history pooling (attention: learned query)
+    tie_embeddings: bool = False  # user tower pools the item tower's vectors (else own table)
+    user_embedding: bool = False  # add a user-id embedding for known users (fold-in still works)
+    user_id_dropout: float = 0.2  # P(known user treated as unknown) in training: serves new users
+    item_id_dropout: float = 0.0  # P(item id -> OOV row) in training; 0: OOV = mean embedding
+    use_metadata: bool = True  # add genre features in the item tower when the dataset has them
+    similarity: Literal["cosine", "dot"] = "cosine"  # cosine + tau is the stable InfoNCE default
+    temperature: float = 0.1  # tau (initial value when learned); best of the validation search
+    learn_temperature: bool = False
+    tau_min: float = 0.01  # clamp for a learned tau (1/tau bounds the logits' scale)
+    tau_max: float = 1.0
+    negatives: Literal["none", "uniform", "popularity"] = "none"  # extra sampled negatives
+    n_negatives: int = 0  # sampled negatives per batch (shared by all rows)
+    popularity_alpha: float = 0.75  # p_j ∝ count_j^alpha for popularity sampling (word2vec)
+    logq_correction: bool = True  # Yi et al. 2019: remove in-batch popularity bias
+    history_dropout: float = 0.0  # drop each input history item in training (Mult-VAE style)
+    epochs: int = 40
+    batch_size: int = 512  # in-batch negatives per positive = batch_size - 1
+    learning_rate: float = 1e-3  # Adam
+    weight_decay: float = 0.0  # L2 through Adam
+    patience: int = 5  # epochs without validation NDCG@10 gain before stopping (0 = never)
+    mixed_precision: bool = True  # bf16 autocast, CUDA only
+    checkpoint_dir: str = ""  # save after every epoch and resume from here when set
+    progress: bool = True  # tqdm bar when stderr is a terminal
+    seed: int = 0
+    device: str = "auto"
+
+    def validate(self) -> None:
+        name = type(self).__name__
+        self._check_positive("embedding_size", "n_hidden", "epochs", "batch_size")
+        self._check_positive("learning_rate", "temperature", "tau_min", "tau_max")
+        if not self.tau_min <= self.temperature <= self.tau_max:
+            raise ConfigError(
+                f"{name}.temperature: expected within [tau_min, tau_max] = "
+                f"[{self.tau_min}, {self.tau_max}], got {self.temperature}"
+            )
+        for f in ("user_id_dropout", "item_id_dropout", "history_dropout"):
+            if not 0.0 <= getattr(self, f) < 1.0:
+                raise ConfigError(f"{name}.{f}: expected [0, 1), got {getattr(self, f)}")
+        if self.weight_decay < 0 or self.n_negatives < 0 or self.patience < 0:
+            raise ConfigError(
+                f"{name}.weight_decay/n_negatives/patience: expected >= 0, got "
+                f"{self.weight_decay}/{self.n_negatives}/{self.patience}"
+            )
+        if (self.negatives == "none") != (self.n_negatives == 0):
+            raise ConfigError(
+                f"{name}.n_negatives: expected > 0 exactly when negatives is not 'none', got "
+                f"negatives={self.negatives!r}, n_negatives={self.n_negatives}"
+            )
+
+
+def genre_features(dataset: Any) -> tuple[np.ndarray, list[str]] | None:
+    """(I, G) row-normalised genre multi-hot aligned with the dataset's item index, and genres.
+
+    Items without metadata get a zero row. Returns None when the dataset has no genres.
+    """
+    meta = getattr(dataset, "item_metadata", None)
+    if meta is None or "genres" not in meta.columns or meta.height == 0:
+        return None
+    idx = dataset.item_index(meta["item_id"].to_list())  # (M,) -1 = not in the catalogue
+    genre_lists = meta["genres"].to_list()
+    genres = sorted({g for gl in genre_lists if gl for g in gl})
+    if not genres:
+        return None
+    col = {g: k for k, g in enumerate(genres)}
+    feats = np.zeros((dataset.n_items, len(genres)), dtype=np.float32)
+    for i, gl in zip(idx, genre_lists, strict=True):
+        if i >= 0 and gl:
+            feats[i, [col[g] for g in gl]] = 1.0
+    sums = feats.sum(axis=1, keepdims=True)
+    return feats / np.maximum(sums, 1.0), genres
+
+
+class Retriever(Recommender):
+    """Two-tower InfoNCE retriever; energy -sim(u, i)/tau, lower = better."""
+
+    name = "retriever"
+    config_class = RetrieverConfig
+
+    def __init__(self, config: RetrieverConfig | None = None, **overrides: Any) -> None:
+        super().__init__(config, **overrides)
+        self.device = resolve_device(self.config.device)
+        self.net: TwoTower | None = None
+        self.genres: list[str] = []
+        self._item_cache: torch.Tensor | None = None  # (I, D) serving item matrix
+
+    # ------------------------------------------------------------------ training
+    def fit(
+        self,
+        train: sp.csr_matrix,
+        valid: sp.csr_matrix | None = None,
+        *,
+        callback: EpochCallback | None = None,
+    ) -> Self:
+        """Train on binary histories (no item metadata; use :meth:`fit_dataset` for genres)."""
+        return self._fit(train, valid, callback=callback, features=None)
+
+    def fit_dataset(self, dataset: Any, *, callback: EpochCallback | None = None) -> Self:
+        """Train on a prepared Dataset, with genre features when present and ``use_metadata``."""
+        feats = genre_features(dataset) if self.config.use_metadata else None
+        self._fit(dataset.train, dataset.valid, callback=callback, features=feats)
+        self.item_ids = dataset.item_ids
+        self.user_ids = dataset.user_ids
+        return self
+
+    def _fit(
+        self,
+        train: sp.csr_matrix,
+        valid: sp.csr_matrix | None,
+        *,
+        callback: EpochCallback | None,
+        features: tuple[np.ndarray, list[str]] | None,
+    ) -> Self:
+        from recsys_ebm.models._retriever_train import train_retriever
+
+        if not sp.issparse(train):
+            raise TypeError(
+                f"train: expected a scipy.sparse CSR matrix, got {type(train).__name__}"
+            )
+        train = as_user_items(train, train.shape[1], "train")
+        train = (train > 0).astype(np.float32).tocsr()
+        if train.nnz == 0:
+            raise ValueError("train: expected at least one interaction, got an empty matrix")
+        if valid is not None:
+            valid = as_user_items(valid, train.shape[1], "valid")
+        if features is not None and features[0].shape[0] != train.shape[1]:
+            raise ValueError(
+                f"features: expected {train.shape[1]} rows (one per item), "
+                f"got {features[0].shape[0]}"
+            )
+        self.genres = list(features[1]) if features is not None else []
+        show = self.config.progress and sys.stderr.isatty()
+        ckpt = Path(self.config.checkpoint_dir) if self.config.checkpoint_dir else None
+        train_retriever(
+            self,
+            train,
+            valid,
+            features=None if features is None else torch.as_tensor(features[0]),
+            callback=callback,
+            progress=show,
+            checkpoint_dir=ckpt,
+        )
+        return self
+
+    def build_net(
+        self,
+        n_items: int,
+        n_users: int,
+        features: torch.Tensor | None,
+        warm: torch.Tensor,
+        generator: torch.Generator,
+    ) -> TwoTower:
+        """A freshly initialised :class:`TwoTower` for this config (on ``self.device``)."""
+        cfg = self.config
+        net = TwoTower(
+            n_items,
+            cfg.embedding_size,
+            cfg.n_hidden,
+            item_features=features,
+            warm=warm,
+            n_users=n_users if cfg.user_embedding else 0,
+            pooling=cfg.pooling,
+            tie_embeddings=cfg.tie_embeddings,
+            similarity=cfg.similarity,
+            temperature=cfg.temperature,
+            learn_temperature=cfg.learn_temperature,
+            tau_min=cfg.tau_min,
+            tau_max=cfg.tau_max,
+            generator=generator,
+        )
+        return net.to(self.device)
+
+    # ------------------------------------------------------------------ serving
+    def _net(self) -> TwoTower:
+        self._check_fitted()
+        assert self.net is not None
+        return self.net
+
+    def invalidate_cache(self) -> None:
+        """Forget the cached serving item matrix (call after changing the weights)."""
+        self._item_cache = None
+
+    def _items(self) -> torch.Tensor:
+        net = self._net()
+        if self._item_cache is None or net.training:
+            with torch.no_grad():
+                self._item_cache = net.item_vectors().float()  # (I, D)
+        return self._item_cache
+
+    def _user_rows(self, users: np.ndarray | None) -> torch.Tensor | None:
+        net = self._net()
+        if users is None or net.user_emb is None:
+            return None
+        n_train = net.user_emb.shape[0]
+        if users.size and users.max() >= n_train or (users < -1).any():
+            raise ValueError(
+                f"users: expected training-row indices in [0, {n_train}) or -1 (unknown user), "
+                f"got values in [{users.min()}, {users.max()}]"
+            )
+        return torch.as_tensor(users, dtype=torch.long, device=self.device)
+
+    def _encode_block(self, user_items: sp.csr_matrix, users: np.ndarray | None) -> torch.Tensor:
+        net = self._net()
+        with torch.no_grad():
+            return net.encode(
+                sparse_history(user_items, self.device), self._user_rows(users)
+            ).float()  # (B, D)
+
+    def _energies_block(
+        self, user_items: sp.csr_matrix, users: np.ndarray | None, items: np.ndarray | None
+    ) -> torch.Tensor:
+        u = self._encode_block(user_items, users)  # (B, D)
+        v = self._items()  # (I, D)
+        if items is not None:
+            v = v[torch.as_tensor(items, device=v.device)]
+        with torch.no_grad():
+            return self._net().energy(u, v)  # (B, I) = -u v^T / tau
+
+    @property
+    def temperature(self) -> float:
+        """tau: E(u, i) = -(encode_users(u) @ item_embeddings()[i]) / tau."""
+        return float(self._net().tau().detach())
+
+    def encode_users(self, histories: sp.csr_matrix, users: np.ndarray | None = None) -> np.ndarray:
+        """(U, D) float32 user vectors (unit-norm for cosine) from (U, I) CSR histories.
+
+        ``users`` optionally gives each row's training-row index (-1 = unknown user).
+        """
+        n_items = self._check_fitted()
+        histories = as_user_items(histories, n_items, "histories")
+        users = self._check_users(users, histories.shape[0])
+        out = np.empty((histories.shape[0], self.config.embedding_size), dtype=np.float32)
+        for s in range(0, histories.shape[0], 4096):
+            block_users = None if users is None else users[s : s + 4096]
+            out[s : s + 4096] = self._encode_block(histories[s : s + 4096], block_users).cpu()
+        return out
+
+    def item_embeddings(self) -> np.ndarray:
+        """(I, D) float32 item vectors (unit-norm for cosine; cold items share the OOV row)."""
+        return self._items().cpu().numpy().copy()
+
+    def retrieve(
+        self,
+        user_items: sp.csr_matrix,
+        n_candidates: int,
+        *,
+        users: np.ndarray | None = None,
+        exclude_seen: bool = True,
+        index: Any = None,
+    ) -> np.ndarray:
+        """(U, C) int64 candidate item indices, lowest energy first, for the ranker.
+
+        Exact search (a matmul + top-k over the catalogue) unless ``index`` is an
+        :class:`~recsys_ebm.models.ann.ItemIndex` from :meth:`build_index`. Rows with fewer
+        than C eligible items are padded with -1.
+        """
+        if index is None:
+            items, _ = self.recommend(
+                user_items, n_candidates, users=users, exclude_seen=exclude_seen
+            )
+            return items
+        n_items = self._check_fitted()
+        if isinstance(n_candidates, bool) or not isinstance(n_candidates, int | np.integer):
+            raise ValueError(f"n_candidates: expected a positive int, got {n_candidates!r}")
+        if n_candidates <= 0:
+            raise ValueError(f"n_candidates: expected a positive int, got {n_candidates!r}")
+        user_items = as_user_items(user_items, n_items)
+        users = self._check_users(users, user_items.shape[0])
+        queries = self.encode_users(user_items, users)
+        return index.search(queries, n_candidates, seen=user_items if exclude_seen else None)
+
+    def build_index(self, kind: str = "hnsw", **options: Any) -> Any:
+        """An approximate nearest-neighbour index over :meth:`item_embeddings` (needs faiss)."""
+        from recsys_ebm.models.ann import ItemIndex
+
+        return ItemIndex(self.item_embeddings(), kind=kind, **options)
+
+    def histories_from_ids(
+        self,
+        histories: Sequence[Sequence[Any]],
+        *,
+        on_unknown: Literal["drop", "raise"] = "drop",
+    ) -> sp.csr_matrix:
+        """(U, I) CSR from per-user lists of raw item ids (the model's ``item_ids``).
+
+        Unknown raw ids are dropped with a :class:`DataWarning` (``on_unknown="drop"``) or raise
+        ``ValueError`` (``"raise"``). Without ``item_ids`` the ids are read as item indices.
+        """
+        n_items = self._check_fitted()
+        if on_unknown not in ("drop", "raise"):
+            raise ValueError(f"on_unknown: expected 'drop' or 'raise', got {on_unknown!r}")
+        if isinstance(histories, str) or not isinstance(histories, Sequence):
+            raise TypeError(
+                f"histories: expected a sequence of item-id lists, got {type(histories).__name__}"
+            )
+        lookup = (
+            {v: i for i, v in enumerate(self.item_ids)}
+            if self.item_ids is not None
+            else {i: i for i in range(n_items)}
+        )
+        rows, cols, unknown = [], [], []
+        for r, hist in enumerate(histories):
+            for raw in hist:
+                key = raw.item() if isinstance(raw, np.generic) else raw
+                if key in lookup:
+                    rows.append(r)
+                    cols.append(lookup[key])
+                else:
+                    unknown.append(raw)
+        if unknown:
+            msg = f"histories: {len(unknown)} item id(s) unknown to the model, e.g. {unknown[:5]}"
+            if on_unknown == "raise":
+                raise ValueError(msg)
+            warnings.warn(msg + "; dropped", DataWarning, stacklevel=2)
+        m = sp.csr_matrix(
+            (np.ones(len(rows), np.float32), (rows, cols)), shape=(len(histories), n_items)
+        )
+        m.sum_duplicates()
+        m.data[:] = 1.0
+        return m
+
+    # ------------------------------------------------------------------ persistence
+    def _state_tensors(self) -> dict[str, torch.Tensor]:
+        return {k: v for k, v in self._net().state_dict().items()}
+
+    def _extra_meta(self) -> dict[str, Any]:
+        net = self._net()
+        n_users = 0 if net.user_emb is None else int(net.user_emb.shape[0])
+        return {"n_users": n_users, "genres": self.genres}
+
+    def _load_state(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+        assert self.n_items is not None
+        self.genres = list(meta.get("genres", []))
+        gen = torch.Generator().manual_seed(0)  # shapes only: every value is overwritten
+        net = self.build_net(
+            self.n_items, int(meta["n_users"]), tensors.get("item_features"), tensors["warm"], gen
+        )
+        net.load_state_dict(tensors)
+        self.net = net.eval()
+        self.invalidate_cache()

@@ -1,0 +1,463 @@
+"""The ranker: candidate generation -> blended, standardised energies -> business filters -> top-N.
+
+A :class:`Ranker` is itself a :class:`~recsys_ebm.models.base.Recommender`. Pipeline per user:
+
+1. **history**: the row passed at call time (known users: their stored history, see
+   :meth:`Ranker.history_of`; new users: the request's history).
+2. **candidates**: the whole catalogue (``candidates="all"``) or the contrastive retriever's
+   ``retrieve(user_items, n_candidates)`` (``candidates="retriever"``).
+3. **scoring**: each component's energies, z-scored per user over the candidates, summed with
+   weights learned on the validation split (:mod:`recsys_ebm.ranking._blend`).
+4. **filters**: seen items, an exclude list, an allow list, genre predicates (item metadata kept
+   with the ranker) - applied in :meth:`Ranker.recommend`, so they are never violated.
+5. **fallback**: a user with an empty history gets popularity energies, -log(1 + count).
+
+Saved layout: the base files (``model.json``, ``weights.safetensors`` holding the blend weights and
+popularity energies, ``items.json``/``users.json``), ``components/<k>-<name>/`` (each a saved model
+directory), ``history.npz`` (known users' history, scipy npz) and ``item_genres.json``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any, Literal, Self
+
+import numpy as np
+import polars as pl
+import scipy.sparse as sp
+import torch
+
+from recsys_ebm.config import Config
+from recsys_ebm.device import resolve_device
+from recsys_ebm.diagnostics import ConfigError
+from recsys_ebm.io import atomic_dir
+from recsys_ebm.models.base import EpochCallback, Recommender, as_user_items, csr_to_torch
+from recsys_ebm.ranking._blend import blend, search_weights, zscore
+
+__all__ = ["Ranker", "RankerConfig"]
+
+
+@dataclasses.dataclass(frozen=True)
+class RankerConfig(Config):
+    #: registry names (trained by the ranker) or saved model directories (used as they are).
+    #: EASE + ALS + RBM: the three strongest single models on ML-100K validation, with different
+    #: inductive biases (item-item regression, low-rank factors, an energy-based latent model).
+    components: tuple[str, ...] = ("ease", "als", "rbm")
+    #: per-component config overrides by registry name, e.g. {als = {factors = 32}}. The ALS
+    #: default is the best of benchmarks/baselines.py's validation grid on ML-100K.
+    component_config: dict[str, dict[str, Any]] | None = dataclasses.field(
+        default_factory=lambda: {"als": {"factors": 32, "alpha": 5.0}}
+    )
+    #: fixed blend weights (one per component); empty = learn them on the validation split, or
+    #: equal weights when there is none (the documented default)
+    weights: tuple[float, ...] = ()
+    #: "all": rank the whole catalogue; "retriever": the retriever component's candidates
+    candidates: Literal["all", "retriever"] = "all"
+    n_candidates: int = 300  # retrieval depth: well above the top-100 the batch job serves
+    weight_step: float = 0.1  # coordinate-search grid step on the simplex
+    search_rounds: int = 3  # coordinate passes (stops early at a pass without gain)
+    max_tune_users: int = 4000  # validation users used for the search (seeded sample above)
+    #: components refitted on train + valid after the weight search (weights kept), as the
+    #: baselines are refitted after their validation search. Models that early-stop on the
+    #: validation split (rbm, retriever) are not: they keep their best-on-valid parameters
+    refit: tuple[str, ...] = ("popularity", "ease", "als", "bpr")
+    exclude_items: tuple[int | str, ...] = ()  # raw item ids never served
+    allow_items: tuple[int | str, ...] = ()  # raw item ids: when set, only these are served
+    genres_any: tuple[str, ...] = ()  # when set, only items with one of these genres are served
+    seed: int = 0
+    device: str = "auto"
+
+    def validate(self) -> None:
+        if not self.components:
+            raise ConfigError("RankerConfig.components: expected at least one component")
+        if self.weights and len(self.weights) != len(self.components):
+            raise ConfigError(
+                f"RankerConfig.weights: expected {len(self.components)} weights (one per "
+                f"component), got {len(self.weights)}"
+            )
+        if any(w < 0 for w in self.weights) or (self.weights and sum(self.weights) <= 0):
+            raise ConfigError(f"RankerConfig.weights: expected >= 0, not all 0: {self.weights}")
+        self._check_positive("n_candidates", "weight_step", "search_rounds", "max_tune_users")
+        if self.component_config is not None and not isinstance(self.component_config, dict):
+            raise ConfigError(
+                f"RankerConfig.component_config: expected a table, got {self.component_config!r}"
+            )
+
+
+class Ranker(Recommender):
+    """Blends fitted Recommenders' standardised energies, with candidates, filters, fallback."""
+
+    name = "ranker"
+    config_class = RankerConfig
+
+    def __init__(self, config: RankerConfig | None = None, **overrides: Any) -> None:
+        super().__init__(config, **overrides)
+        self.device = resolve_device(self.config.device)
+        self.components: list[Recommender] = []
+        self.weights: torch.Tensor | None = None  # (K,)
+        self.pop_energy: torch.Tensor | None = None  # (I,)
+        self.history: sp.csr_matrix | None = None  # (U, I) known users' history
+        self.item_genres: list[list[str]] | None = None  # per item index
+
+    # ------------------------------------------------------------------ components
+    def _build_components(self, n_items: int | None = None) -> list[tuple[Recommender, bool]]:
+        """(model, trainable) per configured component: names are built, directories loaded."""
+        from recsys_ebm.models import MODEL_PATHS, get_model_class, load_model
+
+        out = []
+        overrides = self.config.component_config or {}
+        for ref in self.config.components:
+            if ref in MODEL_PATHS:
+                if ref == self.name:
+                    raise ConfigError("RankerConfig.components: a ranker cannot contain a ranker")
+                cls = get_model_class(ref)
+                out.append((cls(**overrides.get(ref, {})), True))
+            elif (Path(ref) / "model.json").is_file():
+                m = load_model(ref, device=self.config.device)
+                if n_items is not None and m.n_items != n_items:
+                    raise ValueError(
+                        f"components: {ref} was trained on {m.n_items} items, data has {n_items}"
+                    )
+                out.append((m, False))
+            else:
+                raise ConfigError(
+                    f"RankerConfig.components: {ref!r} is neither a model name "
+                    f"{sorted(MODEL_PATHS)} nor a saved model directory"
+                )
+        if self.config.candidates == "retriever" and not any(
+            hasattr(m, "retrieve") for m, _ in out
+        ):
+            raise ConfigError(
+                "RankerConfig.candidates: 'retriever' needs a component with retrieve() "
+                "(e.g. components = [..., 'retriever'])"
+            )
+        return out
+
+    def _callback(self, k: int, comp: Recommender, cb: EpochCallback | None) -> Any:
+        if cb is None:
+            return None
+        return lambda ep, m: cb(ep, {f"{k}-{comp.name}.{key}": v for key, v in m.items()})
+
+    # ------------------------------------------------------------------ fitting
+    def fit(
+        self,
+        train: sp.csr_matrix,
+        valid: sp.csr_matrix | None = None,
+        *,
+        callback: EpochCallback | None = None,
+    ) -> Self:
+        if not sp.issparse(train):
+            raise TypeError(
+                f"train: expected a scipy.sparse CSR matrix, got {type(train).__name__}"
+            )
+        train = as_user_items(train, train.shape[1], "train")
+        n_items = train.shape[1]
+        if valid is not None:
+            valid = as_user_items(valid, n_items, "valid")
+        built = self._build_components(n_items)
+        for k, (m, trainable) in enumerate(built):
+            if trainable:
+                m.fit(train, valid, callback=self._callback(k, m, callback))
+        full = train if valid is None else _binary(train + valid)
+        refit = None
+        if valid is not None and self.config.refit:
+
+            def refit() -> None:
+                for m, trainable in built:
+                    if trainable and m.name in self.config.refit:
+                        m.fit(full)
+
+        self._finish(built, train, valid, np.arange(train.shape[0]), full, callback, refit)
+        return self
+
+    @classmethod
+    def from_fitted(
+        cls,
+        models: list[Recommender],
+        train: sp.csr_matrix,
+        valid: sp.csr_matrix | None = None,
+        *,
+        callback: EpochCallback | None = None,
+        **overrides: Any,
+    ) -> Ranker:
+        """A ranker over already fitted models (not refitted): weights learned on ``valid``
+        (history ``train``) when given, else config ``weights`` or equal weights."""
+        names = tuple(m.name or type(m).__name__ for m in models)
+        ranker = cls(components=names, refit=(), **overrides)
+        train = as_user_items(train, int(models[0].n_items), "train")
+        for m in models:
+            if m.n_items != train.shape[1]:
+                raise ValueError(f"models: {m!r} has {m.n_items} items, train {train.shape[1]}")
+        if valid is not None:
+            valid = as_user_items(valid, train.shape[1], "valid")
+        full = train if valid is None else _binary(train + valid)
+        built = [(m, False) for m in models]
+        ranker._finish(built, train, valid, np.arange(train.shape[0]), full, callback, None)
+        return ranker
+
+    def fit_dataset(self, dataset: Any, *, callback: EpochCallback | None = None) -> Self:
+        """Fit components on the dataset (so ratings/metadata-aware ones get theirs), learn the
+        weights on its validation split, refit on train + valid, keep item genres."""
+        built = self._build_components(dataset.n_items)
+        for k, (m, trainable) in enumerate(built):
+            if trainable:
+                m.fit_dataset(dataset, callback=self._callback(k, m, callback))
+        valid = dataset.valid if dataset.valid is not None and dataset.valid.nnz else None
+        refit = None
+        if valid is not None and self.config.refit:
+            merged = _merge_valid(dataset)
+
+            def refit() -> None:
+                for m, trainable in built:
+                    if trainable and m.name in self.config.refit:
+                        m.fit_dataset(merged)
+
+        self._finish(
+            built,
+            dataset.history("valid"),
+            valid,
+            np.arange(dataset.n_users),
+            dataset.history("test"),
+            callback,
+            refit,
+        )
+        self.item_ids, self.user_ids = dataset.item_ids, dataset.user_ids
+        self.item_genres = _genres(dataset)
+        return self
+
+    def _finish(self, built, history, valid, users, full, callback, refit) -> None:  # noqa: ANN001
+        self.components = [m for m, _ in built]
+        self.n_items = history.shape[1]
+        self.history = full
+        counts = np.asarray((full > 0).sum(axis=0)).ravel().astype(np.float64)
+        self.pop_energy = torch.as_tensor(-np.log1p(counts), dtype=torch.float32)
+        k = len(self.components)
+        info: dict[str, Any] = {"components": [m.name for m in self.components]}
+        if self.config.weights:
+            w, info["weights_source"] = np.asarray(self.config.weights, float), "config"
+        elif valid is not None:
+            w, score = self._learn_weights(history, valid, users, callback)
+            info.update(weights_source="validation", valid_ndcg_at_10=score)
+        else:
+            w, info["weights_source"] = np.full(k, 1.0 / k), "default (equal)"
+        self.weights = torch.as_tensor(w / w.sum(), dtype=torch.float32)
+        info["weights"] = [float(x) for x in self.weights]
+        self.fit_info = info
+        if refit is not None:
+            refit()
+            info["refit_on_train_valid"] = [
+                m.name for m, t in built if t and m.name in self.config.refit
+            ]
+
+    def _learn_weights(self, history, valid, users, callback) -> tuple[np.ndarray, float]:  # noqa: ANN001
+        rows = np.flatnonzero((valid.getnnz(axis=1) > 0) & (history.getnnz(axis=1) > 0))
+        if rows.size > self.config.max_tune_users:
+            rng = np.random.default_rng(self.config.seed)
+            rows = np.sort(rng.choice(rows, self.config.max_tune_users, replace=False))
+        ui = history[rows]
+        z, seen, cand = self._standardised(ui, users[rows])
+        return search_weights(
+            z,
+            seen,
+            cand,
+            valid[rows],
+            step=self.config.weight_step,
+            rounds=self.config.search_rounds,
+            callback=None
+            if callback is None
+            else (lambda r, m: callback(r, {f"ranker.{k}": v for k, v in m.items()})),
+        )
+
+    # ------------------------------------------------------------------ scoring
+    def _standardised(
+        self, user_items: sp.csr_matrix, users: np.ndarray | None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(K, B, I) z-scored energies, (B, I) seen mask, (B, I) candidate mask."""
+        b, n_items = user_items.shape
+        seen = csr_to_torch(user_items, self.device).to_dense() > 0  # (B, I)
+        cand = torch.ones(b, n_items, dtype=torch.bool, device=self.device)
+        if self.config.candidates == "retriever":
+            retr = next(m for m in self.components if hasattr(m, "retrieve"))
+            ids = np.asarray(retr.retrieve(user_items, self.config.n_candidates, users=users))
+            ids_t = torch.as_tensor(ids, dtype=torch.long, device=self.device)  # (B, C)
+            cand = torch.zeros_like(cand)
+            rows = torch.arange(b, device=self.device)[:, None].expand_as(ids_t)
+            ok = ids_t >= 0
+            cand[rows[ok], ids_t[ok]] = True
+        stats = cand & ~seen
+        z = torch.stack(
+            [
+                zscore(
+                    torch.as_tensor(m._energies_block(user_items, users, None)).to(self.device),
+                    stats,
+                )
+                for m in self.components
+            ]
+        )  # (K, B, I)
+        return z, seen, cand
+
+    def _energies_block(
+        self, user_items: sp.csr_matrix, users: np.ndarray | None, items: np.ndarray | None
+    ) -> torch.Tensor:
+        assert self.weights is not None and self.pop_energy is not None
+        z, _, cand = self._standardised(user_items, users)
+        e = blend(z, self.weights.to(self.device), cand)  # (B, I)
+        empty = torch.as_tensor(user_items.getnnz(axis=1) == 0, device=self.device)
+        if bool(empty.any()):  # popularity fallback for users with no history at all
+            e[empty] = self.pop_energy.to(self.device)
+        return e if items is None else e[:, torch.as_tensor(items, device=self.device)]
+
+    def is_fallback(self, user_items: sp.csr_matrix) -> np.ndarray:
+        """(U,) bool: rows served by the popularity fallback (empty history)."""
+        return np.asarray(user_items.getnnz(axis=1) == 0)
+
+    def history_of(self, user_ids: Any) -> tuple[sp.csr_matrix, np.ndarray]:
+        """Stored history rows and training-row indices for raw user ids (-1 / empty if unknown)."""
+        if self.history is None or self.user_ids is None:
+            raise ValueError("user_ids: this ranker stores no user vocabulary/history")
+        lookup = {str(u): k for k, u in enumerate(self.user_ids)}
+        idx = np.array([lookup.get(str(u), -1) for u in np.atleast_1d(user_ids)], np.int64)
+        rows = sp.diags((idx >= 0).astype(np.float32)) @ self.history[np.clip(idx, 0, None)]
+        rows = sp.csr_matrix(rows, dtype=np.float32)
+        rows.eliminate_zeros()  # unknown users: empty rows
+        return rows, idx
+
+    # ------------------------------------------------------------------ filters
+    def recommend(
+        self,
+        user_items: sp.csr_matrix,
+        n: int = 10,
+        *,
+        users: np.ndarray | None = None,
+        exclude_seen: bool = True,
+        candidates: np.ndarray | None = None,
+        exclude: np.ndarray | None = None,
+        allow: np.ndarray | None = None,
+        genres_any: list[str] | tuple[str, ...] | None = None,
+        batch_size: int | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`Recommender.recommend` plus business filters (item indices / genre names).
+
+        Args:
+            allow: only these item indices may be served (intersected with config allow_items).
+            genres_any: only items carrying at least one of these genres (needs item metadata).
+            Others as in the base class; config ``exclude_items`` are always excluded.
+
+        Returns:
+            ``(items, energies)`` as the base class; filtered-out items never appear.
+        """
+        n_items = self._check_fitted()
+        banned = np.zeros(n_items, dtype=bool)
+        if exclude is not None:
+            ex = np.asarray(exclude, dtype=np.int64).ravel()
+            if ex.size and (ex.min() < 0 or ex.max() >= n_items):
+                raise ValueError(f"exclude: item indices must lie in [0, {n_items}), got {ex}")
+            banned[ex] = True
+        banned |= ~self._allowed_mask(allow, genres_any)
+        return super().recommend(
+            user_items,
+            n,
+            users=users,
+            exclude_seen=exclude_seen,
+            candidates=candidates,
+            exclude=np.flatnonzero(banned) if banned.any() else None,
+            batch_size=batch_size,
+        )
+
+    def _allowed_mask(self, allow: Any, genres_any: Any) -> np.ndarray:
+        n_items = int(self.n_items)
+        ok = np.ones(n_items, dtype=bool)
+        cfg = self.config
+        if cfg.exclude_items or cfg.allow_items:
+            idx = {str(x): k for k, x in enumerate(self._raw_items())}
+            ok[[idx[str(x)] for x in cfg.exclude_items if str(x) in idx]] = False
+            if cfg.allow_items:
+                keep = np.zeros(n_items, dtype=bool)
+                keep[[idx[str(x)] for x in cfg.allow_items if str(x) in idx]] = True
+                ok &= keep
+        if allow is not None:
+            a = np.asarray(allow, dtype=np.int64).ravel()
+            if a.size and (a.min() < 0 or a.max() >= n_items):
+                raise ValueError(f"allow: item indices must lie in [0, {n_items}), got {a}")
+            keep = np.zeros(n_items, dtype=bool)
+            keep[a] = True
+            ok &= keep
+        wanted = set(cfg.genres_any) | set(genres_any or ())
+        if wanted:
+            if self.item_genres is None:
+                raise ValueError(
+                    "genres_any: this ranker has no item metadata (fit it with fit_dataset on a "
+                    "dataset that has genres)"
+                )
+            ok &= np.array([bool(wanted & set(g)) for g in self.item_genres], dtype=bool)
+        return ok
+
+    def _raw_items(self) -> np.ndarray:
+        ids = self.item_ids
+        return np.arange(int(self.n_items)).astype(object) if ids is None else np.asarray(ids)
+
+    # ------------------------------------------------------------------ persistence
+    def _state_tensors(self) -> dict[str, torch.Tensor]:
+        assert self.weights is not None and self.pop_energy is not None
+        return {"weights": self.weights, "pop_energy": self.pop_energy}
+
+    def _load_state(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+        self.weights = tensors["weights"].float()
+        self.pop_energy = tensors["pop_energy"].float()
+
+    def save(self, path: str | Path, *, overwrite: bool = False) -> Path:
+        """Base files + ``components/<k>-<name>/`` + ``history.npz`` + ``item_genres.json``."""
+        self._check_fitted()
+        with atomic_dir(path, overwrite=overwrite) as tmp:
+            core = super().save(tmp / "core")
+            for f in core.iterdir():
+                f.rename(tmp / f.name)
+            core.rmdir()
+            for k, m in enumerate(self.components):
+                m.item_ids = m.item_ids if m.item_ids is not None else self.item_ids
+                m.save(tmp / "components" / f"{k}-{m.name}")
+            if self.history is not None:
+                sp.save_npz(tmp / "history.npz", sp.csr_matrix(self.history))
+            if self.item_genres is not None:
+                (tmp / "item_genres.json").write_text(json.dumps(self.item_genres))
+        return Path(path)
+
+    @classmethod
+    def load(cls, path: str | Path, *, device: str = "cpu") -> Self:
+        from recsys_ebm.models import load_model
+
+        model = super().load(path, device=device)
+        path = Path(path)
+        dirs = sorted((path / "components").iterdir(), key=lambda p: int(p.name.split("-")[0]))
+        model.components = [load_model(d, device=device) for d in dirs]
+        if (path / "history.npz").is_file():
+            model.history = sp.csr_matrix(sp.load_npz(path / "history.npz"), dtype=np.float32)
+        if (path / "item_genres.json").is_file():
+            model.item_genres = json.loads((path / "item_genres.json").read_text())
+        return model
+
+
+def _binary(m: sp.csr_matrix) -> sp.csr_matrix:
+    m = sp.csr_matrix(m, dtype=np.float32)
+    m.data[:] = 1.0
+    return m
+
+
+def _merge_valid(dataset: Any) -> Any:
+    """The dataset with valid folded into train and no valid split (for the final refit)."""
+    inter = dict(dataset.interactions)
+    inter["train"] = pl.concat([inter["train"], inter.pop("valid")], how="vertical_relaxed")
+    merged = dataclasses.replace(dataset, interactions=inter)
+    merged.__dict__.pop("_matrix_cache", None)
+    return merged
+
+
+def _genres(dataset: Any) -> list[list[str]] | None:
+    meta = dataset.item_metadata
+    if meta is None or "genres" not in meta.columns:
+        return None
+    pairs = zip(meta["item_id"].to_list(), meta["genres"].to_list(), strict=True)
+    by_id = {str(i): [str(x) for x in (g or [])] for i, g in pairs}
+    return [by_id.get(str(i), []) for i in dataset.item_ids]

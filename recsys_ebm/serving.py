@@ -1,0 +1,307 @@
+"""Online serving: any saved Recommender directory as an MLflow pyfunc model.
+
+The pyfunc artifact is a *bundle* directory::
+
+    bundle/
+      model/          the saved model directory (model.json, weights.safetensors, vocabularies;
+                      a ranker also holds its components' directories)
+      serving.json    what the bundle holds (model name, where the histories came from)
+      history.npz     (U, I) CSR of known users' histories, when known (scipy npz, no pickle)
+      users.json      raw user id of each history row
+
+Known users are served from ``history.npz``: the dataset's ``history("test")`` (train + valid +
+fold-in) when the bundle was built from a dataset - the same history the batch job uses - else
+the history a ranker stores. The pyfunc is logged as *code* (no pickled Python object); weights
+load from safetensors.
+
+Request (pandas frame, one row per request):
+
+* ``user_id`` (required): raw user id.
+* ``history`` (optional list of raw item ids): for a new user, the history to serve from; for a
+  known user, items added to the stored history (e.g. recent clicks).
+* ``n`` (optional int > 0, default 10) and ``exclude`` (optional list of raw item ids).
+
+Policies: unknown item ids in ``history`` / ``exclude`` are ignored and reported in the
+``ignored_items`` output column (param ``unknown_items="error"`` makes them a 400 instead). A user
+with no history at all gets the model's answer for an empty history - the ranker's popularity
+fallback - flagged ``fallback=True``. Malformed requests raise ``MlflowException`` with
+``INVALID_PARAMETER_VALUE``, which the scoring server returns as HTTP 400.
+
+Response: one row per request: ``user_id``, ``item_ids`` (list, best first), ``energies`` (list,
+ascending, lower = better), ``fallback`` (bool), ``ignored_items`` (list).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import numpy as np
+import scipy.sparse as sp
+
+__all__ = ["DEFAULT_N", "RecommenderModel", "build_bundle", "log_pyfunc_model", "signature_for"]
+
+#: list length when a request gives no ``n``
+DEFAULT_N = 10
+_ENTRY = (
+    "import mlflow\n"
+    "from recsys_ebm.serving import RecommenderModel\n"
+    "mlflow.models.set_model(RecommenderModel())\n"
+)
+
+
+def build_bundle(model_dir: str | Path, out: str | Path, *, dataset: Any = None) -> Path:
+    """Write a serving bundle (see the module docstring) for ``model_dir`` into ``out``.
+
+    Args:
+        model_dir: a saved Recommender directory.
+        out: bundle directory to create (must not exist).
+        dataset: the prepared :class:`~recsys_ebm.data.dataset.Dataset` the model was trained on;
+            its ``history("test")`` serves known users. Without it, a model that stores a
+            history (the ranker) serves from that; otherwise only request histories are used.
+    """
+    from recsys_ebm.models import load_model
+
+    model_dir, out = Path(model_dir), Path(out)
+    model = load_model(model_dir, device="cpu")
+    out.mkdir(parents=True)
+    shutil.copytree(model_dir, out / "model")
+    info: dict[str, Any] = {"model": model.name, "history_source": None}
+    if dataset is not None:
+        if dataset.n_items != model.n_items:
+            raise ValueError(
+                f"dataset: has {dataset.n_items} items, the model {model_dir} {model.n_items}"
+            )
+        history, users = dataset.history("test"), list(dataset.user_ids)
+        info["history_source"] = f"dataset {dataset.fingerprint}: history('test')"
+    elif getattr(model, "history", None) is not None and model.user_ids is not None:
+        history, users = model.history, list(model.user_ids)
+        info["history_source"] = "model"
+    else:
+        history = users = None
+    if history is not None:
+        sp.save_npz(out / "history.npz", sp.csr_matrix(history, dtype=np.float32))
+        (out / "users.json").write_text(json.dumps([_py(u) for u in users]))
+    (out / "serving.json").write_text(json.dumps(info, indent=2))
+    return out
+
+
+def signature_for(user_ids: Any, item_ids: Any) -> Any:
+    """The request/response signature, typed like the vocabularies (long ids or strings)."""
+    from mlflow.models import ModelSignature
+    from mlflow.types.schema import AnyType, Array, ColSpec, ParamSchema, ParamSpec, Schema
+
+    def kind(ids: Any) -> str:
+        return "long" if ids is not None and all(_is_int(x) for x in ids) else "string"
+
+    u, i = kind(user_ids), kind(item_ids)
+    inputs = Schema(
+        [
+            ColSpec(u, "user_id"),
+            # lists of item ids, checked by the model: typed Array columns would reject a batch
+            # where some records leave them out (pandas fills NaN), so they are AnyType here
+            ColSpec(AnyType(), "history", required=False),
+            ColSpec("double", "n", required=False),  # double: a batch may leave n missing (NaN)
+            ColSpec(AnyType(), "exclude", required=False),
+        ]
+    )
+    outputs = Schema(
+        [
+            ColSpec(u, "user_id"),
+            ColSpec(Array(i), "item_ids"),
+            ColSpec(Array("float"), "energies"),
+            ColSpec("boolean", "fallback"),
+            ColSpec(Array(i), "ignored_items"),
+        ]
+    )
+    params = ParamSchema([ParamSpec("unknown_items", "string", "ignore")])
+    return ModelSignature(inputs=inputs, outputs=outputs, params=params)
+
+
+def log_pyfunc_model(model_dir: str | Path, *, dataset: Any = None, name: str = "pyfunc") -> Any:
+    """Log ``model_dir`` as a pyfunc model into the active MLflow run; returns the ModelInfo.
+
+    The input example is one known user (when histories are bundled) and one new user with a
+    two-item history.
+    """
+    import pandas as pd
+
+    from recsys_ebm import __version__
+
+    with tempfile.TemporaryDirectory() as tmp:
+        bundle = build_bundle(model_dir, Path(tmp) / "bundle", dataset=dataset)
+        served = RecommenderModel()
+        served.load_bundle(bundle)
+        items = list(served.item_ids)
+        users = served.users if served.users is not None else []
+        example = pd.DataFrame(
+            {
+                "user_id": [users[0] if users else _new_id(items), _new_id(users)],
+                "history": [[], items[:2]],
+                "n": [5.0, 5.0],
+            }
+        )
+        sig = signature_for(users or None, items)
+        entry = Path(tmp) / "recsys_ebm_pyfunc.py"
+        entry.write_text(_ENTRY)
+        return mlflow.pyfunc.log_model(
+            name=name,
+            python_model=str(entry),
+            artifacts={"bundle": str(bundle)},
+            signature=sig,
+            input_example=example,
+            pip_requirements=[f"recsys-ebm=={__version__}", f"mlflow=={mlflow.__version__}"],
+        )
+
+
+class RecommenderModel(mlflow.pyfunc.PythonModel):
+    """pyfunc ``PythonModel`` serving a bundle; see the module docstring for the protocol."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.model: Any = None
+        self.item_ids: np.ndarray | None = None
+        self.users: list[Any] | None = None
+        self.history: sp.csr_matrix | None = None
+
+    def load_context(self, context: Any) -> None:
+        self.load_bundle(Path(context.artifacts["bundle"]))
+
+    def load_bundle(self, bundle: str | Path) -> None:
+        from recsys_ebm.models import load_model
+
+        bundle = Path(bundle)
+        self.model = load_model(bundle / "model", device="auto")
+        n_items = int(self.model.n_items)
+        ids = self.model.item_ids
+        self.item_ids = np.arange(n_items).astype(object) if ids is None else np.asarray(ids)
+        self._items = {_key(x): k for k, x in enumerate(self.item_ids)}
+        if (bundle / "history.npz").is_file():
+            self.history = sp.csr_matrix(sp.load_npz(bundle / "history.npz"), dtype=np.float32)
+            self.users = json.loads((bundle / "users.json").read_text())
+            self._users = {_key(u): k for k, u in enumerate(self.users)}
+        else:
+            self._users = {}
+
+    # no type hints here on purpose: mlflow would derive a signature from them (ours is explicit)
+    def predict(self, context, model_input, params=None):  # noqa: ANN001, ANN201
+        """Answer a frame of requests (see the module docstring); bad requests raise HTTP 400."""
+        import pandas as pd
+
+        policy = (params or {}).get("unknown_items", "ignore")
+        if policy not in ("ignore", "error"):
+            _bad(f"params.unknown_items: expected 'ignore' or 'error', got {policy!r}")
+        if not isinstance(model_input, pd.DataFrame):
+            _bad(f"input: expected a frame of requests, got {type(model_input).__name__}")
+        if "user_id" not in model_input.columns:
+            _bad(f"user_id: every request needs a user_id; got columns {list(model_input)}")
+        rows = model_input.to_dict("records")
+        out = [self._one(r, k, policy) for k, r in enumerate(rows)]
+        return pd.DataFrame(
+            out, columns=["user_id", "item_ids", "energies", "fallback", "ignored_items"]
+        )
+
+    # ------------------------------------------------------------------ one request
+    def _one(self, req: dict[str, Any], k: int, policy: str) -> dict[str, Any]:
+        uid = req.get("user_id")
+        if _missing(uid):
+            _bad(f"user_id: request {k} has no user_id")
+        n = req.get("n")
+        if _missing(n):
+            n = DEFAULT_N
+        if isinstance(n, bool) or not _is_int(n) or int(n) <= 0:
+            _bad(f"n: request {k} (user {uid!r}): expected a positive int, got {n!r}")
+        hist_ids = _as_list(req.get("history"), "history", k)
+        excl_ids = _as_list(req.get("exclude"), "exclude", k)
+        hist_idx, bad_h = self._lookup_items(hist_ids)
+        excl_idx, bad_e = self._lookup_items(excl_ids)
+        ignored = bad_h + bad_e
+        if ignored and policy == "error":
+            _bad(f"history/exclude: request {k} (user {uid!r}) has unknown item ids {ignored}")
+        row = self._users.get(_key(uid), -1)
+        n_items = int(self.model.n_items)
+        known = np.zeros(0, np.int64)
+        if row >= 0 and self.history is not None:
+            known = self.history[row].indices.astype(np.int64)
+        seen = np.union1d(known, np.asarray(hist_idx, np.int64))
+        ui = sp.csr_matrix(
+            (np.ones(seen.size, np.float32), (np.zeros(seen.size, np.int64), seen)),
+            shape=(1, n_items),
+        )
+        items, en = self.model.recommend(
+            ui,
+            n=int(n),
+            users=np.array([row], np.int64),
+            exclude=np.asarray(excl_idx, np.int64) if excl_idx else None,
+        )
+        keep = items[0] >= 0
+        return {
+            "user_id": _py(uid),
+            "item_ids": [_py(x) for x in self.item_ids[items[0][keep]]],
+            "energies": [float(x) for x in en[0][keep]],
+            "fallback": bool(seen.size == 0),
+            "ignored_items": ignored,
+        }
+
+    def _lookup_items(self, ids: list[Any]) -> tuple[list[int], list[Any]]:
+        found, unknown = [], []
+        for x in ids:
+            k = self._items.get(_key(x), -1)
+            (found.append(k) if k >= 0 else unknown.append(_py(x)))
+        return found, unknown
+
+
+# ---------------------------------------------------------------------- helpers
+def _bad(message: str) -> None:
+    """Raise the exception the scoring server turns into HTTP 400."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+
+    raise MlflowException(message, error_code=INVALID_PARAMETER_VALUE)
+
+
+def _missing(x: Any) -> bool:
+    return x is None or (isinstance(x, float) and math.isnan(x))
+
+
+def _as_list(x: Any, name: str, k: int) -> list[Any]:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return []
+    if isinstance(x, np.ndarray):
+        return list(x.ravel())
+    if isinstance(x, list | tuple):
+        return list(x)
+    _bad(f"{name}: request {k}: expected a list of item ids, got {type(x).__name__} {x!r}")
+    return []
+
+
+def _is_int(x: Any) -> bool:
+    if isinstance(x, bool):
+        return False
+    if isinstance(x, int | np.integer):
+        return True
+    return isinstance(x, float | np.floating) and float(x).is_integer()
+
+
+def _py(x: Any) -> Any:
+    return x.item() if isinstance(x, np.generic) else x
+
+
+def _key(x: Any) -> str:
+    """Vocabulary key: ids match whether they arrive as 42, 42.0 or "42"."""
+    x = _py(x)
+    if isinstance(x, float) and x.is_integer():
+        x = int(x)
+    return str(x)
+
+
+def _new_id(existing: list[Any]) -> Any:
+    """An id absent from ``existing``, of the same kind (for the input example)."""
+    if existing and all(_is_int(x) for x in existing):
+        return int(max(int(x) for x in existing) + 1)
+    return "new-user"

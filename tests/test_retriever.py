@@ -1,0 +1,265 @@
+"""Retriever: the shared contract, planted structure, fold-in, persistence, resume, bad input."""
+
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+import pytest
+import scipy.sparse as sp
+import torch
+
+from recsys_ebm.data.synthetic import checkerboard, planted_communities
+from recsys_ebm.diagnostics import ConfigError, DataWarning
+from recsys_ebm.evaluation.protocol import evaluate_ranking
+from recsys_ebm.models.popularity import Popularity
+from recsys_ebm.models.retriever import Retriever, genre_features
+from tests.recommender_mixin import RecommenderTestMixin
+
+
+def small(**kw):
+    base = dict(
+        embedding_size=16,
+        n_hidden=32,
+        epochs=30,
+        batch_size=64,
+        learning_rate=0.01,
+        patience=0,
+        progress=False,
+        device="cpu",
+        seed=0,
+    )
+    return Retriever(**{**base, **kw})
+
+
+class TestRetriever(RecommenderTestMixin):
+    def make_model(self):
+        return small()
+
+
+class TestRetrieverAttentionUserIdNegatives(RecommenderTestMixin):
+    """Every option at once: attention pooling, user ids, own input table, sampled negatives."""
+
+    def make_model(self):
+        return small(
+            pooling="attention",
+            user_embedding=True,
+            tie_embeddings=False,
+            negatives="popularity",
+            n_negatives=16,
+            history_dropout=0.1,
+            item_id_dropout=0.05,
+            similarity="dot",
+            temperature=1.0,
+        )
+
+
+@pytest.fixture(scope="module")
+def board():
+    return checkerboard(n_groups=4, users_per_group=25, items_per_group=8, seed=3)
+
+
+def planted_matrix(seed=0, n_users=300, n_items=160, n_interactions=9_000):
+    log = planted_communities(
+        n_users=n_users, n_items=n_items, n_interactions=n_interactions, seed=seed
+    )
+    users, items = log["user_id"].to_numpy(), log["item_id"].to_numpy()
+    m = sp.csr_matrix((np.ones(len(users), np.float32), (users, items)), (n_users, n_items))
+    m.data[:] = 1.0
+    comm = np.zeros(n_users, np.int64)
+    comm[users] = log["community"].to_numpy()
+    return m, comm, np.arange(n_items) % 8
+
+
+def test_learns_planted_communities():
+    train, user_comm, item_comm = planted_matrix()
+    model = small(epochs=15, batch_size=256, embedding_size=32).fit(train)
+    items, _ = model.recommend(train, n=10)
+    in_comm = (item_comm[items] == user_comm[:, None]).mean()
+    pop, _ = Popularity().fit(train).recommend(train, n=10)
+    pop_in = (item_comm[pop] == user_comm[:, None]).mean()
+    # 80 % of the planted events are in-community; popularity ignores communities (~1/8)
+    assert in_comm >= 0.8 and pop_in < 0.3, (in_comm, pop_in)
+    # a brand-new user with 4 items of community c is served community-c items, no retraining
+    rng = np.random.default_rng(0)
+    for c in range(8):
+        pool = np.flatnonzero(item_comm == c)
+        hist = sp.csr_matrix(
+            (np.ones(4, np.float32), ([0] * 4, rng.choice(pool, 4, replace=False))),
+            shape=(1, train.shape[1]),
+        )
+        new, _ = model.recommend(hist, n=5, users=np.array([-1]))
+        assert (item_comm[new[0]] == c).mean() >= 0.8, (c, new)
+
+
+def test_fold_in_equals_training_row_without_user_ids(board):
+    model = small().fit(board.train)
+    ref_items, ref_en = model.recommend(board.train, n=5, users=np.arange(100))
+    for u in (0, 37, 99):
+        items, en = model.recommend(board.train[[u]], n=5, users=np.array([-1]))
+        np.testing.assert_array_equal(items[0], ref_items[u])
+        np.testing.assert_allclose(en[0], ref_en[u], rtol=1e-5)
+    # with a user-id embedding the known user's row differs from the same history as a new user
+    with_ids = small(user_embedding=True, user_id_dropout=0.2).fit(board.train)
+    known = with_ids.energies(board.train[:5], users=np.arange(5))
+    new = with_ids.energies(board.train[:5], users=np.full(5, -1))
+    assert not np.allclose(known, new)
+    np.testing.assert_allclose(new, with_ids.energies(board.train[:5]), rtol=1e-6)
+
+
+def test_seed_changes_the_model(board):
+    a = small(seed=0, epochs=3).fit(board.train).energies(board.train)
+    b = small(seed=1, epochs=3).fit(board.train).energies(board.train)
+    assert not np.allclose(a, b)
+
+
+def test_encode_users_item_embeddings_and_energy_agree(board):
+    model = small(epochs=5).fit(board.train)
+    u = model.encode_users(board.train[:7])
+    v = model.item_embeddings()
+    assert u.shape == (7, 16) and v.shape == (32, 16)
+    np.testing.assert_allclose(np.linalg.norm(u, axis=1), 1, rtol=1e-5)  # cosine: unit norm
+    np.testing.assert_allclose(
+        -(u @ v.T) / model.temperature, model.energies(board.train[:7]), rtol=1e-4, atol=1e-4
+    )
+    exact = model.retrieve(board.train, 6)
+    items, _ = model.recommend(board.train, n=6)
+    np.testing.assert_array_equal(exact, items)
+
+
+def test_early_stopping_keeps_best_epoch(board):
+    seen = []
+    model = small(epochs=25, patience=3, learning_rate=0.03).fit(
+        board.train, board.test, callback=lambda e, m: seen.append((e, m))
+    )
+    hist = model.fit_info["history"]
+    assert len(seen) == len(hist) <= 25
+    for key in ("loss", "temperature", "epoch_seconds", "valid_ndcg@10"):
+        assert np.isfinite(hist[0][key])
+    assert hist[-1]["loss"] < hist[0]["loss"]
+    best = max(h["valid_ndcg@10"] for h in hist)
+    assert model.fit_info["best_valid_ndcg@10"] == best
+    again = evaluate_ranking(model, board.train, board.test, (10,))["ndcg@10"]
+    assert again == pytest.approx(best, abs=1e-6)
+
+
+def test_checkpoint_resume_equals_uninterrupted(board, tmp_path):
+    kw = dict(epochs=6, negatives="uniform", n_negatives=8, history_dropout=0.2)
+    kw.update(user_embedding=True, item_id_dropout=0.1)
+    ref = small(**kw).fit(board.train, board.test)
+
+    class Stop(Exception):
+        pass
+
+    def stop_at_2(epoch, metrics):
+        if epoch == 2:
+            raise Stop
+
+    ckpt = str(tmp_path / "ckpt")
+    with pytest.raises(Stop):
+        small(**kw, checkpoint_dir=ckpt).fit(board.train, board.test, callback=stop_at_2)
+    resumed = small(**kw, checkpoint_dir=ckpt).fit(board.train, board.test)
+    for (name, a), (_, b) in zip(
+        ref.net.state_dict().items(), resumed.net.state_dict().items(), strict=True
+    ):
+        torch.testing.assert_close(a, b, msg=name)
+    assert [h["loss"] for h in resumed.fit_info["history"]] == pytest.approx(
+        [h["loss"] for h in ref.fit_info["history"]]
+    )
+    # another config must not silently resume from this checkpoint
+    with pytest.raises(ValueError, match="checkpoint_dir"):
+        small(**{**kw, "learning_rate": 0.5}, checkpoint_dir=ckpt).fit(board.train)
+
+
+def test_saved_model_loads_on_cpu(board, tmp_path):
+    model = small(device="auto", epochs=3).fit(board.train)
+    model.save(tmp_path / "m")
+    loaded = Retriever.load(tmp_path / "m", device="cpu")
+    assert loaded.net.id_emb.device.type == "cpu"
+    np.testing.assert_allclose(loaded.energies(board.train), model.energies(board.train), rtol=1e-5)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_trained_model_loads_on_cpu(board, tmp_path):
+    model = small(device="cuda", epochs=5).fit(board.train)
+    model.save(tmp_path / "m")
+    loaded = Retriever.load(tmp_path / "m", device="cpu")
+    np.testing.assert_allclose(
+        loaded.energies(board.train), model.energies(board.train), rtol=1e-3, atol=1e-3
+    )
+
+
+class _Data:
+    """The Dataset attributes fit_dataset reads, around a planted-community matrix."""
+
+    def __init__(self, train, genres):
+        self.train, self.valid = train, None
+        self.n_items = train.shape[1]
+        self.item_ids = np.array([f"m{i}" for i in range(self.n_items)], dtype=object)
+        self.user_ids = np.arange(train.shape[0]).astype(object)
+        self.item_metadata = pl.DataFrame(
+            {"item_id": [f"m{i}" for i in range(self.n_items)] + ["gone"], "genres": genres}
+        )
+
+    def item_index(self, raw):
+        lookup = {r: i for i, r in enumerate(self.item_ids)}
+        return np.array([lookup.get(r, -1) for r in raw])
+
+
+def test_metadata_and_cold_items(tmp_path):
+    train, _, item_comm = planted_matrix(n_items=40, n_interactions=2_000)
+    train = train.tolil()
+    train[:, [38, 39]] = 0  # two cold items: no training interaction
+    train = train.tocsr()
+    train.eliminate_zeros()
+    genres = [[f"g{c}", "all"] for c in item_comm] + [["unused"]]
+    genres[39] = ["g0"]
+    data = _Data(train, genres)
+    feats, names = genre_features(data)
+    assert names == sorted({"all", "unused"} | {f"g{c}" for c in range(8)})
+    np.testing.assert_allclose(feats.sum(axis=1), 1.0)
+    model = small(epochs=5).fit_dataset(data)
+    assert model.genres == names
+    v = model.item_embeddings()
+    # cold items share the OOV id row; their genres (different here) still tell them apart
+    assert not np.allclose(v[38], v[39])
+    plain = small(epochs=5).fit(train)
+    vp = plain.item_embeddings()
+    np.testing.assert_allclose(vp[38], vp[39])
+    path = model.save(tmp_path / "m")
+    loaded = Retriever.load(path)
+    assert loaded.genres == names
+    np.testing.assert_allclose(loaded.energies(train), model.energies(train), rtol=1e-5)
+
+
+def test_bad_input_is_named(board):
+    model = small(epochs=2).fit(board.train)
+    with pytest.raises(ValueError, match="histories"):
+        model.encode_users(sp.csr_matrix((2, 5), dtype=np.float32))
+    with pytest.raises(ValueError, match="n_candidates"):
+        model.retrieve(board.train, 0)
+    with pytest.raises(TypeError, match="train"):
+        small().fit(np.ones((3, 4)))
+    with pytest.raises(ValueError, match="train"):
+        small().fit(sp.csr_matrix((3, 4), dtype=np.float32))
+    ids = small(epochs=2, user_embedding=True).fit(board.train)
+    with pytest.raises(ValueError, match="users"):
+        ids.recommend(board.train[:2], n=3, users=np.array([0, 100]))
+    with pytest.raises(ConfigError, match="temperature"):
+        Retriever(temperature=5.0)
+    with pytest.raises(ConfigError, match="n_negatives"):
+        Retriever(negatives="uniform")
+    with pytest.raises(ConfigError, match="pooling"):
+        Retriever(pooling="max")
+
+
+def test_histories_from_raw_ids_unknown_items(board):
+    model = small(epochs=2).fit(board.train)
+    model.item_ids = np.array([f"i{i}" for i in range(32)], dtype=object)
+    with pytest.warns(DataWarning, match="1 item id"):
+        hist = model.histories_from_ids([["i0", "i1", "nope"], []])
+    assert hist.shape == (2, 32) and list(hist[0].indices) == [0, 1] and hist[1].nnz == 0
+    with pytest.raises(ValueError, match="unknown"):
+        model.histories_from_ids([["nope"]], on_unknown="raise")
+    items, en = model.recommend(hist, n=3)  # the empty row is served by the fallback vector
+    assert (items >= 0).all() and np.isfinite(en).all()
