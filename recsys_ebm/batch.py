@@ -1,13 +1,17 @@
 """Batch recommendation jobs: top-N lists for many users, chunked, sharded and resumable.
 
 Output: one Parquet row per recommendation, columns ``user_id`` (raw), ``rank`` (1-based),
-``item_id`` (raw), ``energy`` (lower = better) and ``model_version``. Each chunk of users is
+``item_id`` (raw), ``energy`` (lower = better), ``model_version`` and ``fallback`` (True when the
+user had no history at all and was served by the model's popularity fallback). Each chunk of users is
 scored and written to ``<out>.parts/`` atomically; the parts are then merged, one row group per
 chunk, into a temporary file renamed onto ``out``. A killed job re-run with ``resume=True`` skips
 the chunks already on disk, so the result has no duplicates and no gaps.
 
 Known users are served from ``dataset.history("test")`` (train + valid + fold-in: everything
-known about them); users given in a history file are served from that history.
+known about them); users given in a history file are served from that history. Requested users
+with no history anywhere are served from an empty history when the model has a fallback for it
+(:attr:`~recsys_ebm.models.base.Recommender.has_fallback`: the ranker's popularity list), and
+are otherwise left out and counted in ``unknown_users``.
 """
 
 from __future__ import annotations
@@ -92,7 +96,7 @@ def select_users(dataset: Any, users: str) -> tuple[np.ndarray, list[Any]]:
         raise FileNotFoundError(f"--users: expected 'all', 'test' or a file, got {users!r}")
     raw = _read_ids(path)
     idx = dataset.user_index(raw)
-    unknown = [r for r, i in zip(raw, idx, strict=True) if i < 0]
+    unknown = list(dict.fromkeys(r for r, i in zip(raw, idx, strict=True) if i < 0))
     return np.unique(idx[idx >= 0]), unknown
 
 
@@ -149,6 +153,15 @@ def run_batch(
         matrix = sp.vstack([matrix, extra]).tocsr()
         raw_ids += extra_ids
         known_rows = np.concatenate([known_rows, np.full(len(extra_ids), -1, np.int64)])
+        given = {str(u) for u in extra_ids}
+        unknown = [u for u in unknown if str(u) not in given]
+    if unknown and getattr(model, "has_fallback", False):
+        # no history anywhere: an empty row, which the model serves from its fallback
+        empty = sp.csr_matrix((len(unknown), dataset.n_items), dtype=np.float32)
+        matrix = sp.vstack([matrix, empty]).tocsr()
+        raw_ids += unknown
+        known_rows = np.concatenate([known_rows, np.full(len(unknown), -1, np.int64)])
+        unknown = []
     sel = np.arange(len(raw_ids))[shard[0] :: shard[1]]  # deterministic interleaved shard
     parts = out.with_name(out.name + ".parts")
     job = {
@@ -203,6 +216,7 @@ def run_batch(
                 "item_id": item_ids.gather(items[valid]),
                 "energy": energies[valid].astype(np.float32),
                 "model_version": pl.Series([version] * int(valid.sum()), dtype=pl.String),
+                "fallback": np.repeat(matrix[rows].getnnz(axis=1) == 0, counts),
             }
         )
         with atomic_file(part) as tmp:
@@ -226,6 +240,7 @@ def run_batch(
                     ("item_id", pa.string()),
                     ("energy", pa.float32()),
                     ("model_version", pa.string()),
+                    ("fallback", pa.bool_()),
                 ]
             )
             writer = pq.ParquetWriter(tmp, schema)

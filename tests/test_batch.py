@@ -34,7 +34,8 @@ def test_batch_matches_single_user_calls(setup, tmp_path):
     res = run_batch(model, ds, tmp_path / "recs.parquet", n=5, chunk_size=64, version="v1")
     df = pl.read_parquet(tmp_path / "recs.parquet")
     assert res.n_rows == df.height == 5 * ds.n_users
-    assert df.columns == ["user_id", "rank", "item_id", "energy", "model_version"]
+    assert df.columns == ["user_id", "rank", "item_id", "energy", "model_version", "fallback"]
+    assert not df["fallback"].any()  # every dataset user has a history
     assert (df["model_version"] == "v1").all()
     hist = ds.history("test")
     for u in (0, 17, 250):
@@ -139,3 +140,27 @@ def test_cli_recommend_with_new_user_history(setup, tmp_path):
     assert set(df["user_id"]) == {str(ds.user_ids[0]), "newbie"}
     newbie = df.filter(pl.col("user_id") == "newbie")
     assert newbie.height == 3 and not {str(a), str(b)} & set(newbie["item_id"].cast(pl.String))
+    assert not df["fallback"].any()
+
+
+def test_users_without_history_get_the_rankers_flagged_popularity_fallback(setup, tmp_path):
+    from recsys_ebm.ranking import Ranker
+
+    ds, model, _ = setup
+    ranker = Ranker.from_fitted([model], ds.train, device="cpu")
+    ranker.item_ids, ranker.user_ids = ds.item_ids, ds.user_ids
+    users = tmp_path / "users.csv"
+    users.write_text(f"user_id\n{ds.user_ids[0]}\nghost\nghost\n")
+    res = run_batch(ranker, ds, tmp_path / "r.parquet", users=str(users), n=5, progress=False)
+    assert res.unknown_users == 0 and res.n_users == 2
+    df = pl.read_parquet(tmp_path / "r.parquet")
+    ghost = df.filter(pl.col("user_id") == "ghost").sort("rank")
+    assert ghost.height == 5 and ghost["fallback"].all()
+    assert not df.filter(pl.col("user_id") != "ghost")["fallback"].any()
+    # the fallback is popularity over the history the ranker holds (here: train)
+    counts = np.asarray(ds.train.getnnz(axis=0))
+    got = counts[ds.item_index(ghost["item_id"].to_list())]
+    assert list(got) == sorted(counts, reverse=True)[:5]
+    # a model without a fallback leaves such users out and counts them
+    res = run_batch(model, ds, tmp_path / "m.parquet", users=str(users), n=5, progress=False)
+    assert res.unknown_users == 1 and res.n_users == 1

@@ -12,8 +12,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "recommend",
         help="write top-N recommendations for many users to a Parquet file",
         description="Score users in chunks and write one row per recommendation (user_id, rank, "
-        "item_id, energy, model_version) to Parquet, atomically. Known users are served from "
-        "their history in the dataset (train + valid + fold-in); --history adds new users.",
+        "item_id, energy, model_version, fallback) to Parquet, atomically. Known users are "
+        "served from their history in the dataset (train + valid + fold-in); --history adds new "
+        "users. With a ranker, requested users with no history at all get its popularity "
+        "fallback, flagged fallback=true; other models skip them.",
     )
     p.add_argument(
         "--model",
@@ -133,6 +135,7 @@ def _run(args, model, model_dir, version, shard) -> int:  # noqa: ANN001
     if res.unknown_users:
         print(
             f"note: {res.unknown_users} requested user ids are not in the dataset and were "
-            "skipped (pass their histories with --history)"
+            "skipped (pass their histories with --history, or serve a ranker, whose popularity "
+            "fallback answers users without history; its rows are flagged fallback=true)"
         )
     return 0

@@ -103,6 +103,9 @@ class Recommender(abc.ABC):
     config_class: ClassVar[type[Config]] = Config
     #: device the energies are computed on; models with torch parameters override.
     device: torch.device = torch.device("cpu")
+    #: True when an empty history is served by a deliberate fallback (the ranker's popularity
+    #: list): batch jobs then serve requested users who have no history at all.
+    has_fallback: ClassVar[bool] = False
 
     def __init__(self, config: Config | None = None, **overrides: Any) -> None:
         if config is None:

@@ -124,12 +124,18 @@ class _FactorModel(Recommender):
         self, user_items: sp.csr_matrix, users: np.ndarray | None, items: np.ndarray | None
     ) -> torch.Tensor:
         assert self.user_factors is not None and self.item_factors is not None
-        u = self.fold_in(user_items)  # (B, F)
+        n_rows = user_items.shape[0]
+        known = np.zeros(n_rows, dtype=bool)
         if users is not None:
             known = (users >= 0) & (users < self.user_factors.shape[0])
-            if known.any():
-                idx = torch.as_tensor(np.flatnonzero(known))
-                u[idx] = self.user_factors[torch.as_tensor(users[known])]
+        u = torch.empty(n_rows, self.item_factors.shape[1])  # (B, F)
+        if known.any():  # known users: their learned factors (implicit's default)
+            u[torch.as_tensor(np.flatnonzero(known))] = self.user_factors[
+                torch.as_tensor(users[known])
+            ]
+        if not known.all():  # the rest are folded in from the history passed now
+            rest = np.flatnonzero(~known)
+            u[torch.as_tensor(rest)] = self.fold_in(user_items[rest])
         y = self.item_factors if items is None else self.item_factors[torch.as_tensor(items)]
         return -(u @ y.T)  # (B, I)
 

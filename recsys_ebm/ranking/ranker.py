@@ -91,6 +91,7 @@ class Ranker(Recommender):
 
     name = "ranker"
     config_class = RankerConfig
+    has_fallback = True  # empty history -> popularity energies (flagged by batch and serving)
 
     def __init__(self, config: RankerConfig | None = None, **overrides: Any) -> None:
         super().__init__(config, **overrides)
