@@ -27,7 +27,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import scipy.sparse as sp
 
 
 def best_of(fn, repeats: int) -> float:  # noqa: ANN001
