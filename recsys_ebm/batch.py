@@ -3,9 +3,9 @@
 Output: one Parquet row per recommendation, columns ``user_id`` (raw), ``rank`` (1-based),
 ``item_id`` (raw), ``energy`` (lower = better), ``model_version`` and ``fallback`` (True when
 the user had no history at all and was served by the model's popularity fallback). Each chunk
-of users is scored and written to ``<out>.parts/`` atomically; the parts are then merged, one row group per
-chunk, into a temporary file renamed onto ``out``. A killed job re-run with ``resume=True`` skips
-the chunks already on disk, so the result has no duplicates and no gaps.
+of users is scored and written to ``<out>.parts/`` atomically; the parts are then merged, one
+row group per chunk, into a temporary file renamed onto ``out``. A killed job re-run with
+``resume=True`` skips the chunks already on disk, so the result has no duplicates and no gaps.
 
 Known users are served from ``dataset.history("test")`` (train + valid + fold-in: everything
 known about them); users given in a history file are served from that history. Requested users
