@@ -162,6 +162,10 @@ def run(args: argparse.Namespace) -> int:
 
 def _print_table(res) -> None:  # noqa: ANN001
     cols = [f"{m}@{k}" for m in ("recall", "ndcg") for k in res.ks] + ["mrr"]
-    print(f"{'model':<16}" + "".join(f"{c:>11}" for c in cols))
+    # rating models (predict_ratings) add RMSE / MAE; "-" for the models without them
+    errs = [c for c in ("rmse", "mae") if any(c in m.extra for m in res.models)]
+    print(f"{'model':<16}" + "".join(f"{c:>11}" for c in cols + errs))
     for m in res.models:
-        print(f"{m.name:<16}" + "".join(f"{m.means[c]:>11.4f}" for c in cols))
+        vals = [f"{m.means[c]:>11.4f}" for c in cols]
+        vals += [f"{m.extra[c]:>11.4f}" if c in m.extra else f"{'-':>11}" for c in errs]
+        print(f"{m.name:<16}" + "".join(vals))

@@ -131,11 +131,14 @@ class Dataset:
     def test(self) -> sp.csr_matrix:
         return self.matrix("test")
 
-    def history(self, split: str) -> sp.csr_matrix:
+    def history(self, split: str, *, values: str = "binary") -> sp.csr_matrix:
         """The history a model sees when it is evaluated on ``split`` (and whose items are masked).
 
         * ``valid``: train (+ fold-in for held-out users).
         * ``test``: train + valid (+ fold-in): everything known before the test period.
+
+        ``values="rating"`` gives the same pattern with rating values (for rating models such
+        as the softmax RBM); the target split is never included.
         """
         if split == "valid":
             parts = ["train", "fold_in"]
@@ -143,12 +146,13 @@ class Dataset:
             parts = ["train", "valid", "fold_in"]
         else:
             raise ValueError(f"split: expected 'valid' or 'test', got {split!r}")
-        mats = [self.matrix(p) for p in parts if p in self.interactions]
+        mats = [self.matrix(p, values=values) for p in parts if p in self.interactions]
         out = mats[0]
         for m in mats[1:]:
-            out = out + m
+            out = out + m  # the parts are disjoint, so rating values are never summed
         out = out.tocsr()
-        out.data[:] = 1.0
+        if values == "binary":
+            out.data[:] = 1.0
         return out
 
     def ratings(self, split: str) -> sp.csr_matrix:

@@ -59,6 +59,11 @@ class EvaluationResult:
         return [{"model": m.name, **m.means, **m.beyond, **m.extra} for m in self.models]
 
 
+def _wants_ratings(model: Any) -> bool:
+    """Rating models (``history_values = "rating"``) rank from the rating-valued history."""
+    return getattr(model, "history_values", "binary") == "rating"
+
+
 def evaluate_models(
     dataset: Any,
     models: dict[str, Any],
@@ -85,24 +90,35 @@ def evaluate_models(
     rng = np.random.default_rng(seed)
     sample = rng.choice(rows.size, size=min(energy_sample_users, rows.size), replace=False)
     primary = f"ndcg@{ks[0]}"
+    rating_rows = None  # rating-valued history, built once if a model asks for it
+    if dataset.has_ratings and any(
+        _wants_ratings(m) or hasattr(m, "predict_ratings") for m in models.values()
+    ):
+        rating_rows = dataset.history(split, values="rating")[rows]
     results = []
     for name, model in models.items():
+        if _wants_ratings(model) and rating_rows is None:
+            raise ValueError(
+                f"models: {name!r} reads rating-valued histories, but the dataset has no ratings"
+            )
+        model_hist = rating_rows if _wants_ratings(model) else hist_rows
         t0 = time.perf_counter()
-        items, _ = model.recommend(hist_rows, n=max(ks), users=rows)
+        items, _ = model.recommend(model_hist, n=max(ks), users=rows)
         per_user = ranking_metrics(items, target_rows, ks, recall_denominator=recall_denominator)
         seconds = time.perf_counter() - t0
         means = {k: float(np.nanmean(v)) for k, v in per_user.items()}
         ci = {k: bootstrap_ci(v, n_boot=n_boot, seed=seed) for k, v in per_user.items()}
         beyond = beyond_accuracy(items, item_counts, dataset.n_users, ks[0])
         by_bucket, _ = recall_by_popularity(items, target_rows, item_counts, ks[-1])
-        en = model.energies(hist_rows[sample], users=rows[sample])  # (S, I)
+        en = model.energies(model_hist[sample], users=rows[sample])  # (S, I)
         t_s = target_rows[sample].tocoo()
         pos = en[t_s.row, t_s.col]
         rand = en[rng.integers(0, len(sample), pos.size), rng.integers(0, en.shape[1], pos.size)]
         extra = {}
-        if hasattr(model, "predict_ratings") and dataset.has_ratings:
+        if hasattr(model, "predict_ratings") and rating_rows is not None:
+            # predicted from the rating history (train [+ valid]); the target split only scores
             coo = dataset.ratings(split)[rows].tocoo()
-            pred = model.predict_ratings(dataset.history(split)[rows], coo.row, coo.col)
+            pred = model.predict_ratings(rating_rows, coo.row, coo.col)
             extra = rating_errors(pred, coo.data)
         results.append(
             ModelResult(

@@ -17,6 +17,7 @@ MODEL_PATHS: dict[str, str] = {
     "als": "recsys_ebm.models.implicit_adapter:ALS",
     "bpr": "recsys_ebm.models.implicit_adapter:BPR",
     "rbm": "recsys_ebm.models.rbm:RBM",
+    "softmax-rbm": "recsys_ebm.models.softmax_rbm:SoftmaxRBM",
     "retriever": "recsys_ebm.models.retriever:Retriever",
     "ranker": "recsys_ebm.ranking.ranker:Ranker",
 }

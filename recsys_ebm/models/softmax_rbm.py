@@ -1,0 +1,419 @@
+"""Softmax RBM for ratings: Salakhutdinov, Mnih & Hinton, "Restricted Boltzmann Machines for
+Collaborative Filtering", ICML 2007 (https://doi.org/10.1145/1273496.1273596), issue #3.
+
+Every user is an RBM whose visible layer is a K-way softmax per item they rated (K = the rating
+levels, e.g. 1..5 or 0.5..5 in half stars); missing ratings are absent, not zero. All users share
+W (I, K, H), b (I, K) and c (H,). Maths and shapes: :mod:`recsys_ebm.models._softmax_rbm_math`.
+
+**Histories are ratings.** Every matrix this model reads - ``fit``'s ``train`` and ``valid``, and
+the ``user_items`` of ``energies`` / ``recommend`` / ``predict_ratings`` - carries rating values
+in its CSR data, never ones. A value that is not one of the model's rating levels raises
+``ValueError``. A binary interaction matrix whose ones happen to be a valid level (1 star on a
+1..5 scale) cannot be told apart; it is read as "every item rated 1" and a :class:`DataWarning`
+is raised when a history of 20+ entries is all ones. Use ``Dataset.history(split,
+values="rating")``; ``fit_dataset`` and ``evaluate_models`` do (``history_values = "rating"``).
+
+**Ranking energy.** energy(u, i) = -E[r_i | V_u], the exact expected rating of item i given the
+user's other ratings (paper sec. 2.2), so the top of the list is what the user would rate highest.
+This is a preference ranking: the model is trained on which rating, not on which items get rated,
+so it does not favour popular items the way implicit-feedback models do.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import warnings
+from typing import Any, ClassVar, Self
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+from recsys_ebm.config import Config
+from recsys_ebm.device import resolve_device
+from recsys_ebm.diagnostics import ConfigError, DataWarning, ModelFitError
+from recsys_ebm.models._softmax_rbm_math import (
+    conditional_logits,
+    free_energy,
+    gibbs_chain,
+    hidden_input,
+    pair_logits,
+)
+from recsys_ebm.models.base import EpochCallback, Recommender, as_user_items
+
+__all__ = ["SoftmaxRBM", "SoftmaxRBMConfig"]
+
+
+@dataclasses.dataclass(frozen=True)
+class SoftmaxRBMConfig(Config):
+    # defaults: the ML-100K validation-RMSE search in benchmarks/README.md (figures quoted below)
+    n_hidden: int = 200  # 100 (the paper's Netflix size): 0.948 vs 0.943; 400: same, 2.7x slower
+    epochs: int = 150  # an upper bound: early stopping ends the ML-100K run at epoch 97
+    batch_size: int = 64  # ~15 updates per epoch on ML-100K's 943 users
+    learning_rate: float = 0.05  # 0.1 stops early at 0.946; 0.02 is at 0.950 after 150 epochs
+    momentum: float = 0.9  # 0.5 for the first 5 epochs, then this (Hinton 2010, sec. 9)
+    weight_decay: float = 0.01  # L2 on W; the paper's 0.001: 0.945, 0.03: 0.961
+    lr_decay: float = 0.97  # multiplicative per epoch
+    cd_k: int = 1
+    #: k per training stage; the paper starts at T=1 and raises it to 3, 5, 9 (sec. 2.3)
+    k_schedule: tuple[int, ...] = ()
+    persistent: bool = False  # PCD: each training rating keeps its own fantasy level
+    init_std: float = 0.01
+    #: epochs without validation RMSE gain before stopping (0 = never); validation RMSE rises
+    #: for the first few epochs while the random weights settle, so 5 can stop before learning
+    patience: int = 10
+    #: rating values, ascending; empty = the distinct values of the training ratings
+    rating_levels: tuple[float, ...] = ()
+    max_abs_param: float = 1e4  # divergence guard
+    progress: bool = True  # tqdm bar when stderr is a terminal
+    seed: int = 0
+    device: str = "auto"
+
+    def validate(self) -> None:
+        self._check_positive("n_hidden", "epochs", "batch_size", "learning_rate", "init_std")
+        if self.cd_k < 0 or any(k < 0 for k in self.k_schedule):
+            raise ConfigError(
+                f"SoftmaxRBMConfig.cd_k/k_schedule: expected >= 0, got {self.cd_k}, "
+                f"{list(self.k_schedule)}"
+            )
+        if not 0 <= self.momentum < 1:
+            raise ConfigError(f"SoftmaxRBMConfig.momentum: expected [0, 1), got {self.momentum}")
+        if self.weight_decay < 0:
+            raise ConfigError(
+                f"SoftmaxRBMConfig.weight_decay: expected >= 0, got {self.weight_decay}"
+            )
+        lv = self.rating_levels
+        if lv and (len(lv) < 2 or any(b <= a for a, b in zip(lv, lv[1:], strict=False))):
+            raise ConfigError(
+                "SoftmaxRBMConfig.rating_levels: expected >= 2 strictly increasing values, "
+                f"got {list(lv)}"
+            )
+        if 0.0 in lv:
+            raise ConfigError(
+                "SoftmaxRBMConfig.rating_levels: 0 cannot be a level (a sparse matrix does not "
+                "store zeros); shift the rating scale"
+            )
+
+    def k_at(self, epoch: int) -> int:
+        if not self.k_schedule:
+            return self.cd_k
+        stage = min(len(self.k_schedule) - 1, epoch * len(self.k_schedule) // self.epochs)
+        return self.k_schedule[stage]
+
+
+class SoftmaxRBM(Recommender):
+    """Softmax-visible RBM over ratings; energy(u, i) = -E[r_i | u's ratings]."""
+
+    name = "softmax-rbm"
+    config_class = SoftmaxRBMConfig
+    #: evaluation passes rating-valued histories to models that declare this
+    history_values: ClassVar[str] = "rating"
+
+    def __init__(self, config: SoftmaxRBMConfig | None = None, **overrides: Any) -> None:
+        super().__init__(config, **overrides)
+        self.device = resolve_device(self.config.device)
+        self.rating_levels: np.ndarray | None = None  # (K,) float64, ascending
+        self.W: torch.Tensor | None = None  # (I, K, H)
+        self.b: torch.Tensor | None = None  # (I, K) visible biases
+        self.c: torch.Tensor | None = None  # (H,) hidden biases
+
+    # ------------------------------------------------------------------ ratings <-> levels
+    def _codes(self, m: sp.csr_matrix, name: str) -> sp.csr_matrix:
+        """Same pattern as ``m`` with data = level index + 1 (1..K), as int64 CSR.
+
+        Raises:
+            ValueError: a stored value is not one of the model's rating levels.
+        """
+        levels = self.rating_levels
+        assert levels is not None
+        data = m.data.astype(np.float64)
+        pos = np.clip(np.searchsorted(levels, data), 0, len(levels) - 1)
+        near = np.where(
+            (pos > 0) & (np.abs(levels[pos - 1] - data) < np.abs(levels[pos] - data)), pos - 1, pos
+        )
+        bad = ~np.isclose(levels[near], data, rtol=0, atol=1e-4)
+        if bad.any():
+            raise ValueError(
+                f"{name}: expected rating values in {levels.tolist()} (the CSR data are read as "
+                f"ratings), got {sorted(set(data[bad].tolist()))[:10]}"
+            )
+        if (
+            name == "user_items"
+            and data.size >= 20
+            and len(levels) > 2
+            and levels[0] == 1.0
+            and bool(np.all(data == 1.0))
+        ):
+            warnings.warn(
+                f"{name}: every value is 1.0, read as the lowest rating; pass rating values "
+                "(Dataset.history(split, values='rating')), not a binary interaction matrix",
+                DataWarning,
+                stacklevel=4,
+            )
+        return sp.csr_matrix((near + 1, m.indices, m.indptr), shape=m.shape, dtype=np.int64)
+
+    def _tensors(self, codes: sp.csr_matrix) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(rows, items, levels) (nnz,) int64 tensors of a level-code CSR block."""
+        rows = np.repeat(np.arange(codes.shape[0]), np.diff(codes.indptr))
+        return (
+            torch.as_tensor(rows, device=self.device),
+            torch.as_tensor(codes.indices.astype(np.int64), device=self.device),
+            torch.as_tensor(codes.data.astype(np.int64) - 1, device=self.device),
+        )
+
+    # ------------------------------------------------------------------ maths
+    def init_params(self, n_items: int, generator: torch.Generator, codes: sp.csr_matrix) -> None:
+        """W ~ N(0, init_std), c = 0, b_i^k = log of item i's smoothed level frequencies
+        (visible biases at the log base rates: Hinton 2010, sec. 8)."""
+        cfg = self.config
+        assert self.rating_levels is not None
+        n_k = len(self.rating_levels)
+        self.n_items = n_items
+        self.W = torch.randn(n_items, n_k, cfg.n_hidden, generator=generator) * cfg.init_std
+        counts = np.zeros((n_items, n_k))
+        np.add.at(counts, (codes.indices, codes.data - 1), 1.0)
+        prior = (counts.sum(0) + 1.0) / (counts.sum() + n_k)  # (K,) global level frequencies
+        freq = (counts + n_k * prior) / (counts.sum(1, keepdims=True) + n_k)  # n_k pseudo-counts
+        self.b = torch.as_tensor(np.log(freq), dtype=torch.float32)
+        self.c = torch.zeros(cfg.n_hidden)
+        self.W, self.b, self.c = (t.to(self.device) for t in (self.W, self.b, self.c))
+
+    def cd_step(
+        self,
+        rows: torch.Tensor,
+        items: torch.Tensor,
+        levels: torch.Tensor,
+        n_rows: int,
+        k: int,
+        generator: torch.Generator | None,
+        chain: torch.Tensor | None = None,
+    ) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor | None]:
+        """CD-k (or PCD-k from ``chain`` levels) estimate of d log p(V) / d theta (paper eq. 6).
+
+        Returns (gradients averaged over the ``n_rows`` users, the chain's levels after k steps,
+        the first reconstruction p(V | h) (nnz, K) or None).
+        """
+        assert self.W is not None and self.b is not None and self.c is not None
+        n_i, n_k, n_h = self.W.shape
+        ph0 = torch.sigmoid(hidden_input(rows, items, levels, n_rows, self.W, self.c))  # (B, H)
+        start = levels if chain is None else chain
+        lvk, phk, recon = gibbs_chain(
+            rows, items, start, n_rows, self.W, self.b, self.c, k, generator,
+            ph0 if chain is None else None,
+        )  # fmt: skip
+        f0, fk = items * n_k + levels, items * n_k + lvk  # flat (item, level) index, (nnz,)
+        # <V_i^k h_j>_data - <V_i^k h_j>_model, accumulated separately so CD-0 is exactly zero
+        size, kw = n_i * n_k, {"dtype": self.W.dtype, "device": self.W.device}
+        pos = torch.zeros(size, n_h, **kw).index_add_(0, f0, ph0[rows])  # (I*K, H)
+        neg = torch.zeros(size, n_h, **kw).index_add_(0, fk, phk[rows])
+        grads = {
+            "W": ((pos - neg) / n_rows).view(n_i, n_k, n_h),
+            "b": (torch.bincount(f0, minlength=size) - torch.bincount(fk, minlength=size))
+            .to(self.W.dtype)
+            .div(n_rows)
+            .view(n_i, n_k),
+            "c": (ph0.sum(0) - phk.sum(0)) / n_rows,
+        }
+        return grads, lvk, recon
+
+    def _hidden_x(self, codes: sp.csr_matrix) -> torch.Tensor:
+        rows, items, levels = self._tensors(codes)
+        return hidden_input(rows, items, levels, codes.shape[0], self.W, self.c)  # (B, H)
+
+    def _pair_probs(self, codes: sp.csr_matrix, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+        """(P, K) p(r_col = k | the row's other ratings) for level-code histories."""
+        with torch.no_grad():
+            x = self._hidden_x(codes)
+            own = np.asarray(codes[rows, cols]).ravel().astype(np.int64) - 1  # -1 = unrated
+            logits = pair_logits(
+                x,
+                self.W,
+                self.b,
+                torch.as_tensor(rows, device=self.device),
+                torch.as_tensor(cols, device=self.device),
+                torch.as_tensor(own, device=self.device),
+            )
+            return torch.softmax(logits, dim=1).cpu().numpy()
+
+    def _predict_from_codes(
+        self, codes: sp.csr_matrix, rows: np.ndarray, cols: np.ndarray
+    ) -> np.ndarray:
+        return self._pair_probs(codes, rows, cols) @ self.rating_levels
+
+    # ------------------------------------------------------------------ public prediction API
+    def _check_pairs(
+        self, history: Any, rows: Any, cols: Any
+    ) -> tuple[sp.csr_matrix, np.ndarray, np.ndarray]:
+        n_items = self._check_fitted()
+        history = as_user_items(history, n_items, "history")
+        out = []
+        for name, arr, hi in (("rows", rows, history.shape[0]), ("cols", cols, n_items)):
+            arr = np.asarray(arr)
+            if arr.ndim != 1 or not (arr.size == 0 or np.issubdtype(arr.dtype, np.integer)):
+                raise ValueError(f"{name}: expected a 1-D integer array, got shape {arr.shape}")
+            if arr.size and (arr.min() < 0 or arr.max() >= hi):
+                raise ValueError(f"{name}: expected indices in [0, {hi}), got {arr.min()}..")
+            out.append(arr.astype(np.int64))
+        if out[0].shape != out[1].shape:
+            raise ValueError(
+                f"cols: expected as many entries as rows ({out[0].size}), got {out[1].size}"
+            )
+        return self._codes(history, "history"), out[0], out[1]
+
+    def rating_distribution(self, history: sp.csr_matrix, rows: Any, cols: Any) -> np.ndarray:
+        """Exact p(r_q = k | V_u) for (history row, item) pairs (paper eq. 5).
+
+        Args:
+            history: (U, I) CSR of rating values (the conditioning ratings of each user).
+            rows: (P,) row of ``history`` of each pair.
+            cols: (P,) item index of each pair. If the user rated it, its own rating is left
+                out (leave-one-out conditional).
+
+        Returns:
+            (P, K) float array over :attr:`rating_levels`; each row sums to 1.
+
+        Raises:
+            ValueError: rows/cols malformed or out of range; a history value is not a level.
+        """
+        codes, rows, cols = self._check_pairs(history, rows, cols)
+        return self._pair_probs(codes, rows, cols)
+
+    def predict_ratings(self, history: sp.csr_matrix, rows: Any, cols: Any) -> np.ndarray:
+        """(P,) expected rating E[r_q | V_u] = sum_k level_k p(r_q = k | V_u) of each pair.
+
+        Arguments as :meth:`rating_distribution`.
+        """
+        return self.rating_distribution(history, rows, cols) @ self.rating_levels
+
+    def free_energy(self, user_items: sp.csr_matrix) -> np.ndarray:
+        """(U,) F(V) of each rating row (lower = a more plausible set of ratings)."""
+        codes = self._codes(as_user_items(user_items, self._check_fitted()), "user_items")
+        with torch.no_grad():
+            r, i, lv = self._tensors(codes)
+            return free_energy(r, i, lv, codes.shape[0], self.W, self.b, self.c).cpu().numpy()
+
+    def _block_rows(self, n_cols: int, batch_size: int | None) -> int:
+        # a scoring block holds (B, I', K) level logits: bound it like the base's (B, I') block
+        n_k = 1 if self.rating_levels is None else len(self.rating_levels)
+        return super()._block_rows(n_cols * n_k, batch_size)
+
+    def _energies_block(
+        self, user_items: sp.csr_matrix, users: np.ndarray | None, items: np.ndarray | None
+    ) -> torch.Tensor:
+        assert self.W is not None and self.rating_levels is not None
+        codes = self._codes(user_items, "user_items")
+        levels = torch.as_tensor(self.rating_levels, dtype=self.W.dtype, device=self.device)
+        with torch.no_grad():
+            x = self._hidden_x(codes)  # (B, H)
+            idx = None if items is None else torch.as_tensor(items, device=self.device)
+            logits = conditional_logits(x, self.W, self.b, idx)  # (B, I', K)
+            if codes.nnz:  # rated items: the exact leave-one-out conditional instead
+                coo = codes.tocoo()
+                if items is None:
+                    r, pos, q, own = coo.row, coo.col, coo.col, coo.data - 1
+                else:
+                    where = {int(it): p for p, it in enumerate(items)}
+                    keep = np.array([c in where for c in coo.col], dtype=bool)
+                    r, q, own = coo.row[keep], coo.col[keep], coo.data[keep] - 1
+                    pos = np.array([where[int(c)] for c in q], dtype=np.int64)
+                if len(r):
+                    t = [torch.as_tensor(a.astype(np.int64), device=self.device) for a in (r, q)]
+                    lo = torch.as_tensor(own.astype(np.int64), device=self.device)
+                    logits[t[0], torch.as_tensor(pos, device=self.device)] = pair_logits(
+                        x, self.W, self.b, t[0], t[1], lo
+                    )
+            return -(torch.softmax(logits, dim=2) @ levels)  # (B, I'): -E[rating]
+
+    # ------------------------------------------------------------------ training
+    def fit(
+        self,
+        train: sp.csr_matrix,
+        valid: sp.csr_matrix | None = None,
+        *,
+        callback: EpochCallback | None = None,
+    ) -> Self:
+        """Train on a users x items CSR of **rating values** (``valid`` likewise, for early
+        stopping on validation RMSE).
+
+        Raises:
+            TypeError: ``train`` is not a scipy sparse matrix.
+            ValueError: ``train`` has fewer than two distinct values (binary data) or a value
+                outside ``rating_levels``; ``valid`` has another shape or an unknown level.
+            ModelFitError: the parameters diverged (names the epoch and the quantity).
+        """
+        from recsys_ebm.models._softmax_rbm_train import train_softmax_rbm
+
+        if not sp.issparse(train):
+            raise TypeError(
+                f"train: expected a scipy.sparse CSR matrix of ratings, got {type(train).__name__}"
+            )
+        train = as_user_items(train, train.shape[1], "train")
+        values = np.unique(train.data.astype(np.float64))
+        if self.config.rating_levels:
+            self.rating_levels = np.asarray(self.config.rating_levels, dtype=np.float64)
+        elif values.size < 2:
+            raise ValueError(
+                f"train: expected rating values with at least 2 distinct levels, got "
+                f"{values.tolist()}; pass ratings (Dataset.ratings('train')), not binary "
+                "interactions"
+            )
+        else:
+            self.rating_levels = values
+        if 0.0 in values:
+            raise ValueError("train: stored zeros are not ratings; drop them or shift the scale")
+        codes = self._codes(train, "train")
+        if valid is not None:
+            valid = as_user_items(valid, train.shape[1], "valid")
+            self._codes(valid, "valid")  # same level check
+        show = self.config.progress and sys.stderr.isatty()
+        train_softmax_rbm(self, codes, valid, callback=callback, progress=show)
+        return self
+
+    def fit_dataset(self, dataset: Any, *, callback: EpochCallback | None = None) -> Self:
+        """Train on ``dataset.ratings("train")``, early-stopping on ``ratings("valid")``.
+
+        Raises:
+            ValueError: the dataset has no ratings.
+        """
+        if not dataset.has_ratings:
+            raise ValueError(
+                f"dataset: {self.name} needs explicit ratings, but {dataset.path or 'the dataset'}"
+                " has none (prepare it from a log with a rating column)"
+            )
+        valid = dataset.ratings("valid") if "valid" in dataset.splits else None
+        self.fit(dataset.ratings("train"), valid, callback=callback)
+        self.item_ids = dataset.item_ids
+        self.user_ids = dataset.user_ids
+        return self
+
+    def check_params(self, epoch: int) -> None:
+        """Divergence guard: raise ModelFitError naming the epoch and the quantity."""
+        for name in ("W", "b", "c"):
+            t = getattr(self, name)
+            if not torch.isfinite(t).all():
+                raise ModelFitError(
+                    f"SoftmaxRBM diverged at epoch {epoch}: {name} has NaN/inf values"
+                )
+            big = float(t.abs().max())
+            if big > self.config.max_abs_param:
+                raise ModelFitError(
+                    f"SoftmaxRBM diverged at epoch {epoch}: max |{name}| = {big:.3g} exceeds "
+                    f"max_abs_param={self.config.max_abs_param:g}; lower learning_rate or raise "
+                    "weight_decay"
+                )
+
+    # ------------------------------------------------------------------ persistence
+    def _state_tensors(self) -> dict[str, torch.Tensor]:
+        assert self.W is not None
+        return {"W": self.W, "b": self.b, "c": self.c}
+
+    def _extra_meta(self) -> dict[str, Any]:
+        assert self.rating_levels is not None
+        return {"rating_levels": self.rating_levels.tolist()}
+
+    def _load_state(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+        self.rating_levels = np.asarray(meta["rating_levels"], dtype=np.float64)
+        self.W = tensors["W"].to(self.device)
+        self.b = tensors["b"].to(self.device)
+        self.c = tensors["c"].to(self.device)
