@@ -100,27 +100,41 @@ def select_users(dataset: Any, users: str) -> tuple[np.ndarray, list[Any]]:
     return np.unique(idx[idx >= 0]), unknown
 
 
-def read_histories(path: Path, dataset: Any) -> tuple[list[Any], sp.csr_matrix, int]:
-    """Histories of users absent from the dataset: (raw user ids, CSR, unknown item rows)."""
+def read_histories(
+    path: Path, dataset: Any, *, values: str = "binary"
+) -> tuple[list[Any], sp.csr_matrix, int]:
+    """Histories of users absent from the dataset: (raw user ids, CSR, unknown item rows).
+
+    With ``values="rating"`` (rating models) the file needs a numeric ``rating`` column too.
+    """
     df = (
         pl.read_parquet(path)
         if path.suffix == ".parquet"
         else pl.read_csv(path, infer_schema=False)
     )
     missing = {"user_id", "item_id"} - set(df.columns)
+    if values == "rating" and "rating" not in df.columns:
+        missing.add("rating")  # rating models read ratings, not bare interactions
     if missing:
         raise ValueError(f"--history: {path} lacks column(s) {sorted(missing)}; has {df.columns}")
+    if values == "rating":  # a repeated (user, item) keeps its last rating, never a sum
+        df = df.unique(subset=["user_id", "item_id"], keep="last", maintain_order=True)
     items = dataset.item_index(df["item_id"].to_list())
     users = df["user_id"].cast(pl.String).to_list()
     order = list(dict.fromkeys(users))
     pos = {u: k for k, u in enumerate(order)}
     keep = items >= 0
     rows = np.array([pos[u] for u in users], dtype=np.int64)[keep]
-    m = sp.csr_matrix(
-        (np.ones(int(keep.sum()), np.float32), (rows, items[keep])),
-        shape=(len(order), dataset.n_items),
-    )
-    m.data[:] = 1.0
+    data = np.ones(int(keep.sum()), np.float32)
+    if values == "rating":
+        try:
+            data = df["rating"].cast(pl.Float32).to_numpy()[keep]
+        except pl.exceptions.InvalidOperationError as exc:
+            raise ValueError(f"--history: {path} column rating: expected numbers") from exc
+    m = sp.csr_matrix((data, (rows, items[keep])), shape=(len(order), dataset.n_items))
+    m.sum_duplicates()
+    if values != "rating":
+        m.data[:] = 1.0
     return order, m, int((~keep).sum())
 
 
@@ -144,12 +158,13 @@ def run_batch(
         raise ValueError(f"--chunk-size: expected a positive int, got {chunk_size}")
     t0 = time.perf_counter()
     idx, unknown = select_users(dataset, users)
-    hist_all = dataset.history("test")
+    values = model.history_values  # "rating" for rating models (the softmax RBM)
+    hist_all = dataset.history("test", values=values)
     raw_ids = [dataset.user_ids[i] for i in idx]
     matrix = hist_all[idx]
     known_rows = idx.astype(np.int64)
     if history_file is not None:
-        extra_ids, extra, _ = read_histories(history_file, dataset)
+        extra_ids, extra, _ = read_histories(history_file, dataset, values=values)
         matrix = sp.vstack([matrix, extra]).tocsr()
         raw_ids += extra_ids
         known_rows = np.concatenate([known_rows, np.full(len(extra_ids), -1, np.int64)])

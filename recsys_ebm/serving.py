@@ -69,6 +69,12 @@ def build_bundle(model_dir: str | Path, out: str | Path, *, dataset: Any = None)
 
     model_dir, out = Path(model_dir), Path(out)
     model = load_model(model_dir, device="cpu")
+    if model.history_values != "binary":
+        raise ValueError(
+            f"model_dir: {model_dir} holds a {model.name!r} model, which ranks from ratings; "
+            "online requests carry item ids without ratings, so it cannot be served here "
+            "(score it with `recsys-ebm recommend`, which reads the dataset's ratings)"
+        )
     out.mkdir(parents=True)
     shutil.copytree(model_dir, out / "model")
     info: dict[str, Any] = {"model": model.name, "history_source": None}

@@ -358,3 +358,51 @@ def test_cli_train_and_evaluate_report_rmse_mae(dataset, tmp_path):
     metrics = json.loads((report / "metrics.json").read_text())["models"]["srbm"]
     assert 0 < metrics["mae"] <= metrics["rmse"] < 1.5
     assert "rmse" in (report / "report.md").read_text()
+
+
+def test_batch_job_scores_from_ratings_and_rating_histories(dataset, tmp_path):
+    """The batch job hands a rating model the rating-valued history (a binary one would read as
+    all 1-star), and a --history file must then carry ratings."""
+    import polars as pl
+
+    from recsys_ebm.batch import run_batch
+
+    m = small(epochs=5).fit_dataset(dataset)
+    res = run_batch(m, dataset, tmp_path / "r.parquet", users="all", n=5, progress=False)
+    df = pl.read_parquet(tmp_path / "r.parquet")
+    assert res.n_users == dataset.n_users and df.height == 5 * dataset.n_users
+    u = 3
+    items, _ = m.recommend(dataset.history("test", values="rating")[u], n=5)
+    got = df.filter(pl.col("user_id") == dataset.user_ids[u]).sort("rank")["item_id"].to_list()
+    assert got == list(dataset.item_ids[items[0]])
+    a, b = dataset.item_ids[0], dataset.item_ids[1]
+    (tmp_path / "h.csv").write_text(f"user_id,item_id\nnew,{a}\n")
+    with pytest.raises(ValueError, match=r"--history: .* lacks column\(s\) \['rating'\]"):
+        run_batch(m, dataset, tmp_path / "x.parquet", history_file=tmp_path / "h.csv")
+    (tmp_path / "h.csv").write_text(f"user_id,item_id,rating\nnew,{a},5\nnew,{b},1\n")
+    run_batch(
+        m,
+        dataset,
+        tmp_path / "n.parquet",
+        users=str(tmp_path / "h.csv"),
+        history_file=tmp_path / "h.csv",
+        n=5,
+        progress=False,
+    )
+    new = pl.read_parquet(tmp_path / "n.parquet").filter(pl.col("user_id") == "new")
+    hist = sp.csr_matrix(([5.0, 1.0], ([0, 0], [0, 1])), shape=(1, dataset.n_items))
+    items, _ = m.recommend(hist.astype(np.float32), n=5)
+    assert new.sort("rank")["item_id"].to_list() == list(dataset.item_ids[items[0]])
+
+
+def test_ranker_and_online_serving_refuse_rating_models(dataset, tmp_path):
+    from recsys_ebm.ranking import Ranker
+    from recsys_ebm.serving import build_bundle
+
+    m = small(epochs=2).fit_dataset(dataset)
+    m.save(tmp_path / "srbm")
+    with pytest.raises(ConfigError, match="components: 'softmax-rbm' ranks from ratings"):
+        Ranker(components=(str(tmp_path / "srbm"),)).fit_dataset(dataset)
+    with pytest.raises(ValueError, match="model_dir: .* ranks from ratings"):
+        build_bundle(tmp_path / "srbm", tmp_path / "bundle")
+    assert not (tmp_path / "bundle").exists()

@@ -61,7 +61,7 @@ class EvaluationResult:
 
 def _wants_ratings(model: Any) -> bool:
     """Rating models (``history_values = "rating"``) rank from the rating-valued history."""
-    return getattr(model, "history_values", "binary") == "rating"
+    return model.history_values == "rating"
 
 
 def evaluate_models(

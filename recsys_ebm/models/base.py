@@ -106,6 +106,9 @@ class Recommender(abc.ABC):
     #: True when an empty history is served by a deliberate fallback (the ranker's popularity
     #: list): batch jobs then serve requested users who have no history at all.
     has_fallback: ClassVar[bool] = False
+    #: "binary": histories are 0/1 interaction rows; "rating": their values are ratings (the
+    #: softmax RBM). Evaluation and batch jobs pass ``dataset.history(split, values=...)``.
+    history_values: ClassVar[str] = "binary"
 
     def __init__(self, config: Config | None = None, **overrides: Any) -> None:
         if config is None:

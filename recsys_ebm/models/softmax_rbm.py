@@ -24,7 +24,7 @@ from __future__ import annotations
 import dataclasses
 import sys
 import warnings
-from typing import Any, ClassVar, Self
+from typing import Any, Self
 
 import numpy as np
 import scipy.sparse as sp
@@ -107,8 +107,8 @@ class SoftmaxRBM(Recommender):
 
     name = "softmax-rbm"
     config_class = SoftmaxRBMConfig
-    #: evaluation passes rating-valued histories to models that declare this
-    history_values: ClassVar[str] = "rating"
+    #: evaluation and batch jobs pass rating-valued histories to models that declare this
+    history_values = "rating"
 
     def __init__(self, config: SoftmaxRBMConfig | None = None, **overrides: Any) -> None:
         super().__init__(config, **overrides)

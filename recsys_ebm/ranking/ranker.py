@@ -127,6 +127,12 @@ class Ranker(Recommender):
                     f"RankerConfig.components: {ref!r} is neither a model name "
                     f"{sorted(MODEL_PATHS)} nor a saved model directory"
                 )
+        for m, _ in out:
+            if m.history_values != "binary":
+                raise ConfigError(
+                    f"RankerConfig.components: {m.name!r} ranks from ratings; the ranker blends "
+                    "models that rank from interaction histories"
+                )
         if self.config.candidates == "retriever" and not any(
             hasattr(m, "retrieve") for m, _ in out
         ):
