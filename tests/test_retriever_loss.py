@@ -66,17 +66,30 @@ def test_logq_correction_changes_the_loss_and_constant_q_does_not(batch):
     assert float(info_nce(e, y, log_q=const)) == pytest.approx(plain, rel=1e-6)
 
 
-def test_infonce_on_the_models_own_energies():
-    """The loss on E(u, i) from a fitted model is -log p(i | u) of its conditional EBM."""
+@pytest.mark.parametrize("logq", [False, True])
+def test_infonce_on_the_models_own_energies(logq):
+    """The loss on E(u, i) from a fitted model is -log p(i | u) of its conditional EBM, with the
+    logQ correction the training loop computes (in-batch counts + sampled negatives) too."""
     board = checkerboard(n_groups=4, users_per_group=5, items_per_group=6, seed=1)
     model = Retriever(epochs=3, batch_size=16, device="cpu", progress=False, embedding_size=8)
     model.fit(board.train)
-    cands = board.expected_top1  # (U,) each user's held-out item as the candidate set
-    energies = model.energies(board.train, items=cands)  # (U, U)
-    labels = np.arange(len(cands))
+    sampled = np.array([0, 7, 7, 13])  # sampled negatives (one repeated) after the positives
+    cands = np.concatenate([board.expected_top1, sampled])  # (U + 4,)
+    energies = model.energies(board.train, items=cands)  # (U, U + 4)
+    labels = np.arange(board.train.shape[0])
     hits = accidental_hit_mask(board.train + board.test, labels, cands, labels)
-    ours = info_nce(torch.tensor(energies), torch.tensor(labels), mask=torch.tensor(hits))
-    assert float(ours) == pytest.approx(ebm_cross_entropy(energies, labels, hits), rel=1e-5)
+    log_q = None
+    if logq:
+        counts = np.asarray(board.train.getnnz(axis=0))
+        freq = torch.tensor(counts / counts.sum(), dtype=torch.float64)
+        probs = NegativeSampler(counts, "popularity").probs
+        log_q = log_expected_counts(torch.tensor(cands), len(labels), len(sampled), freq, probs)
+        assert log_q.std() > 0  # a non-trivial correction
+    ours = info_nce(
+        torch.tensor(energies), torch.tensor(labels), mask=torch.tensor(hits), log_q=log_q
+    )
+    ref = ebm_cross_entropy(energies, labels, hits, None if log_q is None else log_q.numpy())
+    assert float(ours) == pytest.approx(ref, rel=1e-5)
 
 
 def test_accidental_hit_mask_is_exact():
@@ -120,6 +133,25 @@ def test_masking_removes_exactly_the_duplicates():
         per_row.append(float(torch.nn.functional.cross_entropy(-row[None], target)))
         assert mask[b].sum() == len(cands) - len(keep)  # exactly the non-label hits
     assert got == pytest.approx(np.mean(per_row), rel=1e-6)
+
+
+def test_a_positive_repeated_in_the_batch_is_counted_once():
+    """Two anchors with the same positive item: each row's softmax holds that item once (its own
+    label column), so the loss equals the loss over the batch with the duplicate column dropped."""
+    pos = sp.csr_matrix((np.ones(5, np.float32), ([0, 0, 1, 1, 2], [5, 6, 5, 7, 8])), shape=(3, 10))
+    users = np.array([0, 1, 2])
+    cands = np.array([5, 5, 8, 1])  # rows 0 and 1 share positive item 5; 1 = sampled negative
+    labels = np.array([0, 1, 2])
+    mask = accidental_hit_mask(pos, users, cands, labels)
+    np.testing.assert_array_equal(mask, [[0, 1, 0, 0], [1, 0, 0, 0], [0, 0, 0, 0]])
+    rng = np.random.default_rng(3)
+    energies = rng.normal(size=(3, 4))
+    got = float(info_nce(torch.tensor(energies), torch.tensor(labels), mask=torch.tensor(mask)))
+    ref = ebm_cross_entropy(energies, labels, mask)
+    assert got == pytest.approx(ref, rel=1e-6)
+    # without the mask item 5 enters rows 0 and 1's denominators twice: a strictly larger loss
+    unmasked = float(info_nce(torch.tensor(energies), torch.tensor(labels)))
+    assert unmasked > got + 1e-3
 
 
 def test_log_expected_counts_and_sampler():

@@ -174,4 +174,6 @@ class TwoTower(nn.Module):
 
     def energy(self, user_vecs: torch.Tensor, item_vecs: torch.Tensor) -> torch.Tensor:
         """(B, C) E(u, i) = -sim(u, i) / tau from (B, D) users and (C, D) candidate vectors."""
-        return -(user_vecs @ item_vecs.T) / self.tau().to(user_vecs.dtype)
+        # -1/tau scales the (B, D) factor, not the (B, C) product: one pass over B x C, not three
+        scale = -1.0 / self.tau().to(user_vecs.dtype)
+        return (user_vecs * scale) @ item_vecs.T
