@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def per_user(model, ds) -> dict[str, np.ndarray]:  # noqa: ANN001
     from recsys_ebm.evaluation.metrics import ranking_metrics
 
-    hist, target = ds.history("test"), ds.test
+    hist, target = ds.history("test", values=model.history_values), ds.test
     rows = ds.eval_users("test")
     items, _ = model.recommend(hist[rows], n=20, users=rows)
     return ranking_metrics(items, target[rows], (10, 20))
