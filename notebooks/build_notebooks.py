@@ -7,6 +7,7 @@ size can be raised outside CI; tests/test_notebooks.py executes every notebook t
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import nbformat as nbf
@@ -160,7 +161,8 @@ for u, k in enumerate(sizes):
     rows += [u] * k
     cols += list(rng.choice(real.shape[1], size=k, replace=False, p=pop / pop.sum()))
 shuffled = sp.csr_matrix((np.ones(len(rows), np.float32), (rows, cols)), shape=real.shape)
-random_ = sp.csr_matrix((rng.random(real.shape) < real.nnz / np.prod(real.shape)).astype(np.float32))
+density = real.nnz / np.prod(real.shape)
+random_ = sp.csr_matrix((rng.random(real.shape) < density).astype(np.float32))
 fe = {name: rbm.free_energy(m) for name, m in
       [("real", real), ("shuffled", shuffled), ("random", random_)]}
 plt.figure(figsize=(6, 3.5))
@@ -177,7 +179,8 @@ assert fe["real"].mean() < fe["shuffled"].mean() < fe["random"].mean()""",
 W = torch.randn(6, 4, generator=g, dtype=torch.float64) * 1.5
 b = torch.randn(6, generator=g, dtype=torch.float64) * 0.5
 c = torch.randn(4, generator=g, dtype=torch.float64) * 0.5
-data = torch.tensor([[1, 1, 0, 0, 1, 0], [1, 1, 1, 0, 0, 0], [0, 0, 1, 1, 1, 1]], dtype=torch.float64)
+data = torch.tensor([[1, 1, 0, 0, 1, 0], [1, 1, 1, 0, 0, 0], [0, 0, 1, 1, 1, 1]],
+                    dtype=torch.float64)
 exact = exact_gradient(W, b, c, data)
 ks = [1, 2, 3, 5, 10, 20, 50, 100]
 bias = []
@@ -236,6 +239,244 @@ stab""",
     ),
 ]
 
+NOTEBOOKS["03_contrastive_retriever.ipynb"] = [
+    (
+        "md",
+        """# 3. The contrastive retriever
+
+The two-tower retriever is a conditional energy-based model: E(u, i) = -cos(f(u), g(i)) / tau and
+p(i | u) = softmax_i(-E(u, i)), trained with InfoNCE (in-batch negatives, logQ correction). This
+notebook shows what the temperature tau does to p(i | u), what the item embeddings learned (nearest
+neighbours, by title), and how a brand-new user is served from three films they liked, with no
+retraining (fold-in).
+
+The item tower is trained here **without** genre features (`use_metadata=False`), so any genre
+agreement below was learned from co-occurrence in users' histories alone.""",
+    ),
+    (
+        "params",
+        """# Parameters (raise outside CI)
+DATA = None                  # None = bundled ml-latest-small
+MIN_RATING = 4.0             # ratings >= 4 are the positives
+MIN_ITEM_INTERACTIONS = 10   # dataset size: drop rarely liked films (about 1.3k items remain)
+MAX_USERS = None             # dataset size: keep only the first N users (None = all)
+EPOCHS = 4
+EMBEDDING_SIZE = 64
+SEED = 0""",
+    ),
+    (
+        "code",
+        """%matplotlib inline
+import dataclasses
+import warnings
+
+import matplotlib.pyplot as plt
+import numpy as np
+import polars as pl
+
+from recsys_ebm.data.prepare import prepare_dataset
+from recsys_ebm.diagnostics import DataWarning
+from recsys_ebm.models.popularity import Popularity
+from recsys_ebm.models.retriever import Retriever
+
+pl.Config.set_fmt_str_lengths(60)
+pl.Config.set_tbl_rows(30)
+ds = prepare_dataset(DATA, split="random", seed=SEED, min_rating=MIN_RATING,
+                     min_item_interactions=MIN_ITEM_INTERACTIONS)
+if MAX_USERS is not None and MAX_USERS < ds.n_users:  # users are indexed 0..U-1: keep a prefix
+    ds = dataclasses.replace(
+        ds, users=ds.users.head(MAX_USERS),
+        interactions={s: df.filter(pl.col("user_idx") < MAX_USERS)
+                      for s, df in ds.interactions.items()})
+# a small, fast configuration: 512-row batches (511 in-batch negatives), a few epochs; the
+# settings are pinned so the notebook does not move when the library's defaults do
+model = Retriever(embedding_size=EMBEDDING_SIZE, n_hidden=128, batch_size=512,
+                  learning_rate=5e-3, epochs=EPOCHS, patience=0, temperature=0.1,
+                  tie_embeddings=False, use_metadata=False, progress=False, seed=SEED,
+                  device="cpu").fit_dataset(ds)
+popularity = Popularity().fit_dataset(ds)
+curve = [round(h["valid_ndcg@10"], 4) for h in model.fit_info["history"]]
+print(f"{ds.n_users} users, {ds.n_items} items, {ds.train.nnz:,} training pairs")
+print(f"tau = {model.temperature}; validation NDCG@10 by epoch: {curve}")
+
+meta = ds.item_metadata
+title_of = dict(zip(meta["item_id"].to_list(), meta["title"].to_list()))
+genres_of = dict(zip(meta["item_id"].to_list(), [set(g or []) for g in meta["genres"].to_list()]))
+item_ids = ds.item_ids
+
+
+def item_id(title):
+    return meta.filter(pl.col("title") == title)["item_id"][0]
+
+
+assert curve[-1] > curve[0], "training improves validation NDCG@10\"""",
+    ),
+    (
+        "md",
+        """## (a) The temperature: p(i | u) = softmax(-E(u, i) / tau)
+
+Write E1(u, i) = -cos(f(u), g(i)), the energy at tau = 1; the trained model's energy is E1 / tau.
+Re-scoring the same energies at other temperatures changes how peaked p(i | u) is, never the
+order of the items. Below: one user's distribution over the items they have not seen, and, over
+every test user, the mean log-probability of their held-out items (the held-out InfoNCE
+likelihood over the whole catalogue): too cold is overconfident, too hot is uniform.""",
+    ),
+    (
+        "code",
+        """hist, test = ds.history("test"), ds.test
+users = np.flatnonzero(test.getnnz(axis=1) > 0)
+E = model.energies(hist[users])                    # (U, I) at the trained tau
+E1 = E * model.temperature                         # (U, I) energy at tau = 1: -cosine
+seen = hist[users].toarray() > 0                   # (U, I) history: not candidates
+held_out = test[users].toarray() > 0               # (U, I) the test items
+
+
+def log_p(tau):
+    \"\"\"(U, I) log softmax(-E1 / tau) over each user's unseen items (-inf on seen ones).\"\"\"
+    logits = np.where(seen, -np.inf, -E1 / tau)
+    m = logits.max(axis=1, keepdims=True)
+    return logits - m - np.log(np.exp(logits - m).sum(axis=1, keepdims=True))
+
+
+TAUS = [0.02, 0.05, 0.1, 0.2, 0.5, 1.0]
+u = int(np.argmax(held_out.sum(1)))               # the test user with most held-out items
+rows = []
+for tau in TAUS:
+    lp = log_p(tau)
+    p = np.exp(lp[u])
+    rows.append({"tau": tau, "entropy (nats)": float(-(p[p > 0] * lp[u][p > 0]).sum()),
+                 "top-1 p": float(p.max()), "top-10 mass": float(np.sort(p)[-10:].sum()),
+                 "mean log p(held-out)": float(lp[held_out].mean())})
+temps = pl.DataFrame(rows)
+n_unseen = int((~seen[u]).sum())
+
+fig, axes = plt.subplots(1, 3, figsize=(14, 3.5))
+for tau in TAUS:
+    axes[0].semilogy(np.sort(np.exp(log_p(tau)[u]))[::-1][:50], label=f"tau={tau}")
+axes[0].set_xlabel("rank"); axes[0].set_ylabel("p(i | u)"); axes[0].legend(fontsize=7)
+axes[0].set_title(f"user {ds.user_ids[users[u]]}: top 50 of {n_unseen} unseen items")
+axes[1].semilogx(TAUS, temps["entropy (nats)"], "o-")
+axes[1].axhline(np.log(n_unseen), ls="--", c="gray", label="uniform: log(#unseen)")
+axes[1].axvline(model.temperature, ls=":", c="k", label="trained tau")
+axes[1].set_xlabel("tau"); axes[1].set_ylabel("entropy of p(. | u)"); axes[1].legend(fontsize=7)
+axes[2].semilogx(TAUS, temps["mean log p(held-out)"], "o-")
+axes[2].axvline(model.temperature, ls=":", c="k")
+axes[2].set_xlabel("tau"); axes[2].set_ylabel("mean log p(held-out item | u)")
+plt.tight_layout()
+
+# the trained model's p(i | u) is exactly softmax(-E) at its own tau
+p_model = np.exp(log_p(model.temperature)[u])
+w = np.exp(np.where(seen[u], -np.inf, -E[u]) - (-E[u][~seen[u]]).max())
+np.testing.assert_allclose(p_model, w / w.sum(), rtol=1e-4, atol=1e-8)
+ent = temps["entropy (nats)"].to_numpy()
+assert np.all(np.diff(ent) > 0), "entropy decreases as tau decreases"
+assert ent[-1] <= np.log(n_unseen) and ent[0] < 0.5 * np.log(n_unseen)
+# the temperature changes the sharpness, not the ranking
+orders = [np.argsort(-log_p(tau)[u], kind="stable")[:20] for tau in TAUS]
+assert all(np.array_equal(o, orders[0]) for o in orders)
+# held-out likelihood is best at an intermediate temperature: the extremes are both worse
+ll = temps["mean log p(held-out)"].to_numpy()
+assert ll.argmax() not in (0, len(TAUS) - 1)
+temps""",
+    ),
+    (
+        "md",
+        """## (b) Item-embedding neighbourhoods
+
+Nearest neighbours by cosine over `item_embeddings()`, for a few well-known films. The tower never
+saw a genre, yet a film's neighbours share a genre with it more often than random films do, and
+co-occur in users' histories far more often. What the towers see is co-occurrence, not content:
+a film that nearly everyone liked (Toy Story) sits among other films that nearly everyone liked.""",
+    ),
+    (
+        "code",
+        """V = model.item_embeddings()
+V = V / np.linalg.norm(V, axis=1, keepdims=True)   # (I, D) unit rows (cosine is already unit)
+C = V @ V.T                                         # (I, I) cosine similarity
+np.fill_diagonal(C, -np.inf)
+
+QUERIES = ["Toy Story (1995)", "Matrix, The (1999)", "Godfather, The (1972)",
+           "Silence of the Lambs, The (1991)"]
+rows = []
+for q in QUERIES:
+    qi = ds.item_index([item_id(q)])[0]
+    for rank, j in enumerate(np.argsort(-C[qi])[:5], 1):
+        rows.append({"film": q, "rank": rank, "neighbour": title_of[item_ids[j]],
+                     "cosine": round(float(C[qi, j]), 3),
+                     "genres": ", ".join(sorted(genres_of[item_ids[j]]))})
+neighbours = pl.DataFrame(rows)
+
+# over the 200 most-liked films: genre agreement and co-occurrence, neighbours vs random films
+counts = ds.train.getnnz(axis=0)
+queries = np.argsort(-counts)[:200]
+nn = np.argsort(-C[queries], axis=1)[:, :10]       # (200, 10)
+rng = np.random.default_rng(SEED)
+rand = rng.integers(0, ds.n_items, size=nn.shape)  # (200, 10)
+
+
+def shares_genre(a, b):
+    return bool(genres_of.get(item_ids[a], set()) & genres_of.get(item_ids[b], set()))
+
+
+X = ds.train.T.tocsr()                              # (I, U)
+co = (X[queries] @ X.T).toarray()                   # (200, I) co-occurrence counts
+stats = pl.DataFrame({
+    "pairs": ["query, its 10 nearest neighbours", "query, 10 random films"],
+    "share a genre": [np.mean([shares_genre(q, j) for q, r in zip(queries, nn) for j in r]),
+                      np.mean([shares_genre(q, j) for q, r in zip(queries, rand) for j in r])],
+    "mean co-occurrence": [np.take_along_axis(co, nn, 1).mean(),
+                           np.take_along_axis(co, rand, 1).mean()],
+})
+print(stats)
+fig, ax = plt.subplots(figsize=(5, 3))
+ax.bar(["neighbours", "random"], stats["share a genre"])
+ax.set_ylabel("share of pairs with a common genre")
+assert stats["share a genre"][0] > stats["share a genre"][1]
+assert stats["mean co-occurrence"][0] > 1.5 * stats["mean co-occurrence"][1]
+neighbours""",
+    ),
+    (
+        "md",
+        """## (c) Fold-in: a new user who liked three films
+
+A hand-made user, given as raw MovieLens ids (looked up by title), is encoded by the user tower
+from that history alone: no user id, no retraining. An id the model does not know is dropped with
+a `DataWarning` (the documented policy). The retriever's list should lean towards the films'
+shared genres far more than the popularity list, and must not repeat the three films.""",
+    ),
+    (
+        "code",
+        """LIKED = ["Toy Story (1995)", "Lion King, The (1994)", "Aladdin (1992)"]
+liked = [item_id(t) for t in LIKED]
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    new_user = model.histories_from_ids([liked + [-42]])   # (1, I); -42 is not a film
+assert [w.category for w in caught] == [DataWarning] and new_user.nnz == 3
+
+items, energies = model.recommend(new_user, n=10)            # (1, 10) each, lowest energy first
+pop_items, _ = popularity.recommend(new_user, n=10)
+shared = set.intersection(*(genres_of[i] for i in liked))
+recs = pl.DataFrame({
+    "retriever": [title_of[item_ids[j]] for j in items[0]],
+    "energy": energies[0],
+    "popularity": [title_of[item_ids[j]] for j in pop_items[0]],
+})
+
+
+def genre_share(idx):
+    return float(np.mean([bool(genres_of[item_ids[j]] & shared) for j in idx]))
+
+
+print(f"genres all three share: {sorted(shared)}")
+print(f"share of the list with one of them: retriever {genre_share(items[0]):.0%}, "
+      f"popularity {genre_share(pop_items[0]):.0%}")
+assert not set(item_ids[items[0]]) & set(liked), "the served list excludes the input films"
+assert np.all(np.diff(energies[0]) >= 0)
+assert genre_share(items[0]) > genre_share(pop_items[0])
+recs""",
+    ),
+]
+
 NOTEBOOKS["04_model_comparison.ipynb"] = [
     (
         "md",
@@ -250,8 +491,9 @@ store is given, the pipeline is run first (reduced settings by default).""",
         """# Parameters
 TRACKING_URI = None    # e.g. "sqlite:///mlflow.db" after `recsys-ebm run pipelines/quickstart.toml`
 RUN_DIR = None         # that pipeline's run directory, e.g. "runs/quickstart"
-RBM_EPOCHS = 2         # used only when the pipeline is run here
-RBM_HIDDEN = 32""",
+RBM_EPOCHS = 2         # used only when the pipeline is run here (reduced settings)
+RBM_HIDDEN = 32
+RETRIEVER_EPOCHS = 2""",
     ),
     (
         "code",
@@ -276,7 +518,9 @@ if TRACKING_URI is None:
     RUN_DIR, TRACKING_URI = str(tmp / "run"), f"sqlite:///{tmp / 'mlflow.db'}"
     cmd = [sys.executable, "-m", "recsys_ebm", "run", str(root / "pipelines" / "quickstart.toml"),
            "--run-dir", RUN_DIR, "--tracking-uri", TRACKING_URI,
-           "--set", f"train.rbm.set.epochs={RBM_EPOCHS}", "--set", f"train.rbm.set.n_hidden={RBM_HIDDEN}",
+           "--set", f"train.rbm.set.epochs={RBM_EPOCHS}",
+           "--set", f"train.rbm.set.n_hidden={RBM_HIDDEN}",
+           "--set", f"train.retriever.set.epochs={RETRIEVER_EPOCHS}",
            "--set", "train.ease.set.l2_grid=[]", "--set", "evaluate.bootstrap=100"]
     subprocess.run(cmd, check=True, capture_output=True)
 mlflow.set_tracking_uri(TRACKING_URI)
@@ -288,10 +532,11 @@ print(len(runs), "runs;", runs["tags.stage"].value_counts().to_dict())""",
         "code",
         """ev = runs[runs["tags.stage"] == "evaluate-model"].sort_values("start_time")
 ev = ev.drop_duplicates("tags.model", keep="last").set_index("tags.model")
-cols = [c for c in ev.columns if c.startswith("metrics.ndcg_at_") or c.startswith("metrics.recall_at_")]
+cols = [c for c in ev.columns
+        if c.startswith("metrics.ndcg_at_") or c.startswith("metrics.recall_at_")]
 table = ev[cols].rename(columns=lambda c: c.replace("metrics.", "").replace("_at_", "@"))
 table = table[sorted(table.columns, key=lambda c: (c.split("@")[0], int(c.split("@")[1])))]
-assert {"popularity", "ease", "als", "rbm"} <= set(table.index)
+assert {"popularity", "ease", "als", "rbm", "retriever", "ranker"} <= set(table.index)
 assert (table["ndcg@10"].drop("popularity") > table.loc["popularity", "ndcg@10"]).all()
 table.round(4)""",
     ),
@@ -328,9 +573,11 @@ Wn = W / np.linalg.norm(W, axis=1, keepdims=True)
 rows = []
 for i, e in zip(items[0], energies[0]):
     sims = Wn[hist.indices] @ Wn[i]
-    because = [titles.get(ds.item_ids[j], str(ds.item_ids[j])) for j in hist.indices[np.argsort(-sims)[:2]]]
+    because = [titles.get(ds.item_ids[j], str(ds.item_ids[j]))
+               for j in hist.indices[np.argsort(-sims)[:2]]]
     rows.append({"item": titles.get(ds.item_ids[i], str(ds.item_ids[i])), "energy dF": e,
-                 "prior -b_i": -b[i], "hidden-feature pull": e + b[i], "because you liked": because})
+                 "prior -b_i": -b[i], "hidden-feature pull": e + b[i],
+                 "because you liked": because})
 explain = pd.DataFrame(rows)
 assert np.allclose(explain["prior -b_i"] + explain["hidden-feature pull"], explain["energy dF"])
 assert (np.diff(explain["energy dF"]) >= 0).all()
@@ -347,14 +594,16 @@ def build() -> None:
             "display_name": "Python 3",
             "language": "python",
         }
-        for kind, src in cells:
+        for k, (kind, src) in enumerate(cells):
             if kind == "md":
-                nb.cells.append(nbf.v4.new_markdown_cell(src))
+                cell = nbf.v4.new_markdown_cell(src)
             else:
                 cell = nbf.v4.new_code_cell(src)
                 if kind == "params":
                     cell.metadata["tags"] = ["parameters"]
-                nb.cells.append(cell)
+            # stable cell ids (nbformat draws random ones): rebuilding leaves unchanged cells alone
+            cell.id = hashlib.sha1(f"{name}:{k}".encode()).hexdigest()[:8]
+            nb.cells.append(cell)
         nbf.write(nb, HERE / name)
 
 

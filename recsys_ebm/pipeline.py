@@ -15,16 +15,33 @@ declare. Example (``pipelines/quickstart.toml``)::
     model = "ease"
     set = { l2 = 200.0 }                 # config overrides, as --set key=value
 
+    [train.ranker]                       # a blend of models trained above:
+    model = "ranker"
+    components = ["ease", "rbm"]         # names of [train.NAME] stages (their model directories)
+
     [evaluate]
     k = "10,20,50"                       # models default to every trained model
 
+    [register]                           # MLflow registry; needs evaluate for the metric
+    model = "ranker"
+    name = "quickstart-ranker"
+    promote_if_better = "ndcg@10"
+
     [recommend]
-    model = "ease"
+    model = "ranker"
     n = 100
+
+``components`` (pipeline key, train tables only) makes a composite model, the ranker, out of
+other train stages: each name must be a ``[train.NAME]`` table of the same file; its model
+directory is passed as ``--set components=[...]``, and the stage depends on those stages (it
+runs after them, and reruns when they do). Registry names under ``set.components`` are still
+trained by the ranker itself.
 
 ``recsys-ebm run FILE`` runs the stages in order inside one MLflow parent run (stage runs nest
 under it). A stage whose resolved options and upstream outputs are unchanged is skipped by
-content hash; ``--force`` reruns everything.
+content hash; ``--force`` reruns everything. A stage that logs to MLflow also reruns when the
+tracking store differs from the one it last logged to; ``register`` is skipped when MLflow is
+off.
 """
 
 from __future__ import annotations
@@ -49,8 +66,8 @@ _PIPELINE_KEYS = {"name", "run_dir", "tracking_uri", "experiment"}
 _MANAGED = {
     "prepare": {"out", "overwrite", "func"},
     "train": {"data", "out", "overwrite", "func", "overrides"},
-    "evaluate": {"data", "report", "func"},
-    "register": {"func"},
+    "evaluate": {"data", "report", "overwrite", "func"},
+    "register": {"func", "run_id", "model_dir"},
     "recommend": {"data", "out", "func"},
 }
 _TRACKING = {"tracking_uri", "experiment", "no_mlflow"}
@@ -182,22 +199,32 @@ def load_pipeline(
     if not isinstance(train_tables, dict):
         raise ConfigError(f"{path}: [train] must hold one table per model, e.g. [train.rbm]")
     for mname, table in train_tables.items():
-        where = f"{path}: [train.{mname}]"
         if not isinstance(table, dict):
-            raise ConfigError(f"{where}: expected a table with a 'model' key, got {table!r}")
-        table = dict(table)
+            raise ConfigError(
+                f"{path}: [train.{mname}]: expected a table with a 'model' key, got {table!r}"
+            )
+    # composite models (a ranker over other train stages) run after the stages they name
+    order = sorted(train_tables, key=lambda m: "components" in train_tables[m])
+    for mname in order:
+        where = f"{path}: [train.{mname}]"
+        table = dict(train_tables[mname])
         sets = table.pop("set", {})
         if not isinstance(sets, dict):
             raise ConfigError(f"{where}: key 'set' expects a table of config keys, got {sets!r}")
         table.setdefault("model", mname)
+        parts = _components(where, table, sets, train_tables)
         argv = ["train", *_to_argv(where, "train", table)]
+        if parts:
+            dirs = [str(trained[p]) for p in parts]
+            argv += ["--set", f"components={json.dumps(dirs)}"]
         for k, v in sets.items():
             val = json.dumps(v) if isinstance(v, list | bool) else str(v)
             argv += ["--set", f"{k}={val}"]
         _needs(stages, "prepare", where, path)
         out = base / "models" / mname
         argv += ["--data", str(data_dir), "--out", str(out), "--overwrite"]
-        stages.append(Stage("train", f"train.{mname}", argv, out, ["prepare"]))
+        ups = ["prepare", *(f"train.{p}" for p in parts)]
+        stages.append(Stage("train", f"train.{mname}", argv, out, ups))
         trained[mname] = out
 
     def model_ref(where: str, ref: str) -> str:
@@ -210,6 +237,7 @@ def load_pipeline(
             f"(trained: {sorted(trained)}) nor an existing model directory"
         )
 
+    evaluated: list[str] = []
     if "evaluate" in data:
         where = f"{path}: [evaluate]"
         table = dict(data["evaluate"])
@@ -225,6 +253,7 @@ def load_pipeline(
         argv += ["--data", str(data_dir), "--report", str(out)]
         ups = ["prepare"] + [f"train.{m}" for m in models if m in trained]
         stages.append(Stage("evaluate", "evaluate", argv, out, ups))
+        evaluated = [str(m) for m in models]
 
     if "register" in data:
         where = f"{path}: [register]"
@@ -237,8 +266,16 @@ def load_pipeline(
                 f"{where}: model {ref!r} needs a [train.{ref}] stage, which is not there "
                 f"(trained: {sorted(trained)})"
             )
+        if "name" not in table:
+            raise ConfigError(f"{where}: missing key 'name' (the registered model name)")
+        if "promote_if_better" in table and ref not in evaluated:
+            raise ConfigError(
+                f"{where}: key 'promote_if_better' compares the metric of an [evaluate] stage "
+                f"that scores {ref!r}; this pipeline's evaluate stage "
+                + (f"scores only {evaluated}" if evaluated else "is not there")
+            )
         argv = ["register", *_to_argv(where, "register", table), "--model-dir", str(trained[ref])]
-        ups = [f"train.{ref}"] + (["evaluate"] if "evaluate" in data else [])
+        ups = [f"train.{ref}"] + (["evaluate"] if evaluated else [])
         stages.append(Stage("register", "register", argv, None, ups))
 
     if "recommend" in data:
@@ -287,6 +324,42 @@ def _input_state(stage: Stage, base: Path) -> list[Any]:
     return state
 
 
+def _components(
+    where: str, table: dict[str, Any], sets: dict[str, Any], tables: dict[str, Any]
+) -> list[str]:
+    """Validate and pop a train table's ``components`` (names of other train stages)."""
+    if "components" not in table:
+        return []
+    parts = table.pop("components")
+    if table.get("model") != "ranker":
+        raise ConfigError(
+            f"{where}: key 'components' is for model = 'ranker' (a blend of other train "
+            f"stages), got model = {table.get('model')!r}"
+        )
+    if "components" in sets:
+        raise ConfigError(
+            f"{where}: give either key 'components' (train stages of this pipeline) or "
+            "'set.components' (registry names the ranker trains itself), not both"
+        )
+    if not isinstance(parts, list) or not parts or not all(isinstance(p, str) for p in parts):
+        raise ConfigError(
+            f"{where}: key 'components' expects a non-empty list of [train.NAME] stage names, "
+            f"got {parts!r}"
+        )
+    for p in parts:
+        if p not in tables:
+            raise ConfigError(
+                f"{where}: key 'components': {p!r} needs a [train.{p}] stage, which is not "
+                f"there (train stages: {sorted(tables)})"
+            )
+        if "components" in tables[p]:
+            raise ConfigError(
+                f"{where}: key 'components': [train.{p}] is itself a composite model; a ranker "
+                "blends single models"
+            )
+    return parts
+
+
 def _needs(stages: list[Stage], kind: str, where: str, path: Path) -> None:
     if not any(s.kind == kind for s in stages):
         raise ConfigError(f"{where}: needs the output of a [{kind}] stage, which {path} lacks")
@@ -301,9 +374,11 @@ def run_pipeline(
 ) -> dict[str, str]:
     """Run every stage in order; returns ``{stage: "ran" | "skipped"}``."""
     from recsys_ebm.cli import main as cli_main
-    from recsys_ebm.tracking import log_params_flat, mlflow_run
+    from recsys_ebm.tracking import default_tracking_uri, log_params_flat, mlflow_run
 
     uri = tracking_uri or pipe.tracking_uri
+    # where stage runs are logged: a stage last logged elsewhere (or with MLflow off) reruns
+    store = default_tracking_uri(uri) if mlflow else None
     status: dict[str, str] = {}
     pipe.run_dir.mkdir(parents=True, exist_ok=True)
     with mlflow_run(
@@ -318,8 +393,17 @@ def run_pipeline(
                 {"pipeline.file": str(pipe.path), "pipeline.run_dir": str(pipe.run_dir)}
             )
         for st in pipe.stages:
+            if st.kind == "register" and not mlflow:
+                print(
+                    f"[run] {st.name}: skipped (MLflow is off; the registry needs it)", flush=True
+                )
+                status[st.name] = "skipped"
+                continue
             stamp = _stamp(pipe.run_dir, st)
-            done = stamp.is_file() and json.loads(stamp.read_text()).get("digest") == st.digest
+            last = json.loads(stamp.read_text()) if stamp.is_file() else {}
+            done = last.get("digest") == st.digest
+            if st.kind != "prepare":
+                done = done and last.get("tracking") == store
             present = st.output is None or st.output.exists()
             if done and present and not force:
                 print(f"[run] {st.name}: skipped (unchanged, hash {st.digest})", flush=True)
@@ -328,7 +412,7 @@ def run_pipeline(
             print(f"[run] {st.name}: recsys-ebm {' '.join(st.argv)}", flush=True)
             t0 = time.perf_counter()
             argv = list(st.argv)
-            if st.kind in ("prepare",):
+            if st.kind in ("prepare", "evaluate"):  # a rerun replaces the stage's output
                 argv.append("--overwrite")
             if st.kind != "prepare":
                 argv += ["--experiment", pipe.experiment]
@@ -340,23 +424,56 @@ def run_pipeline(
             if rc != 0:
                 raise RuntimeError(f"pipeline {pipe.path}: stage {st.name} failed (exit {rc})")
             stamp.parent.mkdir(parents=True, exist_ok=True)
-            stamp.write_text(json.dumps({"digest": st.digest, "argv": st.argv}))
+            stamp.write_text(json.dumps({"digest": st.digest, "argv": st.argv, "tracking": store}))
             status[st.name] = "ran"
             print(f"[run] {st.name}: done in {time.perf_counter() - t0:.1f}s", flush=True)
     return status
 
 
-def print_outputs(pipe: Pipeline, tracking_uri: str | None) -> None:
+def print_outputs(pipe: Pipeline, tracking_uri: str | None, *, mlflow: bool = True) -> None:
+    """Print where the dataset, report, recommendations, registered model and runs are."""
     from recsys_ebm.tracking import default_tracking_uri
 
     uri = default_tracking_uri(tracking_uri or pipe.tracking_uri)
     out = sys.stdout
+    kinds = {st.kind: st for st in pipe.stages}
     print("\nWhere things are:", file=out)
-    for st in pipe.stages:
-        if st.kind == "evaluate" and st.output is not None:
-            print(f"  report:           {st.output / 'report.html'}", file=out)
-        if st.kind == "recommend" and st.output is not None:
-            print(f"  recommendations:  {st.output}", file=out)
-        if st.kind == "prepare" and st.output is not None:
-            print(f"  dataset:          {st.output}", file=out)
-    print(f"  MLflow UI:        mlflow ui --backend-store-uri {uri}", file=out)
+    if "prepare" in kinds:
+        print(f"  dataset:          {kinds['prepare'].output}", file=out)
+    if "evaluate" in kinds:
+        print(f"  report:           {kinds['evaluate'].output / 'report.html'}", file=out)
+    if "recommend" in kinds:
+        rec = kinds["recommend"]
+        model = rec.argv[rec.argv.index("--model") + 1]
+        print(f"  recommendations:  {rec.output}  (model {model})", file=out)
+    if "register" in kinds and mlflow:
+        name = kinds["register"].argv[kinds["register"].argv.index("--name") + 1]
+        desc, champion = _champion(name, uri)
+        print(f"  registered model: {desc}", file=out)
+        if champion:
+            print(
+                f"  serve champion:   MLFLOW_TRACKING_URI={uri} mlflow models serve "
+                f"-m models:/{name}@champion --env-manager local -p 5001",
+                file=out,
+            )
+    if mlflow:
+        print(f"  MLflow UI:        mlflow ui --backend-store-uri {uri}", file=out)
+
+
+def _champion(name: str, uri: str) -> tuple[str, bool]:
+    """A line on the latest version and the champion of ``name``; whether there is one."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    from recsys_ebm.registry import CHAMPION
+
+    client = MlflowClient(uri, registry_uri=uri)
+    try:
+        latest = max(int(v.version) for v in client.search_model_versions(f"name = '{name}'"))
+    except (MlflowException, ValueError):
+        return f"{name}: not registered in {uri}", False
+    try:
+        champ = client.get_model_version_by_alias(name, CHAMPION).version
+    except MlflowException:
+        return f"{name} version {latest} (no champion alias)", False
+    return f"{name} version {latest}; champion models:/{name}@{CHAMPION} = version {champ}", True

@@ -130,7 +130,8 @@ def register_model(
         if not (local / "model.json").is_file():
             local = Path(mlflow.artifacts.download_artifacts(f"runs:/{run_id}/model", dst_path=tmp))
         dataset = _run_dataset(run)
-        with mlflow.start_run(run_id=run_id):
+        # nested: `recsys-ebm run` calls this inside its pipeline parent run
+        with mlflow.start_run(run_id=run_id, nested=True):
             info = log_pyfunc_model(local, dataset=dataset)
     fp = run.data.tags.get("dataset.fingerprint", "")
     tags = {"run_id": run_id, "dataset.fingerprint": fp}

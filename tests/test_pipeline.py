@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from recsys_ebm.diagnostics import ConfigError
@@ -55,6 +56,30 @@ def small_log(tmp_path):
         (
             "[register]\nmodel = 'ghost'\nname = 'x'\n",
             "[register]: model 'ghost' needs a [train.ghost]",
+        ),
+        ("[register]\nmodel = 'pop'\n", "[register]: missing key 'name'"),
+        (
+            "[register]\nmodel = 'pop'\nname = 'x'\npromote_if_better = 'ndcg@10'\n",
+            "[register]: key 'promote_if_better' compares the metric of an [evaluate] stage",
+        ),
+        ("[register]\nmodel = 'pop'\nname = 'x'\nmodel_dir = 'd'\n", "unknown key 'model_dir'"),
+        # a ranker built from train stages of the same file: each must be there
+        (
+            "[train.ranker]\nmodel = 'ranker'\ncomponents = ['pop', 'ghost']\n",
+            "[train.ranker]: key 'components': 'ghost' needs a [train.ghost] stage",
+        ),
+        (
+            "[train.ranker]\nmodel = 'ranker'\ncomponents = 'pop'\n",
+            "[train.ranker]: key 'components' expects a non-empty list",
+        ),
+        (
+            "[train.x]\nmodel = 'ease'\ncomponents = ['pop']\n",
+            "[train.x]: key 'components' is for model = 'ranker'",
+        ),
+        (
+            "[train.ranker]\nmodel = 'ranker'\ncomponents = ['pop']\n"
+            "set = { components = ['ease'] }\n",
+            "[train.ranker]: give either key 'components'",
         ),
     ],
 )
@@ -106,6 +131,58 @@ def test_rerun_skips_unchanged_stages_and_set_invalidates(tmp_path, small_log):
     assert set(forced.values()) == {"ran"}
 
 
+RANKER = """
+[train.blend]                 # declared before the ease stage it blends: it runs after it anyway
+model = "ranker"
+components = ["pop", "ease"]
+set = { device = "cpu" }
+
+[train.ease]
+model = "ease"
+set = { l2 = 10.0, l2_grid = [] }
+
+[evaluate]
+k = "5"
+bootstrap = 50
+
+[register]
+model = "blend"
+name = "t-blend"
+
+[recommend]
+model = "blend"
+n = 5
+"""
+
+
+def test_ranker_from_train_stages_depends_on_them(tmp_path, small_log):
+    path = write(tmp_path, BASE.format(input=small_log) + RANKER)
+    run_dir = tmp_path / "run"
+    pipe = load_pipeline(path, run_dir=run_dir)
+    names = [st.name for st in pipe.stages]
+    assert names.index("train.blend") > max(names.index("train.pop"), names.index("train.ease"))
+    blend = next(st for st in pipe.stages if st.name == "train.blend")
+    assert set(blend.upstream) == {"prepare", "train.pop", "train.ease"}
+    first = run_pipeline(pipe, mlflow=False)
+    assert first["train.blend"] == "ran"
+    assert first["register"] == "skipped", "no MLflow, no registry"
+    from recsys_ebm import load_model
+
+    ranker = load_model(run_dir / "models" / "blend")
+    assert ranker.fit_info["components"] == ["popularity", "ease"]
+    rows = ranker.history[:5]
+    np.testing.assert_allclose(  # the trained ease directory, used as it is (not refitted)
+        ranker.components[1].energies(rows),
+        load_model(run_dir / "models" / "ease").energies(rows),
+        rtol=1e-5,
+    )
+    # retraining a component reruns the ranker and what is served from it, nothing else
+    pipe2 = load_pipeline(path, ["train.ease.set.l2=20.0"], run_dir=run_dir)
+    again = run_pipeline(pipe2, mlflow=False)
+    ran = {k for k, v in again.items() if v == "ran"}
+    assert ran == {"train.ease", "train.blend", "evaluate", "recommend"}  # outputs replaced
+
+
 def test_cli_run_with_mlflow_parent_and_nested_runs(tmp_path, small_log):
     path = write(tmp_path, BASE.format(input=small_log))
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -153,15 +230,29 @@ def test_cli_run_with_mlflow_parent_and_nested_runs(tmp_path, small_log):
         cwd=tmp_path,
     )
     assert r2.returncode == 0 and "skipped (unchanged" in r2.stdout
+    # another tracking store lacks the stage runs: the MLflow-logging stages rerun there
+    other = f"sqlite:///{tmp_path / 'other.db'}"
+    cmd = [sys.executable, "-m", "recsys_ebm", "run", str(path), "--run-dir", str(tmp_path / "run")]
+    r3 = subprocess.run([*cmd, "--tracking-uri", other], capture_output=True, text=True)
+    assert r3.returncode == 0, r3.stderr[-3000:]
+    assert "prepare: skipped (unchanged" in r3.stdout and "1 stage(s) ran, 1 skipped" in r3.stdout
 
 
 def test_quickstart_pipeline_end_to_end_reduced(tmp_path):
-    """The README's main job, through the CLI, on a reduced config: report, runs, recs."""
+    """The README's main job, through the CLI, on a reduced config: every model (retriever and
+    the ranker over the trained models included), report, MLflow runs, registry, recs."""
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     sets = [
+        # fewer items (films liked by >= 20 users) and tiny models: seconds, not minutes
+        "prepare.min_rating=4.0",
+        "prepare.min_item_interactions=20",
         "train.rbm.set.epochs=2",
         "train.rbm.set.n_hidden=32",
         "train.ease.set.l2_grid=[]",
+        "train.retriever.set.epochs=1",
+        "train.retriever.set.embedding_size=16",
+        "train.retriever.set.n_hidden=32",
+        "train.retriever.set.batch_size=2048",
         "evaluate.bootstrap=100",
     ]
     cmd = [
@@ -181,29 +272,51 @@ def test_quickstart_pipeline_end_to_end_reduced(tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     run = tmp_path / "run"
     report = run / "report" / "report.html"
+    recs_file = run / "recommendations.parquet"
+    # the final print says where everything is
+    assert f"dataset:          {run / 'data'}" in r.stdout
     assert report.is_file() and f"report:           {report}" in r.stdout
-    assert "mlflow ui --backend-store-uri" in r.stdout
+    assert f"recommendations:  {recs_file}  (model {run / 'models' / 'ranker'})" in r.stdout
+    assert "registered model: quickstart-ranker version 1; champion" in r.stdout
+    assert f"mlflow ui --backend-store-uri {uri}" in r.stdout
     import json
 
     import polars as pl
 
+    from recsys_ebm import load_model
+
     metrics = json.loads((run / "report" / "metrics.json").read_text())
-    assert set(metrics["models"]) == {"popularity", "ease", "als", "rbm"}
-    recs = pl.read_parquet(run / "recommendations.parquet")
+    models = {"popularity", "ease", "als", "rbm", "retriever", "ranker"}
+    assert set(metrics["models"]) == models
+    # the ranker blends the pipeline's trained directories (not retrained)
+    ranker = load_model(run / "models" / "ranker")
+    assert ranker.fit_info["components"] == ["ease", "als", "rbm", "retriever"]
+    assert ranker.fit_info["refit_on_train_valid"] == []
+    recs = pl.read_parquet(recs_file)
     users = pl.read_parquet(run / "data" / "users.parquet")
     assert set(recs["user_id"]) == set(users["user_id"]), "recommendations for every user"
     assert recs.group_by("user_id").len()["len"].min() == 100
+    assert recs["model_version"].str.starts_with("ranker-").all()
     import mlflow
+    from mlflow import MlflowClient
 
     mlflow.set_tracking_uri(uri)
     runs = mlflow.search_runs(experiment_names=["recsys-ebm"], output_format="list")
     stages = sorted(x.data.tags.get("stage") for x in runs)
-    assert stages.count("train") == 4 and "evaluate" in stages and "recommend" in stages
+    assert stages.count("train") == len(models) and stages.count("pipeline") == 1
+    assert "evaluate" in stages and "recommend" in stages
     parent = next(x for x in runs if x.data.tags.get("stage") == "pipeline")
     nested = [x for x in runs if x.data.tags.get("stage") in ("train", "evaluate", "recommend")]
     assert all(x.data.tags.get("mlflow.parentRunId") == parent.info.run_id for x in nested)
+    # registered from the ranker's train run, promoted on the evaluate stage's test NDCG@10
+    client = MlflowClient(uri, registry_uri=uri)
+    champ = client.get_model_version_by_alias("quickstart-ranker", "champion")
+    assert str(champ.version) == "1"
+    assert float(champ.tags["metric.ndcg_at_10"]) == pytest.approx(
+        metrics["models"]["ranker"]["means"]["ndcg@10"]
+    )
     r2 = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path)
-    assert r2.returncode == 0 and "0 stage(s) ran, 7 skipped" in r2.stdout
+    assert r2.returncode == 0 and "0 stage(s) ran, 10 skipped" in r2.stdout, r2.stderr[-3000:]
 
 
 def test_shipped_pipelines_parse():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from recsys_ebm.cli.common import add_tracking_options
 
@@ -37,10 +38,14 @@ def run(args: argparse.Namespace) -> int:
     pipe = load_pipeline(args.pipeline, args.overrides, run_dir=args.run_dir)
     if args.experiment != "recsys-ebm":
         pipe.experiment = args.experiment
-    status = run_pipeline(
-        pipe, force=args.force, tracking_uri=args.tracking_uri, mlflow=not args.no_mlflow
-    )
+    try:
+        status = run_pipeline(
+            pipe, force=args.force, tracking_uri=args.tracking_uri, mlflow=not args.no_mlflow
+        )
+    except RuntimeError as exc:  # a stage failed; it has printed its own error
+        print(f"recsys-ebm run: error: {exc}", file=sys.stderr)
+        return 1
     ran = sum(v == "ran" for v in status.values())
     print(f"\npipeline {pipe.name}: {ran} stage(s) ran, {len(status) - ran} skipped")
-    print_outputs(pipe, args.tracking_uri)
+    print_outputs(pipe, args.tracking_uri, mlflow=not args.no_mlflow)
     return 0
