@@ -73,6 +73,9 @@ class CrashAfter:
     def __init__(self, model, chunks: int):
         self.model, self.left = model, chunks
 
+    def __getattr__(self, name):  # everything but recommend is the wrapped model's
+        return getattr(self.model, name)
+
     def recommend(self, *args, **kwargs):
         if self.left == 0:
             raise Crash("killed")
