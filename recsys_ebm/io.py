@@ -8,8 +8,12 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
-__all__ = ["atomic_dir", "atomic_file"]
+__all__ = ["CHECKPOINT", "atomic_dir", "atomic_file", "load_checkpoint", "save_checkpoint"]
+
+#: file name of a training checkpoint inside a model's ``checkpoint_dir``
+CHECKPOINT = "checkpoint.pt"
 
 
 @contextlib.contextmanager
@@ -54,3 +58,26 @@ def atomic_file(path: str | Path, *, overwrite: bool = True) -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
         raise
     os.replace(tmp, path)
+
+
+def save_checkpoint(directory: str | Path, state: dict[str, Any]) -> Path:
+    """Write a training checkpoint (a dict of tensors and plain values) atomically.
+
+    A kill mid-write leaves the previous checkpoint in place. Returns the checkpoint's path.
+    """
+    import torch
+
+    path = Path(directory) / CHECKPOINT
+    with atomic_file(path) as tmp:
+        torch.save(state, tmp)
+    return path
+
+
+def load_checkpoint(directory: str | Path) -> dict[str, Any] | None:
+    """The checkpoint in ``directory`` (CPU tensors, ``weights_only=True``), or None."""
+    import torch
+
+    path = Path(directory) / CHECKPOINT
+    if not path.is_file():
+        return None
+    return torch.load(path, map_location="cpu", weights_only=True)

@@ -406,3 +406,27 @@ def test_ranker_and_online_serving_refuse_rating_models(dataset, tmp_path):
     with pytest.raises(ValueError, match="model_dir: .* ranks from ratings"):
         build_bundle(tmp_path / "srbm", tmp_path / "bundle")
     assert not (tmp_path / "bundle").exists()
+
+
+def test_checkpoint_resume_equals_uninterrupted(dataset, tmp_path):
+    train, valid = dataset.ratings("train"), dataset.ratings("valid")
+    ref = small(epochs=6, persistent=True, patience=3).fit(train, valid)
+
+    class Stop(Exception):
+        pass
+
+    def stop_after_2(epoch, metrics):
+        if epoch == 2:
+            raise Stop
+
+    ckpt = str(tmp_path / "ckpt")
+    cfg = dict(epochs=6, persistent=True, patience=3, checkpoint_dir=ckpt)
+    with pytest.raises(Stop):
+        small(**cfg).fit(train, valid, callback=stop_after_2)
+    resumed = small(**cfg).fit(train, valid)
+    for name in ("W", "b", "c"):
+        torch.testing.assert_close(getattr(resumed, name), getattr(ref, name))
+    assert resumed.fit_info["history"] == ref.fit_info["history"]
+    # a checkpoint of another config is refused, not silently resumed
+    with pytest.raises(ValueError, match="checkpoint_dir: .* another config"):
+        small(**{**cfg, "n_hidden": 8}).fit(train, valid)

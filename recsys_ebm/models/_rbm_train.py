@@ -9,9 +9,6 @@ and validation NDCG@10 for early stopping (the best epoch's parameters are kept)
 
 from __future__ import annotations
 
-import io
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -19,21 +16,10 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
+from recsys_ebm.io import load_checkpoint, save_checkpoint
 from recsys_ebm.models._rbm_math import free_energy, hidden_prob, visible_prob
 
 __all__ = ["train_rbm"]
-
-_CKPT = "checkpoint.pt"
-
-
-def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    path.mkdir(parents=True, exist_ok=True)
-    buf = io.BytesIO()
-    torch.save(state, buf)
-    fd, tmp = tempfile.mkstemp(prefix=".ckpt-", dir=path)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(buf.getvalue())
-    os.replace(tmp, path / _CKPT)  # atomic: a kill mid-write leaves the previous checkpoint
 
 
 def _monitor(model: Any, train: sp.csr_matrix, valid: sp.csr_matrix | None, gen_seed: int) -> dict:
@@ -83,9 +69,8 @@ def train_rbm(
     history: list[dict[str, float]] = []
     best: tuple[float, dict[str, torch.Tensor]] | None = None
     bad, start_epoch, lr = 0, 0, cfg.learning_rate
-    ckpt = checkpoint_dir / _CKPT if checkpoint_dir is not None else None
-    if ckpt is not None and ckpt.is_file():
-        st = torch.load(ckpt, map_location="cpu", weights_only=True)
+    st = None if checkpoint_dir is None else load_checkpoint(checkpoint_dir)
+    if st is not None:
         for k in ("W", "b", "c"):
             setattr(model, k, st[k].to(model.device))
             vel[k] = st["vel_" + k].to(model.device)
@@ -143,7 +128,7 @@ def train_rbm(
             else:
                 bad += 1
         lr *= cfg.lr_decay
-        if ckpt is not None:
+        if checkpoint_dir is not None:
             st = {k_: getattr(model, k_).cpu() for k_ in "Wbc"}
             st.update({"vel_" + k_: v.cpu() for k_, v in vel.items()})
             st.update(
@@ -159,7 +144,7 @@ def train_rbm(
                 st["dev_gen"] = dev_gen.get_state()
             if best:
                 st.update({"best_" + n: t.cpu() for n, t in best[1].items()})
-            _save_checkpoint(checkpoint_dir, st)
+            save_checkpoint(checkpoint_dir, st)
         if cfg.patience and bad >= cfg.patience:
             break
     if best is not None:

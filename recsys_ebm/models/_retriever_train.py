@@ -14,10 +14,7 @@ Every random choice comes from one seeded CPU ``torch.Generator``.
 from __future__ import annotations
 
 import contextlib
-import io
 import json
-import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -27,6 +24,7 @@ import scipy.sparse as sp
 import torch
 
 from recsys_ebm.diagnostics import ModelFitError
+from recsys_ebm.io import load_checkpoint, save_checkpoint
 from recsys_ebm.models._retriever_loss import (
     NegativeSampler,
     accidental_hit_mask,
@@ -36,18 +34,6 @@ from recsys_ebm.models._retriever_loss import (
 from recsys_ebm.models._retriever_towers import sparse_history
 
 __all__ = ["train_retriever"]
-
-_CKPT = "checkpoint.pt"
-
-
-def _save_checkpoint(directory: Path, state: dict[str, Any]) -> None:
-    directory.mkdir(parents=True, exist_ok=True)
-    buf = io.BytesIO()
-    torch.save(state, buf)
-    fd, tmp = tempfile.mkstemp(prefix=".ckpt-", dir=directory)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(buf.getvalue())
-    os.replace(tmp, directory / _CKPT)  # atomic: a kill mid-write keeps the previous checkpoint
 
 
 def _cpu(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -115,7 +101,7 @@ def train_retriever(
 
     history: list[dict[str, float]] = []
     best_score, best_state, best_epoch, bad, start = None, None, -1, 0, 0
-    ckpt = None if checkpoint_dir is None else checkpoint_dir / _CKPT
+
     # what a checkpoint must match to be resumed (epochs/patience may change between runs)
     free = ("device", "checkpoint_dir", "progress", "epochs", "patience")
     fingerprint = json.dumps(
@@ -126,8 +112,8 @@ def train_retriever(
         },
         sort_keys=True,
     )
-    if ckpt is not None and ckpt.is_file():
-        st = torch.load(ckpt, map_location="cpu", weights_only=True)
+    st = None if checkpoint_dir is None else load_checkpoint(checkpoint_dir)
+    if st is not None:
         if st["fingerprint"] != fingerprint:
             raise ValueError(
                 f"checkpoint_dir: {checkpoint_dir} holds a checkpoint of another config or "
@@ -213,8 +199,8 @@ def train_retriever(
             else:
                 bad += 1
         history.append({"epoch": epoch, **metrics})
-        if ckpt is not None:
-            _save_checkpoint(
+        if checkpoint_dir is not None:
+            save_checkpoint(
                 checkpoint_dir,
                 {
                     "net": _cpu(net.state_dict()),

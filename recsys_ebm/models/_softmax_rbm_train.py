@@ -6,16 +6,22 @@ never densified, not even one (B, I, K) block. The gradient is the CD-k estimate
 et al. (2007, eq. 6), averaged over the minibatch's users, applied with momentum and L2 weight
 decay on W (Hinton, "A Practical Guide to Training RBMs", 2010, secs. 9-10). Validation RMSE
 (each validation rating predicted exactly from the user's training ratings) drives early stopping;
-the best epoch's parameters are kept.
+the best epoch's parameters are kept. With a checkpoint directory, the whole training state
+(parameters, velocities, persistent chains, generators, curves, best epoch) is saved atomically
+after every epoch, and a rerun resumes from it to the same parameters as an uninterrupted run.
 """
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
 import torch
+
+from recsys_ebm.io import load_checkpoint, save_checkpoint
 
 __all__ = ["batch_entries", "train_softmax_rbm"]
 
@@ -48,6 +54,7 @@ def train_softmax_rbm(
     *,
     callback: Any = None,
     progress: bool = False,
+    checkpoint_dir: Path | None = None,
 ) -> None:
     """Fit ``model`` in place on ``codes`` (users x items CSR, data = level index + 1).
 
@@ -68,8 +75,41 @@ def train_softmax_rbm(
     active = np.flatnonzero(codes.getnnz(axis=1) > 0)  # users with at least one rating
     history: list[dict[str, float]] = []
     best: tuple[float, int, dict[str, torch.Tensor]] | None = None
-    bad, lr = 0, cfg.learning_rate
-    for epoch in range(cfg.epochs):
+    bad, lr, start = 0, cfg.learning_rate, 0
+    # what a checkpoint must match to be resumed (epochs/patience may change between runs)
+    free = ("device", "checkpoint_dir", "progress", "epochs", "patience")
+    fingerprint = json.dumps(
+        {
+            "config": {k: v for k, v in cfg.to_dict().items() if k not in free},
+            "shape": list(codes.shape),
+            "nnz": int(codes.nnz),
+            "levels": [float(x) for x in model.rating_levels],
+        },
+        sort_keys=True,
+    )
+    st = None if checkpoint_dir is None else load_checkpoint(checkpoint_dir)
+    if st is not None:
+        if st["fingerprint"] != fingerprint:
+            raise ValueError(
+                f"checkpoint_dir: {checkpoint_dir} holds a checkpoint of another config or "
+                "rating matrix; remove it or choose another checkpoint_dir"
+            )
+        for n in ("W", "b", "c"):
+            setattr(model, n, st[n].to(dev))
+            vel[n] = st["vel_" + n].to(dev)
+        if chain is not None:
+            chain = st["chain"].to(dev)
+        gen.set_state(st["gen"])
+        if dev_gen is not gen:
+            dev_gen.set_state(st["dev_gen"])
+        history, bad, lr, start = st["history"], st["bad"], st["lr"], st["epoch"] + 1
+        if st["best_score"] is not None:
+            best = (
+                st["best_score"],
+                st["best_epoch"],
+                {n: st["best_" + n].to(dev) for n in ("W", "b", "c")},
+            )
+    for epoch in range(start, cfg.epochs):
         k = cfg.k_at(epoch)
         momentum = 0.5 if epoch < 5 else cfg.momentum
         order = active[torch.randperm(active.size, generator=gen).numpy()]
@@ -117,6 +157,25 @@ def train_softmax_rbm(
             else:
                 bad += 1
         lr *= cfg.lr_decay
+        if checkpoint_dir is not None:
+            state: dict[str, Any] = {n: getattr(model, n).cpu() for n in ("W", "b", "c")}
+            state.update({"vel_" + n: v.cpu() for n, v in vel.items()})
+            state.update(
+                chain=chain.cpu() if chain is not None else torch.zeros(0),
+                gen=gen.get_state(),
+                history=history,
+                bad=bad,
+                epoch=epoch,
+                lr=lr,
+                best_score=best[0] if best else None,
+                best_epoch=best[1] if best else None,
+                fingerprint=fingerprint,
+            )
+            if dev_gen is not gen:
+                state["dev_gen"] = dev_gen.get_state()
+            if best:
+                state.update({"best_" + n: t.cpu() for n, t in best[2].items()})
+            save_checkpoint(checkpoint_dir, state)
         if cfg.patience and bad >= cfg.patience:
             break
     if best is not None:

@@ -24,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import sys
 import warnings
+from pathlib import Path
 from typing import Any, Self
 
 import numpy as np
@@ -66,6 +67,7 @@ class SoftmaxRBMConfig(Config):
     #: rating values, ascending; empty = the distinct values of the training ratings
     rating_levels: tuple[float, ...] = ()
     max_abs_param: float = 1e4  # divergence guard
+    checkpoint_dir: str = ""  # save after every epoch and resume from here when set
     progress: bool = True  # tqdm bar when stderr is a terminal
     seed: int = 0
     device: str = "auto"
@@ -367,7 +369,10 @@ class SoftmaxRBM(Recommender):
             valid = as_user_items(valid, train.shape[1], "valid")
             self._codes(valid, "valid")  # same level check
         show = self.config.progress and sys.stderr.isatty()
-        train_softmax_rbm(self, codes, valid, callback=callback, progress=show)
+        ckpt = Path(self.config.checkpoint_dir) if self.config.checkpoint_dir else None
+        train_softmax_rbm(
+            self, codes, valid, callback=callback, progress=show, checkpoint_dir=ckpt
+        )
         return self
 
     def fit_dataset(self, dataset: Any, *, callback: EpochCallback | None = None) -> Self:
