@@ -16,10 +16,80 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
+from recsys_ebm.diagnostics import ConfigError
 from recsys_ebm.io import load_checkpoint, save_checkpoint
 from recsys_ebm.models._rbm_math import free_energy, hidden_prob, visible_prob
 
-__all__ = ["train_rbm"]
+__all__ = ["CDSchedule", "pack_state", "train_rbm", "unpack_state"]
+
+_PARAMS = ("W", "b", "c")
+
+
+class CDSchedule:
+    """Config methods shared by the RBM family (``RBMConfig``, ``SoftmaxRBMConfig``): checks of
+    the contrastive-divergence fields and the k schedule."""
+
+    def _validate_cd(self) -> None:
+        name = type(self).__name__
+        self._check_positive("n_hidden", "epochs", "batch_size", "learning_rate", "init_std")
+        if self.cd_k < 0 or any(k < 0 for k in self.k_schedule):
+            raise ConfigError(
+                f"{name}.cd_k/k_schedule: expected >= 0, got {self.cd_k}, {list(self.k_schedule)}"
+            )
+        if not 0 <= self.momentum < 1:
+            raise ConfigError(f"{name}.momentum: expected [0, 1), got {self.momentum}")
+        if self.weight_decay < 0:
+            raise ConfigError(f"{name}.weight_decay: expected >= 0, got {self.weight_decay}")
+
+    def k_at(self, epoch: int) -> int:
+        """CD steps at ``epoch``: ``cd_k``, or the k schedule's entry (epochs split evenly)."""
+        if not self.k_schedule:
+            return self.cd_k
+        stage = min(len(self.k_schedule) - 1, epoch * len(self.k_schedule) // self.epochs)
+        return self.k_schedule[stage]
+
+
+def pack_state(
+    model: Any,
+    vel: dict[str, torch.Tensor],
+    chain: torch.Tensor | None,
+    gen: torch.Generator,
+    dev_gen: torch.Generator,
+    best_params: dict[str, torch.Tensor] | None,
+    **fields: Any,
+) -> dict[str, Any]:
+    """A checkpoint of an RBM-family training loop: W, b, c, their velocities, the persistent
+    chain, both generators, the best epoch's parameters and the loop's own ``fields``."""
+    st: dict[str, Any] = {n: getattr(model, n).cpu() for n in _PARAMS}
+    st.update({"vel_" + n: v.cpu() for n, v in vel.items()})
+    st["chain"] = chain.cpu() if chain is not None else torch.zeros(0)
+    st["gen"] = gen.get_state()
+    if dev_gen is not gen:
+        st["dev_gen"] = dev_gen.get_state()
+    if best_params:
+        st.update({"best_" + n: t.cpu() for n, t in best_params.items()})
+    st.update(fields)
+    return st
+
+
+def unpack_state(
+    model: Any,
+    st: dict[str, Any],
+    vel: dict[str, torch.Tensor],
+    gen: torch.Generator,
+    dev_gen: torch.Generator,
+) -> tuple[torch.Tensor | None, dict[str, torch.Tensor] | None]:
+    """Restore :func:`pack_state` output in place; returns (chain or None, best parameters)."""
+    dev = model.device
+    for n in _PARAMS:
+        setattr(model, n, st[n].to(dev))
+        vel[n] = st["vel_" + n].to(dev)
+    gen.set_state(st["gen"])
+    if dev_gen is not gen:
+        dev_gen.set_state(st["dev_gen"])
+    chain = st["chain"].to(dev) if st["chain"].numel() else None
+    best = {n: st["best_" + n].to(dev) for n in _PARAMS} if "best_W" in st else None
+    return chain, best
 
 
 def _monitor(model: Any, train: sp.csr_matrix, valid: sp.csr_matrix | None, gen_seed: int) -> dict:
@@ -71,16 +141,10 @@ def train_rbm(
     bad, start_epoch, lr = 0, 0, cfg.learning_rate
     st = None if checkpoint_dir is None else load_checkpoint(checkpoint_dir)
     if st is not None:
-        for k in ("W", "b", "c"):
-            setattr(model, k, st[k].to(model.device))
-            vel[k] = st["vel_" + k].to(model.device)
-        chain = st["chain"].to(model.device) if cfg.persistent else None
-        gen.set_state(st["gen"])
-        if dev_gen is not gen:
-            dev_gen.set_state(st["dev_gen"])
+        chain, best_params = unpack_state(model, st, vel, gen, dev_gen)
         history, bad, start_epoch, lr = st["history"], st["bad"], st["epoch"] + 1, st["lr"]
-        if st["best_score"] is not None:
-            best = (st["best_score"], {k: st["best_" + k].to(model.device) for k in "Wbc"})
+        if best_params is not None:
+            best = (st["best_score"], best_params)
 
     for epoch in range(start_epoch, cfg.epochs):
         k = cfg.k_at(epoch)
@@ -129,21 +193,19 @@ def train_rbm(
                 bad += 1
         lr *= cfg.lr_decay
         if checkpoint_dir is not None:
-            st = {k_: getattr(model, k_).cpu() for k_ in "Wbc"}
-            st.update({"vel_" + k_: v.cpu() for k_, v in vel.items()})
-            st.update(
-                chain=chain.cpu() if chain is not None else torch.zeros(0),
-                gen=gen.get_state(),
+            st = pack_state(
+                model,
+                vel,
+                chain,
+                gen,
+                dev_gen,
+                best[1] if best else None,
                 history=history,
                 bad=bad,
                 epoch=epoch,
                 lr=lr,
                 best_score=best[0] if best else None,
             )
-            if dev_gen is not gen:
-                st["dev_gen"] = dev_gen.get_state()
-            if best:
-                st.update({"best_" + n: t.cpu() for n, t in best[1].items()})
             save_checkpoint(checkpoint_dir, st)
         if cfg.patience and bad >= cfg.patience:
             break

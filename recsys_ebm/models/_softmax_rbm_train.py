@@ -22,6 +22,7 @@ import scipy.sparse as sp
 import torch
 
 from recsys_ebm.io import load_checkpoint, save_checkpoint
+from recsys_ebm.models._rbm_train import pack_state, unpack_state
 
 __all__ = ["batch_entries", "train_softmax_rbm"]
 
@@ -94,21 +95,10 @@ def train_softmax_rbm(
                 f"checkpoint_dir: {checkpoint_dir} holds a checkpoint of another config or "
                 "rating matrix; remove it or choose another checkpoint_dir"
             )
-        for n in ("W", "b", "c"):
-            setattr(model, n, st[n].to(dev))
-            vel[n] = st["vel_" + n].to(dev)
-        if chain is not None:
-            chain = st["chain"].to(dev)
-        gen.set_state(st["gen"])
-        if dev_gen is not gen:
-            dev_gen.set_state(st["dev_gen"])
+        chain, best_params = unpack_state(model, st, vel, gen, dev_gen)
         history, bad, lr, start = st["history"], st["bad"], st["lr"], st["epoch"] + 1
-        if st["best_score"] is not None:
-            best = (
-                st["best_score"],
-                st["best_epoch"],
-                {n: st["best_" + n].to(dev) for n in ("W", "b", "c")},
-            )
+        if best_params is not None:
+            best = (st["best_score"], st["best_epoch"], best_params)
     for epoch in range(start, cfg.epochs):
         k = cfg.k_at(epoch)
         momentum = 0.5 if epoch < 5 else cfg.momentum
@@ -158,11 +148,13 @@ def train_softmax_rbm(
                 bad += 1
         lr *= cfg.lr_decay
         if checkpoint_dir is not None:
-            state: dict[str, Any] = {n: getattr(model, n).cpu() for n in ("W", "b", "c")}
-            state.update({"vel_" + n: v.cpu() for n, v in vel.items()})
-            state.update(
-                chain=chain.cpu() if chain is not None else torch.zeros(0),
-                gen=gen.get_state(),
+            state = pack_state(
+                model,
+                vel,
+                chain,
+                gen,
+                dev_gen,
+                best[2] if best else None,
                 history=history,
                 bad=bad,
                 epoch=epoch,
@@ -171,10 +163,6 @@ def train_softmax_rbm(
                 best_epoch=best[1] if best else None,
                 fingerprint=fingerprint,
             )
-            if dev_gen is not gen:
-                state["dev_gen"] = dev_gen.get_state()
-            if best:
-                state.update({"best_" + n: t.cpu() for n, t in best[2].items()})
             save_checkpoint(checkpoint_dir, state)
         if cfg.patience and bad >= cfg.patience:
             break

@@ -28,7 +28,14 @@ from recsys_ebm.config import Config
 from recsys_ebm.diagnostics import DataWarning, NotFittedError
 from recsys_ebm.io import atomic_dir
 
-__all__ = ["FORMAT_VERSION", "EpochCallback", "Recommender", "as_user_items", "csr_to_torch"]
+__all__ = [
+    "FORMAT_VERSION",
+    "EpochCallback",
+    "Recommender",
+    "as_user_items",
+    "check_fit_inputs",
+    "csr_to_torch",
+]
 
 FORMAT_VERSION = 1
 #: ``callback(epoch, metrics)`` is called once per training epoch with that epoch's figures.
@@ -71,6 +78,24 @@ def as_user_items(user_items: Any, n_items: int, name: str = "user_items") -> sp
     if user_items.dtype != np.float32:
         user_items = user_items.astype(np.float32)
     return user_items
+
+
+def check_fit_inputs(train: Any, valid: Any = None) -> tuple[sp.csr_matrix, sp.csr_matrix | None]:
+    """Validate ``fit``'s arguments: ``train`` a users x items sparse matrix (any width), ``valid``
+    None or the same width. Both come back as float32 CSR.
+
+    Raises:
+        TypeError: ``train`` is not a scipy sparse matrix.
+        ValueError: ``valid`` has another number of columns.
+    """
+    if not sp.issparse(train):
+        raise TypeError(
+            f"train: expected a scipy.sparse CSR matrix (users x items), got {type(train).__name__}"
+        )
+    train = as_user_items(train, train.shape[1], "train")
+    if valid is not None:
+        valid = as_user_items(valid, train.shape[1], "valid")
+    return train, valid
 
 
 def csr_to_torch(m: sp.csr_matrix, device: torch.device, *, binary: bool = True) -> torch.Tensor:

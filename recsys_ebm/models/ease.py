@@ -26,7 +26,13 @@ import torch
 from recsys_ebm.config import Config
 from recsys_ebm.device import resolve_device
 from recsys_ebm.diagnostics import ConfigError, ModelFitError
-from recsys_ebm.models.base import EpochCallback, Recommender, as_user_items, csr_to_torch
+from recsys_ebm.models.base import (
+    EpochCallback,
+    Recommender,
+    as_user_items,
+    check_fit_inputs,
+    csr_to_torch,
+)
 
 __all__ = ["EASE", "EASEConfig"]
 
@@ -78,11 +84,7 @@ class EASE(Recommender):
         *,
         callback: EpochCallback | None = None,
     ) -> Self:
-        if not sp.issparse(train):
-            raise TypeError(
-                f"train: expected a scipy.sparse CSR matrix, got {type(train).__name__}"
-            )
-        train = as_user_items(train, train.shape[1], "train")
+        train, valid = check_fit_inputs(train, valid)
         binary = train.copy()
         binary.data[:] = 1.0
         self.n_items = train.shape[1]

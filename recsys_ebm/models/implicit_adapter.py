@@ -26,7 +26,12 @@ import torch
 
 from recsys_ebm.config import Config
 from recsys_ebm.diagnostics import ModelFitError
-from recsys_ebm.models.base import EpochCallback, Recommender, as_user_items, csr_to_torch
+from recsys_ebm.models.base import (
+    EpochCallback,
+    Recommender,
+    check_fit_inputs,
+    csr_to_torch,
+)
 
 __all__ = ["ALS", "ALSConfig", "BPR", "BPRConfig"]
 
@@ -80,11 +85,7 @@ class _FactorModel(Recommender):
         *,
         callback: EpochCallback | None = None,
     ) -> Self:
-        if not sp.issparse(train):
-            raise TypeError(
-                f"train: expected a scipy.sparse CSR matrix, got {type(train).__name__}"
-            )
-        train = as_user_items(train, train.shape[1], "train").copy()
+        train = check_fit_inputs(train, valid)[0].copy()
         train.data[:] = 1.0
         from threadpoolctl import threadpool_limits
 

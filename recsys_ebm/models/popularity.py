@@ -10,7 +10,7 @@ import scipy.sparse as sp
 import torch
 
 from recsys_ebm.config import Config
-from recsys_ebm.models.base import EpochCallback, Recommender, as_user_items
+from recsys_ebm.models.base import EpochCallback, Recommender, check_fit_inputs
 
 __all__ = ["Popularity", "PopularityConfig"]
 
@@ -37,11 +37,7 @@ class Popularity(Recommender):
         *,
         callback: EpochCallback | None = None,
     ) -> Self:
-        if not sp.issparse(train):
-            raise TypeError(
-                f"train: expected a scipy.sparse CSR matrix, got {type(train).__name__}"
-            )
-        train = as_user_items(train, train.shape[1], "train")
+        train, _ = check_fit_inputs(train, valid)
         counts = np.asarray((train > 0).sum(axis=0)).ravel().astype(np.float64)  # (I,)
         self.n_items = train.shape[1]
         self.item_energy = torch.as_tensor(-np.log1p(counts), dtype=torch.float32)

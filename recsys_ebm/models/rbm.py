@@ -20,15 +20,16 @@ import torch
 
 from recsys_ebm.config import Config
 from recsys_ebm.device import resolve_device
-from recsys_ebm.diagnostics import ConfigError, ModelFitError
+from recsys_ebm.diagnostics import ModelFitError
 from recsys_ebm.models._rbm_math import free_energy, free_energy_delta, gibbs_chain, hidden_prob
-from recsys_ebm.models.base import EpochCallback, Recommender, as_user_items
+from recsys_ebm.models._rbm_train import CDSchedule
+from recsys_ebm.models.base import EpochCallback, Recommender, as_user_items, check_fit_inputs
 
 __all__ = ["RBM", "RBMConfig"]
 
 
 @dataclasses.dataclass(frozen=True)
-class RBMConfig(Config):
+class RBMConfig(CDSchedule, Config):
     n_hidden: int = 200  # best of {100, 200, 400} on ML-100K validation (benchmarks/README.md)
     epochs: int = 30
     batch_size: int = 32  # small batches: more updates per epoch on ~1k users
@@ -49,19 +50,7 @@ class RBMConfig(Config):
     device: str = "auto"
 
     def validate(self) -> None:
-        self._check_positive("n_hidden", "epochs", "batch_size", "learning_rate", "init_std")
-        if self.cd_k < 0 or any(k < 0 for k in self.k_schedule):
-            raise ConfigError(f"RBMConfig.cd_k/k_schedule: expected >= 0, got {self.cd_k}")
-        if not 0 <= self.momentum < 1:
-            raise ConfigError(f"RBMConfig.momentum: expected [0, 1), got {self.momentum}")
-        if self.weight_decay < 0:
-            raise ConfigError(f"RBMConfig.weight_decay: expected >= 0, got {self.weight_decay}")
-
-    def k_at(self, epoch: int) -> int:
-        if not self.k_schedule:
-            return self.cd_k
-        stage = min(len(self.k_schedule) - 1, epoch * len(self.k_schedule) // self.epochs)
-        return self.k_schedule[stage]
+        self._validate_cd()
 
 
 class RBM(Recommender):
@@ -162,13 +151,7 @@ class RBM(Recommender):
     ) -> Self:
         from recsys_ebm.models._rbm_train import train_rbm
 
-        if not sp.issparse(train):
-            raise TypeError(
-                f"train: expected a scipy.sparse CSR matrix, got {type(train).__name__}"
-            )
-        train = as_user_items(train, train.shape[1], "train")
-        if valid is not None:
-            valid = as_user_items(valid, train.shape[1], "valid")
+        train, valid = check_fit_inputs(train, valid)
         show = self.config.progress and sys.stderr.isatty()
         ckpt = Path(self.config.checkpoint_dir) if self.config.checkpoint_dir else None
         train_rbm(self, train, valid, callback=callback, progress=show, checkpoint_dir=ckpt)

@@ -37,7 +37,7 @@ from recsys_ebm.config import Config
 from recsys_ebm.device import resolve_device
 from recsys_ebm.diagnostics import ConfigError, DataWarning
 from recsys_ebm.models._retriever_towers import TwoTower, sparse_history
-from recsys_ebm.models.base import EpochCallback, Recommender, as_user_items
+from recsys_ebm.models.base import EpochCallback, Recommender, as_user_items, check_fit_inputs
 
 __all__ = ["Retriever", "RetrieverConfig", "genre_features"]
 
@@ -178,16 +178,10 @@ class Retriever(Recommender):
     ) -> Self:
         from recsys_ebm.models._retriever_train import train_retriever
 
-        if not sp.issparse(train):
-            raise TypeError(
-                f"train: expected a scipy.sparse CSR matrix, got {type(train).__name__}"
-            )
-        train = as_user_items(train, train.shape[1], "train")
+        train, valid = check_fit_inputs(train, valid)
         train = (train > 0).astype(np.float32).tocsr()
         if train.nnz == 0:
             raise ValueError("train: expected at least one interaction, got an empty matrix")
-        if valid is not None:
-            valid = as_user_items(valid, train.shape[1], "valid")
         if features is not None and features[0].shape[0] != train.shape[1]:
             raise ValueError(
                 f"features: expected {train.shape[1]} rows (one per item), "

@@ -34,6 +34,7 @@ import torch
 from recsys_ebm.config import Config
 from recsys_ebm.device import resolve_device
 from recsys_ebm.diagnostics import ConfigError, DataWarning, ModelFitError
+from recsys_ebm.models._rbm_train import CDSchedule
 from recsys_ebm.models._softmax_rbm_math import (
     conditional_logits,
     free_energy,
@@ -41,13 +42,13 @@ from recsys_ebm.models._softmax_rbm_math import (
     hidden_input,
     pair_logits,
 )
-from recsys_ebm.models.base import EpochCallback, Recommender, as_user_items
+from recsys_ebm.models.base import EpochCallback, Recommender, as_user_items, check_fit_inputs
 
 __all__ = ["SoftmaxRBM", "SoftmaxRBMConfig"]
 
 
 @dataclasses.dataclass(frozen=True)
-class SoftmaxRBMConfig(Config):
+class SoftmaxRBMConfig(CDSchedule, Config):
     # defaults: the ML-100K validation-RMSE search in benchmarks/README.md (figures quoted below)
     n_hidden: int = 200  # 100 (the paper's Netflix size): 0.948 vs 0.943; 400: same, 2.7x slower
     epochs: int = 150  # an upper bound: early stopping ends the ML-100K run at epoch 97
@@ -73,18 +74,7 @@ class SoftmaxRBMConfig(Config):
     device: str = "auto"
 
     def validate(self) -> None:
-        self._check_positive("n_hidden", "epochs", "batch_size", "learning_rate", "init_std")
-        if self.cd_k < 0 or any(k < 0 for k in self.k_schedule):
-            raise ConfigError(
-                f"SoftmaxRBMConfig.cd_k/k_schedule: expected >= 0, got {self.cd_k}, "
-                f"{list(self.k_schedule)}"
-            )
-        if not 0 <= self.momentum < 1:
-            raise ConfigError(f"SoftmaxRBMConfig.momentum: expected [0, 1), got {self.momentum}")
-        if self.weight_decay < 0:
-            raise ConfigError(
-                f"SoftmaxRBMConfig.weight_decay: expected >= 0, got {self.weight_decay}"
-            )
+        self._validate_cd()
         lv = self.rating_levels
         if lv and (len(lv) < 2 or any(b <= a for a, b in zip(lv, lv[1:], strict=False))):
             raise ConfigError(
@@ -96,12 +86,6 @@ class SoftmaxRBMConfig(Config):
                 "SoftmaxRBMConfig.rating_levels: 0 cannot be a level (a sparse matrix does not "
                 "store zeros); shift the rating scale"
             )
-
-    def k_at(self, epoch: int) -> int:
-        if not self.k_schedule:
-            return self.cd_k
-        stage = min(len(self.k_schedule) - 1, epoch * len(self.k_schedule) // self.epochs)
-        return self.k_schedule[stage]
 
 
 class SoftmaxRBM(Recommender):
@@ -346,11 +330,7 @@ class SoftmaxRBM(Recommender):
         """
         from recsys_ebm.models._softmax_rbm_train import train_softmax_rbm
 
-        if not sp.issparse(train):
-            raise TypeError(
-                f"train: expected a scipy.sparse CSR matrix of ratings, got {type(train).__name__}"
-            )
-        train = as_user_items(train, train.shape[1], "train")
+        train, valid = check_fit_inputs(train, valid)
         values = np.unique(train.data.astype(np.float64))
         if self.config.rating_levels:
             self.rating_levels = np.asarray(self.config.rating_levels, dtype=np.float64)
@@ -366,13 +346,10 @@ class SoftmaxRBM(Recommender):
             raise ValueError("train: stored zeros are not ratings; drop them or shift the scale")
         codes = self._codes(train, "train")
         if valid is not None:
-            valid = as_user_items(valid, train.shape[1], "valid")
             self._codes(valid, "valid")  # same level check
         show = self.config.progress and sys.stderr.isatty()
         ckpt = Path(self.config.checkpoint_dir) if self.config.checkpoint_dir else None
-        train_softmax_rbm(
-            self, codes, valid, callback=callback, progress=show, checkpoint_dir=ckpt
-        )
+        train_softmax_rbm(self, codes, valid, callback=callback, progress=show, checkpoint_dir=ckpt)
         return self
 
     def fit_dataset(self, dataset: Any, *, callback: EpochCallback | None = None) -> Self:

@@ -33,7 +33,13 @@ from recsys_ebm.config import Config
 from recsys_ebm.device import resolve_device
 from recsys_ebm.diagnostics import ConfigError
 from recsys_ebm.io import atomic_dir
-from recsys_ebm.models.base import EpochCallback, Recommender, as_user_items, csr_to_torch
+from recsys_ebm.models.base import (
+    EpochCallback,
+    Recommender,
+    as_user_items,
+    check_fit_inputs,
+    csr_to_torch,
+)
 from recsys_ebm.ranking._blend import blend, search_weights, zscore
 
 __all__ = ["Ranker", "RankerConfig"]
@@ -157,14 +163,8 @@ class Ranker(Recommender):
         *,
         callback: EpochCallback | None = None,
     ) -> Self:
-        if not sp.issparse(train):
-            raise TypeError(
-                f"train: expected a scipy.sparse CSR matrix, got {type(train).__name__}"
-            )
-        train = as_user_items(train, train.shape[1], "train")
+        train, valid = check_fit_inputs(train, valid)
         n_items = train.shape[1]
-        if valid is not None:
-            valid = as_user_items(valid, n_items, "valid")
         built = self._build_components(n_items)
         for k, (m, trainable) in enumerate(built):
             if trainable:
