@@ -171,7 +171,8 @@ class Recommender(abc.ABC):
         """Energies for a block of users: (B, I) or (B, len(items)) when ``items`` is given.
 
         ``users`` holds the training-row index of each history row, or -1 for a user not seen in
-        training; models without per-user parameters ignore it.
+        training; models without per-user parameters ignore it. Return a fresh tensor (or a
+        non-contiguous view, which is copied): :meth:`recommend` writes +inf into it in place.
         """
 
     def fit_dataset(self, dataset: Any, *, callback: EpochCallback | None = None) -> Self:
@@ -311,31 +312,44 @@ class Recommender(abc.ABC):
             block_users = None if users is None else users[start:stop]
             cols = cand if cand is not None and cand.ndim == 1 else None
             en = self._energies_block(block_ui, block_users, cols)
-            en = torch.as_tensor(en).float()  # (B, n_cols)
+            # (B, n_cols) energies we may overwrite: models return fresh tensors; views (e.g.
+            # popularity's expanded row) are copied first
+            en = torch.as_tensor(en).float()
+            if not en.is_contiguous():
+                en = en.contiguous()
             dev = en.device
-            mask = torch.zeros(n_items, dtype=torch.bool, device=dev)
-            if excl is not None and excl.size:
-                mask[torch.as_tensor(excl, device=dev)] = True
-            full_mask = mask.expand(stop - start, n_items).clone()  # (B, I)
+            inf = float("inf")
+            # masked entries: the history's items (from the matrix passed now) and ``exclude``
+            rows = cols_i = None
             if exclude_seen and block_ui.nnz:
                 coo = block_ui.tocoo()
                 rows = torch.as_tensor(coo.row, dtype=torch.long, device=dev)
-                colsi = torch.as_tensor(coo.col, dtype=torch.long, device=dev)
-                full_mask[rows, colsi] = True
-            if cand is not None and cand.ndim == 2:
-                # per-user candidates: gather their energies from the full (B, I) block
-                cb = torch.as_tensor(cand[start:stop], device=dev)  # (B, C)
-                pad = cb < 0
-                cbc = cb.clamp(min=0)
-                en = en.gather(1, cbc).masked_fill(pad | full_mask.gather(1, cbc), float("inf"))
-                index = cbc
-            elif cols is not None:
+                cols_i = torch.as_tensor(coo.col, dtype=torch.long, device=dev)
+            excl_t = torch.as_tensor(excl, device=dev) if excl is not None and excl.size else None
+            if cols is not None:  # shared 1-D candidates: map item index -> column position
                 colt = torch.as_tensor(cols, device=dev)
-                en = en.masked_fill(full_mask[:, colt], float("inf"))
+                where = torch.full((n_items,), -1, dtype=torch.long, device=dev)
+                where[colt] = torch.arange(len(cols), device=dev)
+                if rows is not None:
+                    pos = where[cols_i]
+                    keep = pos >= 0
+                    en[rows[keep], pos[keep]] = inf
+                if excl_t is not None:
+                    pos = where[excl_t]
+                    en[:, pos[pos >= 0]] = inf
                 index = colt.expand(stop - start, len(cols))
-            else:
-                en = en.masked_fill(full_mask, float("inf"))
+            else:  # (B, I): write +inf in place, no (B, I) mask
+                if rows is not None:
+                    en[rows, cols_i] = inf
+                if excl_t is not None:
+                    en[:, excl_t] = inf
                 index = None
+                if cand is not None and cand.ndim == 2:
+                    # per-user candidates: gather their (already masked) energies
+                    cb = torch.as_tensor(cand[start:stop], device=dev)  # (B, C)
+                    pad = cb < 0
+                    index = cb.clamp(min=0)
+                    en = en.gather(1, index).masked_fill(pad, inf)
             kk = min(k, en.shape[1])
             top_en, top_pos = torch.topk(en, kk, dim=1, largest=False, sorted=True)
             top_items = top_pos if index is None else index.gather(1, top_pos)
