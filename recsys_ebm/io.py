@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import tempfile
@@ -10,7 +11,15 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-__all__ = ["CHECKPOINT", "atomic_dir", "atomic_file", "load_checkpoint", "save_checkpoint"]
+__all__ = [
+    "CHECKPOINT",
+    "atomic_dir",
+    "atomic_file",
+    "checkpoint_fingerprint",
+    "load_checkpoint",
+    "resume_checkpoint",
+    "save_checkpoint",
+]
 
 #: file name of a training checkpoint inside a model's ``checkpoint_dir``
 CHECKPOINT = "checkpoint.pt"
@@ -81,3 +90,30 @@ def load_checkpoint(directory: str | Path) -> dict[str, Any] | None:
     if not path.is_file():
         return None
     return torch.load(path, map_location="cpu", weights_only=True)
+
+
+#: config fields that may change between an interrupted run and its resumption
+_FREE_FIELDS = ("device", "checkpoint_dir", "progress", "epochs", "patience")
+
+
+def checkpoint_fingerprint(config: Any, matrix: Any, **extra: Any) -> str:
+    """What a checkpoint must match to be resumed: the config (less device, checkpoint_dir,
+    progress, epochs and patience), the training matrix's shape and nnz, and ``extra``."""
+    cfg = {k: v for k, v in config.to_dict().items() if k not in _FREE_FIELDS}
+    data = {"config": cfg, "shape": list(matrix.shape), "nnz": int(matrix.nnz), **extra}
+    return json.dumps(data, sort_keys=True, default=str)
+
+
+def resume_checkpoint(directory: str | Path | None, fingerprint: str) -> dict[str, Any] | None:
+    """The checkpoint in ``directory`` when there is one, checked against ``fingerprint``.
+
+    Raises:
+        ValueError: the checkpoint belongs to another config or training matrix.
+    """
+    st = None if directory is None else load_checkpoint(directory)
+    if st is not None and st.get("fingerprint") != fingerprint:
+        raise ValueError(
+            f"checkpoint_dir: {directory} holds a checkpoint of another config or training "
+            "matrix; remove it or choose another checkpoint_dir"
+        )
+    return st

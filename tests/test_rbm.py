@@ -77,6 +77,11 @@ def test_checkpoint_resume_equals_uninterrupted(tmp_path):
     resumed = small(epochs=6, persistent=True, checkpoint_dir=ckpt).fit(board.train, board.test)
     for name in ("W", "b", "c"):
         torch.testing.assert_close(getattr(resumed, name), getattr(ref, name))
+    # a checkpoint of another config or matrix is refused, never silently resumed
+    with pytest.raises(ValueError, match="checkpoint_dir: .* another config or training matrix"):
+        small(epochs=6, persistent=True, n_hidden=3, checkpoint_dir=ckpt).fit(board.train)
+    with pytest.raises(ValueError, match="checkpoint_dir"):
+        small(epochs=6, persistent=True, checkpoint_dir=ckpt).fit(board.train[:-1])
 
 
 def test_free_energy_orders_real_over_random_profiles():

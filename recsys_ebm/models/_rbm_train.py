@@ -17,7 +17,7 @@ import scipy.sparse as sp
 import torch
 
 from recsys_ebm.diagnostics import ConfigError
-from recsys_ebm.io import load_checkpoint, save_checkpoint
+from recsys_ebm.io import checkpoint_fingerprint, resume_checkpoint, save_checkpoint
 from recsys_ebm.models._rbm_math import free_energy, hidden_prob, visible_prob
 
 __all__ = ["CDSchedule", "pack_state", "train_rbm", "unpack_state"]
@@ -139,7 +139,8 @@ def train_rbm(
     history: list[dict[str, float]] = []
     best: tuple[float, dict[str, torch.Tensor]] | None = None
     bad, start_epoch, lr = 0, 0, cfg.learning_rate
-    st = None if checkpoint_dir is None else load_checkpoint(checkpoint_dir)
+    fingerprint = checkpoint_fingerprint(cfg, train)
+    st = resume_checkpoint(checkpoint_dir, fingerprint)
     if st is not None:
         chain, best_params = unpack_state(model, st, vel, gen, dev_gen)
         history, bad, start_epoch, lr = st["history"], st["bad"], st["epoch"] + 1, st["lr"]
@@ -205,6 +206,7 @@ def train_rbm(
                 epoch=epoch,
                 lr=lr,
                 best_score=best[0] if best else None,
+                fingerprint=fingerprint,
             )
             save_checkpoint(checkpoint_dir, st)
         if cfg.patience and bad >= cfg.patience:

@@ -14,7 +14,6 @@ Every random choice comes from one seeded CPU ``torch.Generator``.
 from __future__ import annotations
 
 import contextlib
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -24,7 +23,7 @@ import scipy.sparse as sp
 import torch
 
 from recsys_ebm.diagnostics import ModelFitError
-from recsys_ebm.io import load_checkpoint, save_checkpoint
+from recsys_ebm.io import checkpoint_fingerprint, resume_checkpoint, save_checkpoint
 from recsys_ebm.models._retriever_loss import (
     NegativeSampler,
     accidental_hit_mask,
@@ -102,23 +101,9 @@ def train_retriever(
     history: list[dict[str, float]] = []
     best_score, best_state, best_epoch, bad, start = None, None, -1, 0, 0
 
-    # what a checkpoint must match to be resumed (epochs/patience may change between runs)
-    free = ("device", "checkpoint_dir", "progress", "epochs", "patience")
-    fingerprint = json.dumps(
-        {
-            "config": {k: v for k, v in cfg.to_dict().items() if k not in free},
-            "shape": [n_users, n_items],
-            "nnz": int(train.nnz),
-        },
-        sort_keys=True,
-    )
-    st = None if checkpoint_dir is None else load_checkpoint(checkpoint_dir)
+    fingerprint = checkpoint_fingerprint(cfg, train)
+    st = resume_checkpoint(checkpoint_dir, fingerprint)
     if st is not None:
-        if st["fingerprint"] != fingerprint:
-            raise ValueError(
-                f"checkpoint_dir: {checkpoint_dir} holds a checkpoint of another config or "
-                "training matrix; remove it or choose another checkpoint_dir"
-            )
         net.load_state_dict(st["net"])
         opt.load_state_dict(st["opt"])
         gen.set_state(st["gen"])

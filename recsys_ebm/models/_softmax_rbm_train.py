@@ -13,7 +13,6 @@ after every epoch, and a rerun resumes from it to the same parameters as an unin
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +20,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from recsys_ebm.io import load_checkpoint, save_checkpoint
+from recsys_ebm.io import checkpoint_fingerprint, resume_checkpoint, save_checkpoint
 from recsys_ebm.models._rbm_train import pack_state, unpack_state
 
 __all__ = ["batch_entries", "train_softmax_rbm"]
@@ -77,24 +76,10 @@ def train_softmax_rbm(
     history: list[dict[str, float]] = []
     best: tuple[float, int, dict[str, torch.Tensor]] | None = None
     bad, lr, start = 0, cfg.learning_rate, 0
-    # what a checkpoint must match to be resumed (epochs/patience may change between runs)
-    free = ("device", "checkpoint_dir", "progress", "epochs", "patience")
-    fingerprint = json.dumps(
-        {
-            "config": {k: v for k, v in cfg.to_dict().items() if k not in free},
-            "shape": list(codes.shape),
-            "nnz": int(codes.nnz),
-            "levels": [float(x) for x in model.rating_levels],
-        },
-        sort_keys=True,
-    )
-    st = None if checkpoint_dir is None else load_checkpoint(checkpoint_dir)
+    levels = [float(x) for x in model.rating_levels]
+    fingerprint = checkpoint_fingerprint(cfg, codes, levels=levels)
+    st = resume_checkpoint(checkpoint_dir, fingerprint)
     if st is not None:
-        if st["fingerprint"] != fingerprint:
-            raise ValueError(
-                f"checkpoint_dir: {checkpoint_dir} holds a checkpoint of another config or "
-                "rating matrix; remove it or choose another checkpoint_dir"
-            )
         chain, best_params = unpack_state(model, st, vel, gen, dev_gen)
         history, bad, lr, start = st["history"], st["bad"], st["lr"], st["epoch"] + 1
         if best_params is not None:
