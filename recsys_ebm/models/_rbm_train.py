@@ -16,11 +16,11 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from recsys_ebm.diagnostics import ConfigError
+from recsys_ebm.diagnostics import ConfigError, ModelFitError
 from recsys_ebm.io import checkpoint_fingerprint, resume_checkpoint, save_checkpoint
 from recsys_ebm.models._rbm_math import free_energy, hidden_prob, visible_prob
 
-__all__ = ["CDSchedule", "pack_state", "train_rbm", "unpack_state"]
+__all__ = ["CDSchedule", "check_params", "momentum_step", "pack_state", "train_rbm", "unpack_state"]
 
 _PARAMS = ("W", "b", "c")
 
@@ -47,6 +47,41 @@ class CDSchedule:
             return self.cd_k
         stage = min(len(self.k_schedule) - 1, epoch * len(self.k_schedule) // self.epochs)
         return self.k_schedule[stage]
+
+
+def momentum_step(
+    model: Any,
+    grads: dict[str, torch.Tensor],
+    vel: dict[str, torch.Tensor],
+    lr: float,
+    momentum: float,
+    weight_decay: float,
+) -> None:
+    """Ascend the CD gradient in place: velocity = momentum * velocity + lr * (grad - decay * W),
+    L2 decay on W only (Hinton, "A Practical Guide to Training RBMs", 2010, secs. 9-10)."""
+    with torch.no_grad():
+        for name in _PARAMS:
+            g = grads[name]
+            if name == "W" and weight_decay:
+                g = g - weight_decay * model.W
+            vel[name].mul_(momentum).add_(g, alpha=lr)
+            getattr(model, name).add_(vel[name])
+
+
+def check_params(model: Any, epoch: int) -> None:
+    """Divergence guard: raise ModelFitError naming the epoch and the quantity."""
+    label = type(model).__name__
+    for name in _PARAMS:
+        t = getattr(model, name)
+        if not torch.isfinite(t).all():
+            raise ModelFitError(f"{label} diverged at epoch {epoch}: {name} has NaN/inf values")
+        big = float(t.abs().max())
+        if big > model.config.max_abs_param:
+            raise ModelFitError(
+                f"{label} diverged at epoch {epoch}: max |{name}| = {big:.3g} exceeds "
+                f"max_abs_param={model.config.max_abs_param:g}; lower learning_rate or raise "
+                "weight_decay"
+            )
 
 
 def pack_state(
@@ -163,18 +198,13 @@ def train_rbm(
             grads, vk, rec = model.cd_step(v0, k, dev_gen, chain)
             if cfg.persistent:
                 chain = vk
+            momentum_step(model, grads, vel, lr, momentum, cfg.weight_decay)
             with torch.no_grad():
-                for name in ("W", "b", "c"):
-                    g = grads[name]
-                    if name == "W" and cfg.weight_decay:
-                        g = g - cfg.weight_decay * model.W
-                    vel[name].mul_(momentum).add_(g, alpha=lr)
-                    getattr(model, name).add_(vel[name])
                 if rec is None:  # PCD or k = 0: one extra mean-field pass
                     rec = visible_prob(hidden_prob(v0, model.W, model.c), model.W, model.b)
                 recon += float(((v0 - rec) ** 2).sum())
                 seen += v0.numel()
-        model.check_params(epoch)
+        check_params(model, epoch)
         metrics = {
             "epoch": epoch,
             "cd_k": k,

@@ -21,7 +21,7 @@ import scipy.sparse as sp
 import torch
 
 from recsys_ebm.io import checkpoint_fingerprint, resume_checkpoint, save_checkpoint
-from recsys_ebm.models._rbm_train import pack_state, unpack_state
+from recsys_ebm.models._rbm_train import check_params, momentum_step, pack_state, unpack_state
 
 __all__ = ["batch_entries", "train_softmax_rbm"]
 
@@ -104,18 +104,13 @@ def train_softmax_rbm(
             grads, lvk, recon = model.cd_step(rows, items, lv0, len(users), k, dev_gen, start)
             if chain is not None:
                 chain[pos] = lvk
+            momentum_step(model, grads, vel, lr, momentum, cfg.weight_decay)
             with torch.no_grad():
-                for name in ("W", "b", "c"):
-                    g = grads[name]
-                    if name == "W" and cfg.weight_decay:
-                        g = g - cfg.weight_decay * model.W
-                    vel[name].mul_(momentum).add_(g, alpha=lr)
-                    getattr(model, name).add_(vel[name])
                 if recon is not None:  # expected rating of the first reconstruction
                     err = recon @ level_values - level_values[lv0]
                     sq_err += float((err**2).sum())
                     n_seen += int(err.numel())
-        model.check_params(epoch)
+        check_params(model, epoch)
         metrics: dict[str, float] = {"epoch": epoch, "cd_k": k, "learning_rate": lr}
         if n_seen:
             metrics["reconstruction_rmse"] = (sq_err / n_seen) ** 0.5

@@ -20,7 +20,6 @@ import torch
 
 from recsys_ebm.config import Config
 from recsys_ebm.device import resolve_device
-from recsys_ebm.diagnostics import ModelFitError
 from recsys_ebm.models._rbm_math import free_energy, free_energy_delta, gibbs_chain, hidden_prob
 from recsys_ebm.models._rbm_train import CDSchedule
 from recsys_ebm.models.base import EpochCallback, Recommender, as_user_items, check_fit_inputs
@@ -156,20 +155,6 @@ class RBM(Recommender):
         ckpt = Path(self.config.checkpoint_dir) if self.config.checkpoint_dir else None
         train_rbm(self, train, valid, callback=callback, progress=show, checkpoint_dir=ckpt)
         return self
-
-    def check_params(self, epoch: int) -> None:
-        """Divergence guard: raise ModelFitError naming the epoch and the quantity."""
-        for name in ("W", "b", "c"):
-            t = getattr(self, name)
-            if not torch.isfinite(t).all():
-                raise ModelFitError(f"RBM diverged at epoch {epoch}: {name} has NaN/inf values")
-            big = float(t.abs().max())
-            if big > self.config.max_abs_param:
-                raise ModelFitError(
-                    f"RBM diverged at epoch {epoch}: max |{name}| = {big:.3g} exceeds "
-                    f"max_abs_param={self.config.max_abs_param:g}; lower learning_rate or raise "
-                    "weight_decay"
-                )
 
     # ------------------------------------------------------------------ persistence
     def _state_tensors(self) -> dict[str, torch.Tensor]:

@@ -33,7 +33,7 @@ import torch
 
 from recsys_ebm.config import Config
 from recsys_ebm.device import resolve_device
-from recsys_ebm.diagnostics import ConfigError, DataWarning, ModelFitError
+from recsys_ebm.diagnostics import ConfigError, DataWarning
 from recsys_ebm.models._rbm_train import CDSchedule
 from recsys_ebm.models._softmax_rbm_math import (
     conditional_logits,
@@ -368,22 +368,6 @@ class SoftmaxRBM(Recommender):
         self.item_ids = dataset.item_ids
         self.user_ids = dataset.user_ids
         return self
-
-    def check_params(self, epoch: int) -> None:
-        """Divergence guard: raise ModelFitError naming the epoch and the quantity."""
-        for name in ("W", "b", "c"):
-            t = getattr(self, name)
-            if not torch.isfinite(t).all():
-                raise ModelFitError(
-                    f"SoftmaxRBM diverged at epoch {epoch}: {name} has NaN/inf values"
-                )
-            big = float(t.abs().max())
-            if big > self.config.max_abs_param:
-                raise ModelFitError(
-                    f"SoftmaxRBM diverged at epoch {epoch}: max |{name}| = {big:.3g} exceeds "
-                    f"max_abs_param={self.config.max_abs_param:g}; lower learning_rate or raise "
-                    "weight_decay"
-                )
 
     # ------------------------------------------------------------------ persistence
     def _state_tensors(self) -> dict[str, torch.Tensor]:
