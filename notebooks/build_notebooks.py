@@ -326,7 +326,7 @@ likelihood over the whole catalogue): too cold is overconfident, too hot is unif
         """hist, test = ds.history("test"), ds.test
 users = np.flatnonzero(test.getnnz(axis=1) > 0)
 E = model.energies(hist[users])                    # (U, I) at the trained tau
-E1 = E * model.temperature                         # (U, I) energy at tau = 1: -cosine
+E1 = E.astype(np.float64) * model.temperature     # (U, I) energy at tau = 1: -cosine
 seen = hist[users].toarray() > 0                   # (U, I) history: not candidates
 held_out = test[users].toarray() > 0               # (U, I) the test items
 
@@ -342,21 +342,26 @@ TAUS = [0.02, 0.05, 0.1, 0.2, 0.5, 1.0]
 u = int(np.argmax(held_out.sum(1)))               # the test user with most held-out items
 rows = []
 for tau in TAUS:
-    lp = log_p(tau)
-    p = np.exp(lp[u])
-    rows.append({"tau": tau, "entropy (nats)": float(-(p[p > 0] * lp[u][p > 0]).sum()),
-                 "top-1 p": float(p.max()), "top-10 mass": float(np.sort(p)[-10:].sum()),
+    lp = log_p(tau)                                 # (U, I)
+    p = np.exp(lp)                                  # (U, I), 0 on seen items
+    ent = -np.where(p > 0, p * np.where(p > 0, lp, 0.0), 0.0).sum(axis=1)   # (U,) nats
+    rows.append({"tau": tau, "entropy, user u": float(ent[u]),
+                 "median entropy, all test users": float(np.median(ent)),
+                 "top-1 p, user u": float(p[u].max()),
+                 "top-10 mass, user u": float(np.sort(p[u])[-10:].sum()),
                  "mean log p(held-out)": float(lp[held_out].mean())})
 temps = pl.DataFrame(rows)
 n_unseen = int((~seen[u]).sum())
+log_unseen = np.log((~seen).sum(axis=1))           # (U,) entropy of the uniform distribution
 
 fig, axes = plt.subplots(1, 3, figsize=(14, 3.5))
 for tau in TAUS:
     axes[0].semilogy(np.sort(np.exp(log_p(tau)[u]))[::-1][:50], label=f"tau={tau}")
 axes[0].set_xlabel("rank"); axes[0].set_ylabel("p(i | u)"); axes[0].legend(fontsize=7)
 axes[0].set_title(f"user {ds.user_ids[users[u]]}: top 50 of {n_unseen} unseen items")
-axes[1].semilogx(TAUS, temps["entropy (nats)"], "o-")
-axes[1].axhline(np.log(n_unseen), ls="--", c="gray", label="uniform: log(#unseen)")
+axes[1].semilogx(TAUS, temps["entropy, user u"], "o-", label="user u")
+axes[1].semilogx(TAUS, temps["median entropy, all test users"], "s-", label="median, all users")
+axes[1].axhline(np.log(n_unseen), ls="--", c="gray", label="uniform for user u: log(#unseen)")
 axes[1].axvline(model.temperature, ls=":", c="k", label="trained tau")
 axes[1].set_xlabel("tau"); axes[1].set_ylabel("entropy of p(. | u)"); axes[1].legend(fontsize=7)
 axes[2].semilogx(TAUS, temps["mean log p(held-out)"], "o-")
@@ -368,9 +373,14 @@ plt.tight_layout()
 p_model = np.exp(log_p(model.temperature)[u])
 w = np.exp(np.where(seen[u], -np.inf, -E[u]) - (-E[u][~seen[u]]).max())
 np.testing.assert_allclose(p_model, w / w.sum(), rtol=1e-4, atol=1e-8)
-ent = temps["entropy (nats)"].to_numpy()
-assert np.all(np.diff(ent) > 0), "entropy decreases as tau decreases"
-assert ent[-1] <= np.log(n_unseen) and ent[0] < 0.5 * np.log(n_unseen)
+# entropy falls with tau, for user u and over all test users. The sharpness claim rests on the
+# median over every test user: one user's entropy at tau = 0.02 moves with the float summation
+# order (the machine's thread count), the median over ~600 users does not
+for col in ("entropy, user u", "median entropy, all test users"):
+    assert np.all(np.diff(temps[col].to_numpy()) > 0), f"{col}: entropy must rise with tau"
+med = temps["median entropy, all test users"].to_numpy()
+assert temps["entropy, user u"][-1] <= np.log(n_unseen)
+assert med[-1] <= np.median(log_unseen) and med[0] < 0.5 * np.median(log_unseen)
 # the temperature changes the sharpness, not the ranking
 orders = [np.argsort(-log_p(tau)[u], kind="stable")[:20] for tau in TAUS]
 assert all(np.array_equal(o, orders[0]) for o in orders)
