@@ -52,3 +52,28 @@ def test_known_user_uses_learned_factors_and_unknown_is_folded_in():
     assert not np.allclose(e_known, e_new)
     empty = sp.csr_matrix((1, board.train.shape[1]), dtype=np.float32)
     assert np.isfinite(model.energies(empty)).all()
+
+
+def test_training_keeps_openblas_single_threaded_in_a_fresh_process():
+    """implicit warns (and slows down) when OpenBLAS threads; importing implicit inside our
+    thread limit used to load scipy's BLAS after the limit, so a first fit still warned."""
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import warnings\n"
+        "from recsys_ebm.data.synthetic import checkerboard\n"
+        "from recsys_ebm.models.implicit_adapter import ALS, BPR\n"
+        "X = checkerboard(seed=0).train\n"
+        "with warnings.catch_warnings(record=True) as w:\n"
+        "    warnings.simplefilter('always')\n"
+        "    ALS(factors=4, epochs=2, seed=0).fit(X)\n"
+        "    BPR(factors=4, epochs=2, seed=0).fit(X)\n"
+        "print([str(x.message)[:60] for x in w if 'BLAS' in str(x.message)])\n"
+    )
+    env = {**os.environ, "OPENBLAS_NUM_THREADS": "2"}
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr

@@ -87,6 +87,7 @@ class _FactorModel(Recommender):
     ) -> Self:
         train = check_fit_inputs(train, valid)[0].copy()
         train.data[:] = 1.0
+        import implicit.cpu  # noqa: F401  loads scipy's BLAS, which must exist before the limit
         from threadpoolctl import threadpool_limits
 
         with threadpool_limits(1, "blas"):  # implicit's advice: its own threads, not BLAS's
