@@ -28,7 +28,7 @@ declare. Example (``pipelines/quickstart.toml``)::
     promote_if_better = "ndcg@10"
 
     [recommend]
-    model = "ranker"
+    model = "models:/quickstart-ranker@champion"   # or a [train.NAME], or a model directory
     n = 100
 
 ``components`` (pipeline key, train tables only) makes a composite model, the ranker, out of
@@ -42,6 +42,13 @@ under it). A stage whose resolved options and upstream outputs are unchanged is 
 content hash; ``--force`` reruns everything. A stage that logs to MLflow also reruns when the
 tracking store differs from the one it last logged to; ``register`` is skipped when MLflow is
 off.
+
+``recommend`` serves a ``[train.NAME]`` of the pipeline, a model directory, or a registered model
+``models:/NAME@ALIAS``. When NAME is the model this pipeline's ``register`` stage registers, the
+recommend stage runs after it and reruns whenever it does, so the list comes from the champion
+as it stands after this run's promotion decision. A registry reference needs MLflow: with MLflow
+off the stage is skipped and says why. (An alias moved by someone else, outside this pipeline, is
+not seen by the content hash: ``--force`` reruns the stage.)
 """
 
 from __future__ import annotations
@@ -255,6 +262,7 @@ def load_pipeline(
         stages.append(Stage("evaluate", "evaluate", argv, out, ups))
         evaluated = [str(m) for m in models]
 
+    registered: str | None = None  # the name the register stage registers
     if "register" in data:
         where = f"{path}: [register]"
         table = dict(data["register"])
@@ -274,6 +282,7 @@ def load_pipeline(
                 f"that scores {ref!r}; this pipeline's evaluate stage "
                 + (f"scores only {evaluated}" if evaluated else "is not there")
             )
+        registered = str(table["name"])
         argv = ["register", *_to_argv(where, "register", table), "--model-dir", str(trained[ref])]
         ups = [f"train.{ref}"] + (["evaluate"] if evaluated else [])
         stages.append(Stage("register", "register", argv, None, ups))
@@ -289,6 +298,8 @@ def load_pipeline(
         argv = ["recommend", *_to_argv(where, "recommend", table)]
         argv += ["--model", model_ref(where, str(ref)), "--data", str(data_dir), "--out", str(out)]
         ups = ["prepare"] + ([f"train.{ref}"] if ref in trained else [])
+        if registered is not None and _registry_name(str(ref)) == registered:
+            ups.append("register")  # serve the champion as this run's register stage left it
         stages.append(Stage("recommend", "recommend", argv, out, ups))
 
     from recsys_ebm import __version__
@@ -360,6 +371,18 @@ def _components(
     return parts
 
 
+def _arg(argv: list[str], flag: str) -> str:
+    """The value after ``flag`` in a stage's argv."""
+    return argv[argv.index(flag) + 1]
+
+
+def _registry_name(ref: str) -> str | None:
+    """``models:/NAME@ALIAS`` or ``models:/NAME/VERSION`` -> NAME; anything else -> None."""
+    if not ref.startswith("models:/"):
+        return None
+    return ref[len("models:/") :].split("@")[0].split("/")[0]
+
+
 def _needs(stages: list[Stage], kind: str, where: str, path: Path) -> None:
     if not any(s.kind == kind for s in stages):
         raise ConfigError(f"{where}: needs the output of a [{kind}] stage, which {path} lacks")
@@ -393,7 +416,10 @@ def run_pipeline(
                 {"pipeline.file": str(pipe.path), "pipeline.run_dir": str(pipe.run_dir)}
             )
         for st in pipe.stages:
-            if st.kind == "register" and not mlflow:
+            needs_registry = st.kind == "register" or (
+                st.kind == "recommend" and _registry_name(_arg(st.argv, "--model")) is not None
+            )
+            if needs_registry and not mlflow:
                 print(
                     f"[run] {st.name}: skipped (MLflow is off; the registry needs it)", flush=True
                 )
@@ -444,10 +470,10 @@ def print_outputs(pipe: Pipeline, tracking_uri: str | None, *, mlflow: bool = Tr
         print(f"  report:           {kinds['evaluate'].output / 'report.html'}", file=out)
     if "recommend" in kinds:
         rec = kinds["recommend"]
-        model = rec.argv[rec.argv.index("--model") + 1]
+        model = _arg(rec.argv, "--model")
         print(f"  recommendations:  {rec.output}  (model {model})", file=out)
     if "register" in kinds and mlflow:
-        name = kinds["register"].argv[kinds["register"].argv.index("--name") + 1]
+        name = _arg(kinds["register"].argv, "--name")
         desc, champion = _champion(name, uri)
         print(f"  registered model: {desc}", file=out)
         if champion:

@@ -238,6 +238,58 @@ def test_cli_run_with_mlflow_parent_and_nested_runs(tmp_path, small_log):
     assert "prepare: skipped (unchanged" in r3.stdout and "1 stage(s) ran, 1 skipped" in r3.stdout
 
 
+CHAMPION = """
+[train.ease]
+model = "ease"
+set = { l2 = 10.0, l2_grid = [] }
+
+[evaluate]
+k = "5"
+bootstrap = 50
+
+[register]
+model = "ease"
+name = "t-model"
+promote_if_better = "ndcg@5"
+
+[recommend]
+model = "models:/t-model@champion"
+n = 5
+"""
+
+
+def test_recommend_stage_serves_the_champion_the_register_stage_left(tmp_path, small_log):
+    """Run 1 registers EASE (champion v1). Run 2 registers popularity, which is worse, as v2:
+    the champion stays v1, and the rerun recommend stage still serves v1's lists."""
+    import polars as pl
+
+    path = write(tmp_path, BASE.format(input=small_log) + CHAMPION)
+    run_dir = tmp_path / "run"
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    pipe = load_pipeline(path, run_dir=run_dir)
+    rec = next(st for st in pipe.stages if st.kind == "recommend")
+    assert "register" in rec.upstream
+    assert run_pipeline(pipe, tracking_uri=uri)["recommend"] == "ran"
+    recs = run_dir / "recommendations.parquet"
+    first = pl.read_parquet(recs)
+    assert set(first["model_version"]) == {"t-model/v1"}
+    worse = load_pipeline(path, ["register.model=pop"], run_dir=run_dir)
+    status = run_pipeline(worse, tracking_uri=uri)
+    assert status["register"] == "ran" and status["recommend"] == "ran"
+    from mlflow import MlflowClient
+
+    client = MlflowClient(uri, registry_uri=uri)
+    versions = {str(v.version) for v in client.search_model_versions("name = 't-model'")}
+    assert versions == {"1", "2"}
+    assert str(client.get_model_version_by_alias("t-model", "champion").version) == "1"
+    again = pl.read_parquet(recs)
+    assert again.drop("model_version").equals(first.drop("model_version"))
+    assert set(again["model_version"]) == {"t-model/v1"}
+    # with MLflow off there is no registry: the stage says so instead of failing
+    off = run_pipeline(load_pipeline(path, run_dir=tmp_path / "off"), mlflow=False)
+    assert off["register"] == "skipped" and off["recommend"] == "skipped"
+
+
 def test_quickstart_pipeline_end_to_end_reduced(tmp_path):
     """The README's main job, through the CLI, on a reduced config: every model (retriever and
     the ranker over the trained models included), report, MLflow runs, registry, recs."""
@@ -276,7 +328,8 @@ def test_quickstart_pipeline_end_to_end_reduced(tmp_path):
     # the final print says where everything is
     assert f"dataset:          {run / 'data'}" in r.stdout
     assert report.is_file() and f"report:           {report}" in r.stdout
-    assert f"recommendations:  {recs_file}  (model {run / 'models' / 'ranker'})" in r.stdout
+    champion = "models:/quickstart-ranker@champion"
+    assert f"recommendations:  {recs_file}  (model {champion})" in r.stdout
     assert "registered model: quickstart-ranker version 1; champion" in r.stdout
     assert f"mlflow ui --backend-store-uri {uri}" in r.stdout
     import json
@@ -296,7 +349,7 @@ def test_quickstart_pipeline_end_to_end_reduced(tmp_path):
     users = pl.read_parquet(run / "data" / "users.parquet")
     assert set(recs["user_id"]) == set(users["user_id"]), "recommendations for every user"
     assert recs.group_by("user_id").len()["len"].min() == 100
-    assert recs["model_version"].str.starts_with("ranker-").all()
+    assert set(recs["model_version"]) == {"quickstart-ranker/v1"}  # the champion's version
     import mlflow
     from mlflow import MlflowClient
 
