@@ -32,6 +32,7 @@ def small(**kw):
         progress=False,
         device="cpu",
         seed=0,
+        orientation="user",
     )
     return SoftmaxRBM(**{**base, **kw})
 
@@ -74,7 +75,7 @@ class TestSoftmaxRBM(RecommenderTestMixin):
 # ---------------------------------------------------------------------------- exact maths
 def tiny(n_i=4, n_k=3, n_h=3, seed=0):
     g = torch.Generator().manual_seed(seed)
-    m = SoftmaxRBM(n_hidden=n_h, device="cpu", progress=False)
+    m = SoftmaxRBM(n_hidden=n_h, device="cpu", progress=False, orientation="user")
     m.n_items = n_i
     m.rating_levels = np.arange(1.0, n_k + 1.0)
     m.W = torch.randn(n_i, n_k, n_h, generator=g, dtype=torch.float64)

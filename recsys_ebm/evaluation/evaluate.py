@@ -118,7 +118,7 @@ def evaluate_models(
         if hasattr(model, "predict_ratings") and rating_rows is not None:
             # predicted from the rating history (train [+ valid]); the target split only scores
             coo = dataset.ratings(split)[rows].tocoo()
-            pred = model.predict_ratings(rating_rows, coo.row, coo.col)
+            pred = model.predict_ratings(rating_rows, coo.row, coo.col, users=rows)
             extra = rating_errors(pred, coo.data)
         results.append(
             ModelResult(
