@@ -378,9 +378,12 @@ def _arg(argv: list[str], flag: str) -> str:
 
 def _registry_name(ref: str) -> str | None:
     """``models:/NAME@ALIAS`` or ``models:/NAME/VERSION`` -> NAME; anything else -> None."""
-    if not ref.startswith("models:/"):
+    from recsys_ebm.registry import parse_model_uri
+
+    try:
+        return parse_model_uri(ref)[0]
+    except ValueError:
         return None
-    return ref[len("models:/") :].split("@")[0].split("/")[0]
 
 
 def _needs(stages: list[Stage], kind: str, where: str, path: Path) -> None:

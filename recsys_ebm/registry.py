@@ -200,6 +200,23 @@ def _run_dataset(run: Any) -> Any:
     return ds if not want or ds.fingerprint == want else None
 
 
+def parse_model_uri(uri: str) -> tuple[str, str | None, str | None]:
+    """``models:/NAME@ALIAS`` -> (NAME, ALIAS, None); ``models:/NAME/VERSION`` -> (NAME, None,
+    VERSION).
+
+    Raises:
+        ValueError: ``uri`` is neither form.
+    """
+    ref = uri[len("models:/") :] if uri.startswith("models:/") else ""
+    if "@" in ref:
+        name, alias = ref.split("@", 1)
+        return name, alias, None
+    if "/" in ref:
+        name, version = ref.rsplit("/", 1)
+        return name, None, version
+    raise ValueError(f"--model: expected models:/NAME@ALIAS or models:/NAME/VERSION, got {uri}")
+
+
 def resolve_model_uri(uri: str, tracking_uri: str | None, dst: str | Path) -> tuple[Path, str]:
     """``models:/NAME@ALIAS`` (or ``models:/NAME/VERSION``) -> (local model dir, version label).
 
@@ -208,15 +225,9 @@ def resolve_model_uri(uri: str, tracking_uri: str | None, dst: str | Path) -> tu
     """
     import mlflow
 
-    client = _client(tracking_uri)
-    ref = uri[len("models:/") :]
-    if "@" in ref:
-        name, alias = ref.split("@", 1)
-        version = client.get_model_version_by_alias(name, alias).version
-    elif "/" in ref:
-        name, version = ref.rsplit("/", 1)
-    else:
-        raise ValueError(f"--model: expected models:/NAME@ALIAS or models:/NAME/VERSION, got {uri}")
+    name, alias, version = parse_model_uri(uri)
+    if alias is not None:
+        version = _client(tracking_uri).get_model_version_by_alias(name, alias).version
     local = Path(
         mlflow.artifacts.download_artifacts(f"models:/{name}/{version}", dst_path=str(dst))
     )

@@ -32,7 +32,12 @@ import scipy.sparse as sp
 import torch
 import torch.nn.functional as F
 
-from recsys_ebm.models._softmax_rbm_math import conditional_logits, hidden_input, pair_logits
+from recsys_ebm.models._softmax_rbm_math import (
+    column_positions,
+    conditional_logits,
+    hidden_input,
+    pair_logits,
+)
 
 __all__ = ["fold_in", "item_energies", "item_hidden", "item_pair_probs", "level_prior"]
 
@@ -153,13 +158,9 @@ def item_energies(
         known = np.flatnonzero(idx >= 0)
         if known.size:  # items the user rated at fit time: leave their own rating out
             sub = model.context_by_user[idx[known]].tocoo()
-            r, q, own = known[sub.row], sub.col.astype(np.int64), sub.data.astype(np.int64) - 1
-            pos = q
-            if items is not None:
-                where = np.full(model.n_items, -1, dtype=np.int64)
-                where[np.asarray(items, dtype=np.int64)] = np.arange(len(items))
-                keep = where[q] >= 0
-                r, q, own, pos = r[keep], q[keep], own[keep], where[q[keep]]
+            keep, pos = column_positions(sub.col, items, model.n_items)
+            r, q = known[sub.row[keep]], sub.col[keep].astype(np.int64)
+            own = sub.data[keep].astype(np.int64) - 1
             if r.size:
                 t = [torch.as_tensor(a, device=dev) for a in (q, r, own)]
                 logits[t[1], torch.as_tensor(pos, device=dev)] = pair_logits(

@@ -22,10 +22,12 @@ to (B, I, K).
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 __all__ = [
+    "column_positions",
     "conditional_logits",
     "free_energy",
     "gibbs_chain",
@@ -175,3 +177,20 @@ def pair_logits(
             xq[rated] -= W[q[rated], lv[rated]]
         out[s : s + len(r)] = b[q] + _log_ratio(xq[:, None, :], W[q])  # (C, K)
     return out
+
+
+def column_positions(
+    q: np.ndarray, items: np.ndarray | None, n_items: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Where items ``q`` (P,) sit in a block scored over ``items`` (all ``n_items`` when None).
+
+    Returns (keep (P,) bool: q is scored, pos (kept,) int64: its column in the block); used to
+    overwrite rated pairs with their leave-one-out conditional.
+    """
+    q = np.asarray(q, dtype=np.int64)
+    if items is None:
+        return np.ones(q.size, dtype=bool), q
+    where = np.full(n_items, -1, dtype=np.int64)
+    where[np.asarray(items, dtype=np.int64)] = np.arange(len(items))
+    keep = where[q] >= 0
+    return keep, where[q[keep]]

@@ -44,6 +44,7 @@ from recsys_ebm.device import resolve_device
 from recsys_ebm.diagnostics import ConfigError, DataWarning
 from recsys_ebm.models._rbm_train import CDSchedule
 from recsys_ebm.models._softmax_rbm_math import (
+    column_positions,
     conditional_logits,
     free_energy,
     gibbs_chain,
@@ -370,13 +371,8 @@ class SoftmaxRBM(Recommender):
             logits = conditional_logits(x, self.W, self.b, idx)  # (B, I', K)
             if codes.nnz:  # rated items: the exact leave-one-out conditional instead
                 coo = codes.tocoo()
-                if items is None:
-                    r, pos, q, own = coo.row, coo.col, coo.col, coo.data - 1
-                else:
-                    where = {int(it): p for p, it in enumerate(items)}
-                    keep = np.array([c in where for c in coo.col], dtype=bool)
-                    r, q, own = coo.row[keep], coo.col[keep], coo.data[keep] - 1
-                    pos = np.array([where[int(c)] for c in q], dtype=np.int64)
+                keep, pos = column_positions(coo.col, items, self.n_items)
+                r, q, own = coo.row[keep], coo.col[keep], coo.data[keep] - 1
                 if len(r):
                     t = [torch.as_tensor(a.astype(np.int64), device=self.device) for a in (r, q)]
                     lo = torch.as_tensor(own.astype(np.int64), device=self.device)
