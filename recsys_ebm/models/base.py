@@ -80,6 +80,18 @@ def as_user_items(user_items: Any, n_items: int, name: str = "user_items") -> sp
     return user_items
 
 
+def check_exclude(exclude: Any, n_items: int) -> np.ndarray:
+    """``exclude`` as a flat int64 array of item indices in [0, n_items).
+
+    Raises:
+        ValueError: an index lies outside the catalogue.
+    """
+    excl = np.asarray(exclude, dtype=np.int64).ravel()
+    if excl.size and (excl.min() < 0 or excl.max() >= n_items):
+        raise ValueError(f"exclude: item indices must lie in [0, {n_items}), got {excl}")
+    return excl
+
+
 def check_fit_inputs(train: Any, valid: Any = None) -> tuple[sp.csr_matrix, sp.csr_matrix | None]:
     """Validate ``fit``'s arguments: ``train`` a users x items sparse matrix (any width), ``valid``
     None or the same width. Both come back as float32 CSR.
@@ -297,9 +309,7 @@ class Recommender(abc.ABC):
                 )
             if cand.size and (cand.max() >= n_items or cand.min() < -1):
                 raise ValueError(f"candidates: item indices must lie in [0, {n_items})")
-        excl = None if exclude is None else np.asarray(exclude, dtype=np.int64).ravel()
-        if excl is not None and excl.size and (excl.min() < 0 or excl.max() >= n_items):
-            raise ValueError(f"exclude: item indices must lie in [0, {n_items}), got {excl}")
+        excl = None if exclude is None else check_exclude(exclude, n_items)
 
         n_cols = n_items if cand is None or cand.ndim == 2 else len(cand)
         k = int(min(n, n_cols))

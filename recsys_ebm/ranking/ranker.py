@@ -37,6 +37,7 @@ from recsys_ebm.models.base import (
     EpochCallback,
     Recommender,
     as_user_items,
+    check_exclude,
     check_fit_inputs,
     csr_to_torch,
 )
@@ -360,10 +361,7 @@ class Ranker(Recommender):
         n_items = self._check_fitted()
         banned = np.zeros(n_items, dtype=bool)
         if exclude is not None:
-            ex = np.asarray(exclude, dtype=np.int64).ravel()
-            if ex.size and (ex.min() < 0 or ex.max() >= n_items):
-                raise ValueError(f"exclude: item indices must lie in [0, {n_items}), got {ex}")
-            banned[ex] = True
+            banned[check_exclude(exclude, n_items)] = True
         banned |= ~self._allowed_mask(allow, genres_any)
         return super().recommend(
             user_items,
