@@ -20,7 +20,15 @@ from recsys_ebm.diagnostics import ConfigError, ModelFitError
 from recsys_ebm.io import checkpoint_fingerprint, resume_checkpoint, save_checkpoint
 from recsys_ebm.models._rbm_math import free_energy, hidden_prob, visible_prob
 
-__all__ = ["CDSchedule", "check_params", "momentum_step", "pack_state", "train_rbm", "unpack_state"]
+__all__ = [
+    "BestEpoch",
+    "CDSchedule",
+    "check_params",
+    "momentum_step",
+    "pack_state",
+    "train_rbm",
+    "unpack_state",
+]
 
 _PARAMS = ("W", "b", "c")
 
@@ -82,6 +90,43 @@ def check_params(model: Any, epoch: int) -> None:
                 f"max_abs_param={model.config.max_abs_param:g}; lower learning_rate or raise "
                 "weight_decay"
             )
+
+
+class BestEpoch:
+    """Early stopping on a validation score: the best score so far, its epoch and a copy of the
+    parameters then, and the epochs since it last improved (``bad``)."""
+
+    def __init__(self, maximize: bool) -> None:
+        self.maximize = maximize
+        self.score: float | None = None
+        self.epoch: int | None = None
+        self.params: dict[str, torch.Tensor] | None = None
+        self.bad = 0
+
+    def update(self, model: Any, score: float | None, epoch: int) -> None:
+        """Record ``score`` (None: no validation this epoch, nothing changes)."""
+        if score is None:
+            return
+        if self.score is None or (score > self.score if self.maximize else score < self.score):
+            self.score, self.epoch, self.bad = score, epoch, 0
+            self.params = {n: getattr(model, n).clone() for n in _PARAMS}
+        else:
+            self.bad += 1
+
+    def fields(self) -> dict[str, Any]:
+        """Checkpoint fields (the parameters travel through :func:`pack_state`)."""
+        return {"bad": self.bad, "best_score": self.score, "best_epoch": self.epoch}
+
+    def resume(self, st: dict[str, Any], params: dict[str, torch.Tensor] | None) -> None:
+        """Restore from a checkpoint's :meth:`fields` and :func:`unpack_state`'s parameters."""
+        self.bad = st["bad"]
+        if params is not None:
+            self.score, self.epoch, self.params = st["best_score"], st.get("best_epoch"), params
+
+    def restore(self, model: Any) -> None:
+        """Put the best epoch's parameters back into ``model`` (when there was one)."""
+        for n, t in (self.params or {}).items():
+            setattr(model, n, t)
 
 
 def pack_state(
@@ -172,15 +217,14 @@ def train_rbm(
             model.device
         )
     history: list[dict[str, float]] = []
-    best: tuple[float, dict[str, torch.Tensor]] | None = None
-    bad, start_epoch, lr = 0, 0, cfg.learning_rate
+    best = BestEpoch(maximize=True)  # validation NDCG@10
+    start_epoch, lr = 0, cfg.learning_rate
     fingerprint = checkpoint_fingerprint(cfg, train)
     st = resume_checkpoint(checkpoint_dir, fingerprint)
     if st is not None:
         chain, best_params = unpack_state(model, st, vel, gen, dev_gen)
-        history, bad, start_epoch, lr = st["history"], st["bad"], st["epoch"] + 1, st["lr"]
-        if best_params is not None:
-            best = (st["best_score"], best_params)
+        history, start_epoch, lr = st["history"], st["epoch"] + 1, st["lr"]
+        best.resume(st, best_params)
 
     for epoch in range(start_epoch, cfg.epochs):
         k = cfg.k_at(epoch)
@@ -215,13 +259,7 @@ def train_rbm(
         history.append(metrics)
         if callback is not None:
             callback(epoch, {k_: v for k_, v in metrics.items() if k_ != "epoch"})
-        score = metrics.get("valid_ndcg@10")
-        if score is not None:
-            if best is None or score > best[0]:
-                best = (score, {n: getattr(model, n).clone() for n in "Wbc"})
-                bad = 0
-            else:
-                bad += 1
+        best.update(model, metrics.get("valid_ndcg@10"), epoch)
         lr *= cfg.lr_decay
         if checkpoint_dir is not None:
             st = pack_state(
@@ -230,22 +268,19 @@ def train_rbm(
                 chain,
                 gen,
                 dev_gen,
-                best[1] if best else None,
+                best.params,
                 history=history,
-                bad=bad,
                 epoch=epoch,
                 lr=lr,
-                best_score=best[0] if best else None,
                 fingerprint=fingerprint,
+                **best.fields(),
             )
             save_checkpoint(checkpoint_dir, st)
-        if cfg.patience and bad >= cfg.patience:
+        if cfg.patience and best.bad >= cfg.patience:
             break
-    if best is not None:
-        for n, t in best[1].items():
-            setattr(model, n, t)
+    best.restore(model)
     model.fit_info = {
         "history": history,
         "epochs_run": len(history),
-        "best_valid_ndcg@10": best[0] if best else None,
+        "best_valid_ndcg@10": best.score,
     }

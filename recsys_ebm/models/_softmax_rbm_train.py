@@ -21,7 +21,13 @@ import scipy.sparse as sp
 import torch
 
 from recsys_ebm.io import checkpoint_fingerprint, resume_checkpoint, save_checkpoint
-from recsys_ebm.models._rbm_train import check_params, momentum_step, pack_state, unpack_state
+from recsys_ebm.models._rbm_train import (
+    BestEpoch,
+    check_params,
+    momentum_step,
+    pack_state,
+    unpack_state,
+)
 
 __all__ = ["batch_entries", "train_softmax_rbm"]
 
@@ -74,16 +80,15 @@ def train_softmax_rbm(
     vel = {n: torch.zeros_like(getattr(model, n)) for n in ("W", "b", "c")}
     active = np.flatnonzero(codes.getnnz(axis=1) > 0)  # users with at least one rating
     history: list[dict[str, float]] = []
-    best: tuple[float, int, dict[str, torch.Tensor]] | None = None
-    bad, lr, start = 0, cfg.learning_rate, 0
+    best = BestEpoch(maximize=False)  # validation RMSE
+    lr, start = cfg.learning_rate, 0
     levels = [float(x) for x in model.rating_levels]
     fingerprint = checkpoint_fingerprint(cfg, codes, levels=levels)
     st = resume_checkpoint(checkpoint_dir, fingerprint)
     if st is not None:
         chain, best_params = unpack_state(model, st, vel, gen, dev_gen)
-        history, bad, lr, start = st["history"], st["bad"], st["lr"], st["epoch"] + 1
-        if best_params is not None:
-            best = (st["best_score"], st["best_epoch"], best_params)
+        history, lr, start = st["history"], st["lr"], st["epoch"] + 1
+        best.resume(st, best_params)
     for epoch in range(start, cfg.epochs):
         k = cfg.k_at(epoch)
         momentum = 0.5 if epoch < 5 else cfg.momentum
@@ -119,13 +124,7 @@ def train_softmax_rbm(
         history.append(metrics)
         if callback is not None:
             callback(epoch, {k_: v for k_, v in metrics.items() if k_ != "epoch"})
-        score = metrics.get("valid_rmse")
-        if score is not None:
-            if best is None or score < best[0]:
-                best = (score, epoch, {n: getattr(model, n).clone() for n in ("W", "b", "c")})
-                bad = 0
-            else:
-                bad += 1
+        best.update(model, metrics.get("valid_rmse"), epoch)
         lr *= cfg.lr_decay
         if checkpoint_dir is not None:
             state = pack_state(
@@ -134,25 +133,21 @@ def train_softmax_rbm(
                 chain,
                 gen,
                 dev_gen,
-                best[2] if best else None,
+                best.params,
                 history=history,
-                bad=bad,
                 epoch=epoch,
                 lr=lr,
-                best_score=best[0] if best else None,
-                best_epoch=best[1] if best else None,
                 fingerprint=fingerprint,
+                **best.fields(),
             )
             save_checkpoint(checkpoint_dir, state)
-        if cfg.patience and bad >= cfg.patience:
+        if cfg.patience and best.bad >= cfg.patience:
             break
-    if best is not None:
-        for n, t in best[2].items():
-            setattr(model, n, t)
+    best.restore(model)
     model.fit_info = {
         "history": history,
         "epochs_run": len(history),
-        "best_valid_rmse": best[0] if best else None,
-        "best_epoch": best[1] if best else None,
+        "best_valid_rmse": best.score,
+        "best_epoch": best.epoch,
         "n_levels": n_k,
     }
