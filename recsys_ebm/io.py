@@ -16,6 +16,7 @@ __all__ = [
     "atomic_dir",
     "atomic_file",
     "checkpoint_fingerprint",
+    "clean_stale_temporaries",
     "load_checkpoint",
     "resume_checkpoint",
     "save_checkpoint",
@@ -25,9 +26,61 @@ __all__ = [
 CHECKPOINT = "checkpoint.pt"
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _tmp_prefix(path: Path) -> str:
+    """``.NAME.tmp-PID-``: a temporary sibling of ``path`` that names its writer's process."""
+    return f".{path.name}.tmp-{os.getpid()}-"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+def clean_stale_temporaries(path: str | Path) -> list[Path]:
+    """Remove temporary siblings of ``path`` left by a killed writer (its process is gone).
+
+    Temporaries of a live process (another job writing the same output) are left alone.
+    Returns what was removed.
+    """
+    path = Path(path)
+    removed: list[Path] = []
+    if not path.parent.is_dir():
+        return removed
+    for marker in (".tmp-", ".old-"):
+        for p in path.parent.glob(f".{path.name}{marker}*"):
+            pid = p.name[len(path.name) + 1 + len(marker) :].split("-", 1)[0]
+            if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+                if p.is_dir() and not p.is_symlink():
+                    shutil.rmtree(p, ignore_errors=True)
+                else:
+                    p.unlink(missing_ok=True)
+                removed.append(p)
+    return removed
+
+
+def _apply_umask(path: Path, *, directory: bool) -> None:
+    """mkstemp/mkdtemp create 0600/0700; give the output the mode the umask asks for."""
+    base = 0o777 if directory else 0o666
+    os.chmod(path, base & ~_umask())
+
+
 @contextlib.contextmanager
 def atomic_dir(path: str | Path, *, overwrite: bool = False) -> Iterator[Path]:
     """Yield a temporary directory that replaces ``path`` only if the block succeeds.
+
+    The finished directory gets the mode the umask asks for (not mkdtemp's 0700). Temporaries
+    left beside ``path`` by a killed writer are removed first.
 
     Raises:
         FileExistsError: ``path`` exists and ``overwrite`` is False (checked before any work).
@@ -35,10 +88,14 @@ def atomic_dir(path: str | Path, *, overwrite: bool = False) -> Iterator[Path]:
     path = Path(path)
     if path.exists() and not overwrite:
         raise FileExistsError(f"output directory exists: {path} (pass overwrite / --overwrite)")
+    if path.exists() and not path.is_dir():
+        raise FileExistsError(f"output directory {path} is an existing file; choose another path")
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    clean_stale_temporaries(path)
+    tmp = Path(tempfile.mkdtemp(prefix=_tmp_prefix(path), dir=path.parent))
     try:
         yield tmp
+        _apply_umask(tmp, directory=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -53,16 +110,25 @@ def atomic_dir(path: str | Path, *, overwrite: bool = False) -> Iterator[Path]:
 
 @contextlib.contextmanager
 def atomic_file(path: str | Path, *, overwrite: bool = True) -> Iterator[Path]:
-    """Yield a temporary file path in the same directory; renamed onto ``path`` on success."""
+    """Yield a temporary file path in the same directory; renamed onto ``path`` on success.
+
+    The file gets the mode the umask asks for (not mkstemp's 0600). Temporaries left beside
+    ``path`` by a killed writer are removed first.
+    """
     path = Path(path)
     if path.exists() and not overwrite:
         raise FileExistsError(f"output file exists: {path}")
+    if path.is_dir():
+        raise IsADirectoryError(f"output file {path} is an existing directory; name a file")
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
+    clean_stale_temporaries(path)
+    fd, name = tempfile.mkstemp(prefix=_tmp_prefix(path), dir=path.parent)
     os.close(fd)
     tmp = Path(name)
     try:
         yield tmp
+        if tmp.exists():
+            _apply_umask(tmp, directory=False)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
@@ -83,13 +149,37 @@ def save_checkpoint(directory: str | Path, state: dict[str, Any]) -> Path:
 
 
 def load_checkpoint(directory: str | Path) -> dict[str, Any] | None:
-    """The checkpoint in ``directory`` (CPU tensors, ``weights_only=True``), or None."""
+    """The checkpoint in ``directory`` (CPU tensors, ``weights_only=True``), or None.
+
+    Raises:
+        ModelFileError: (a ValueError) the file is truncated or corrupt, or unsafe: it pickles
+            objects other than tensors and plain values, which are never loaded. The message
+            names the file and says to remove it (training then starts afresh).
+    """
+    import pickle
+
     import torch
+
+    from recsys_ebm.diagnostics import ModelFileError
 
     path = Path(directory) / CHECKPOINT
     if not path.is_file():
         return None
-    return torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        st = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, TypeError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelFileError(
+            f"checkpoint_dir: {path} is corrupt, truncated or unsafe (only tensors and plain "
+            f"values are loaded; {first}); remove it to train from scratch, or point "
+            "checkpoint_dir elsewhere"
+        ) from exc
+    if not isinstance(st, dict):
+        raise ModelFileError(
+            f"checkpoint_dir: {path} holds a {type(st).__name__}, not a training checkpoint; "
+            "remove it to train from scratch"
+        )
+    return st
 
 
 #: config fields that may change between an interrupted run and its resumption

@@ -49,6 +49,16 @@ recommend stage runs after it and reruns whenever it does, so the list comes fro
 as it stands after this run's promotion decision. A registry reference needs MLflow: with MLflow
 off the stage is skipped and says why. (An alias moved by someone else, outside this pipeline, is
 not seen by the content hash: ``--force`` reruns the stage.)
+
+Safety. The whole file is checked before any stage runs: stage keys and option types, stage
+names (plain identifiers: ``[train.NAME]`` becomes ``RUN_DIR/models/NAME``), and each train
+stage's model config, built from its ``config`` file and ``set`` keys as ``train`` will build it
+(a ranker's components and ``component_config`` included). One run at a time per run directory:
+``RUN_DIR/.lock`` is held for the whole run, and a second run fails at once (exit 2). Stage
+stamps (``RUN_DIR/.stages/STAGE.json``) are written atomically; an unreadable one means "not
+done". A run starts by removing the temporaries a killed run left beside its outputs. A stage
+that fails on bad input makes ``run`` exit 2 (after the stage's own message); any other failure
+exits 1.
 """
 
 from __future__ import annotations
@@ -59,13 +69,36 @@ import json
 import sys
 import time
 import tomllib
+import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from recsys_ebm._pipeline_checks import (
+    check_pipeline_name,
+    check_stage_name,
+    check_train_config,
+    toml_value,
+)
+from recsys_ebm._pipeline_run import (
+    RunDirLocked,
+    StageFailed,
+    clean_stale,
+    lock_run_dir,
+    read_stamp,
+    write_stamp,
+)
 from recsys_ebm.diagnostics import ConfigError
 
-__all__ = ["STAGES", "Pipeline", "Stage", "load_pipeline", "run_pipeline"]
+__all__ = [
+    "STAGES",
+    "Pipeline",
+    "RunDirLocked",
+    "Stage",
+    "StageFailed",
+    "load_pipeline",
+    "run_pipeline",
+]
 
 STAGES = ("prepare", "train", "evaluate", "register", "recommend")
 _PIPELINE_KEYS = {"name", "run_dir", "tracking_uri", "experiment"}
@@ -192,6 +225,8 @@ def load_pipeline(
             f"{path}: [pipeline]: unknown key(s) {bad}; known: {sorted(_PIPELINE_KEYS)}"
         )
     name = str(head.get("name", path.stem))
+    if run_dir is None and "run_dir" not in head:
+        check_pipeline_name(path, name)
     base = Path(run_dir or head.get("run_dir", Path("runs") / name))
     stages: list[Stage] = []
 
@@ -206,6 +241,7 @@ def load_pipeline(
     if not isinstance(train_tables, dict):
         raise ConfigError(f"{path}: [train] must hold one table per model, e.g. [train.rbm]")
     for mname, table in train_tables.items():
+        check_stage_name(path, mname)  # it becomes RUN_DIR/models/NAME: no '..', no '/'
         if not isinstance(table, dict):
             raise ConfigError(
                 f"{path}: [train.{mname}]: expected a table with a 'model' key, got {table!r}"
@@ -221,12 +257,15 @@ def load_pipeline(
         table.setdefault("model", mname)
         parts = _components(where, table, sets, train_tables)
         argv = ["train", *_to_argv(where, "train", table)]
+        overrides: list[str] = []
         if parts:
-            dirs = [str(trained[p]) for p in parts]
-            argv += ["--set", f"components={json.dumps(dirs)}"]
-        for k, v in sets.items():
-            val = json.dumps(v) if isinstance(v, list | bool) else str(v)
-            argv += ["--set", f"{k}={val}"]
+            overrides.append(f"components={json.dumps([str(trained[p]) for p in parts])}")
+        overrides += [f"{k}={toml_value(v)}" for k, v in sets.items()]
+        # the model config the stage will build, built now: a bad key fails before any stage
+        part_models = [str(train_tables[p].get("model", p)) for p in parts] if parts else None
+        check_train_config(where, str(table["model"]), table.get("config"), overrides, part_models)
+        for o in overrides:
+            argv += ["--set", o]
         _needs(stages, "prepare", where, path)
         out = base / "models" / mname
         argv += ["--data", str(data_dir), "--out", str(out), "--overwrite"]
@@ -398,7 +437,24 @@ def _stamp(run_dir: Path, stage: Stage) -> Path:
 def run_pipeline(
     pipe: Pipeline, *, force: bool = False, tracking_uri: str | None = None, mlflow: bool = True
 ) -> dict[str, str]:
-    """Run every stage in order; returns ``{stage: "ran" | "skipped"}``."""
+    """Run every stage in order; returns ``{stage: "ran" | "skipped"}``.
+
+    The run directory is locked for the whole run (``RUN_DIR/.lock``); temporaries left in it
+    by a killed run are removed first.
+
+    Raises:
+        RunDirLocked: another run holds the run directory.
+        StageFailed: a stage exited non-zero (``returncode``: 2 for bad input, else 1).
+    """
+    with lock_run_dir(pipe.run_dir):
+        outputs = [st.output for st in pipe.stages if st.output is not None]
+        clean_stale([*outputs, *(_stamp(pipe.run_dir, st) for st in pipe.stages)])
+        return _run_locked(pipe, force=force, tracking_uri=tracking_uri, mlflow=mlflow)
+
+
+def _run_locked(
+    pipe: Pipeline, *, force: bool, tracking_uri: str | None, mlflow: bool
+) -> dict[str, str]:
     from recsys_ebm.cli import main as cli_main
     from recsys_ebm.tracking import default_tracking_uri, log_params_flat, mlflow_run
 
@@ -406,7 +462,6 @@ def run_pipeline(
     # where stage runs are logged: a stage last logged elsewhere (or with MLflow off) reruns
     store = default_tracking_uri(uri) if mlflow else None
     status: dict[str, str] = {}
-    pipe.run_dir.mkdir(parents=True, exist_ok=True)
     with mlflow_run(
         f"pipeline-{pipe.name}",
         tracking_uri=uri,
@@ -429,7 +484,7 @@ def run_pipeline(
                 status[st.name] = "skipped"
                 continue
             stamp = _stamp(pipe.run_dir, st)
-            last = json.loads(stamp.read_text()) if stamp.is_file() else {}
+            last = read_stamp(stamp)  # truncated or garbage: {} (not done, rerun)
             done = last.get("digest") == st.digest
             if st.kind != "prepare":
                 done = done and last.get("tracking") == store
@@ -449,11 +504,17 @@ def run_pipeline(
                     argv += ["--tracking-uri", uri]
                 if not mlflow:
                     argv.append("--no-mlflow")
-            rc = cli_main(argv)
+            failed = f"pipeline {pipe.path}: stage {st.name} failed"
+            try:
+                rc = cli_main(argv)
+            except SystemExit as exc:  # argparse rejected an option the checks above let by
+                rc = exc.code if isinstance(exc.code, int) else 1
+            except Exception as exc:  # not bad input (that is exit 2): a bug, a diverged fit
+                traceback.print_exc()
+                raise StageFailed(f"{failed} (exit 1): {type(exc).__name__}: {exc}", 1) from exc
             if rc != 0:
-                raise RuntimeError(f"pipeline {pipe.path}: stage {st.name} failed (exit {rc})")
-            stamp.parent.mkdir(parents=True, exist_ok=True)
-            stamp.write_text(json.dumps({"digest": st.digest, "argv": st.argv, "tracking": store}))
+                raise StageFailed(f"{failed} (exit {rc})", rc)
+            write_stamp(stamp, {"digest": st.digest, "argv": st.argv, "tracking": store})
             status[st.name] = "ran"
             print(f"[run] {st.name}: done in {time.perf_counter() - t0:.1f}s", flush=True)
     return status

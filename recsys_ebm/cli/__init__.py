@@ -64,6 +64,27 @@ def main(argv: list[str] | None = None) -> int:
         msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
         print(f"recsys-ebm {args.command}: error: {msg}", file=sys.stderr)
         return 2
+    except OSError as exc:  # read-only or full disk, a directory where a file goes, ...
+        print(f"recsys-ebm {args.command}: error: {os_error_message(exc)}", file=sys.stderr)
+        return 2
+
+
+def os_error_message(exc: OSError) -> str:
+    """One line naming the path and the cause: 'cannot write /x/y: No space left on device'."""
+    import errno
+
+    hint = {
+        errno.ENOSPC: " (free some space or choose another --out)",
+        errno.EDQUOT: " (disk quota exceeded: free some space or choose another --out)",
+        errno.EROFS: " (read-only file system: choose another --out)",
+        errno.EACCES: " (permission denied: choose a writable --out)",
+        errno.EPERM: " (not permitted: choose a writable --out)",
+    }.get(exc.errno or 0, "")
+    where = exc.filename if exc.filename is not None else ""
+    if exc.filename2 is not None:
+        where = f"{where} -> {exc.filename2}"
+    reason = exc.strerror or str(exc)
+    return f"{where}: {reason}{hint}" if where else f"{reason}{hint}"
 
 
 if __name__ == "__main__":  # pragma: no cover

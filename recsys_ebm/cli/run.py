@@ -14,7 +14,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="run a pipeline declared in a TOML file",
         description="Run the stages of a pipeline file in order, in one MLflow parent run with "
         "nested stage runs. Stages whose options and inputs are unchanged are skipped (content "
-        "hash); --force reruns everything.",
+        "hash); --force reruns everything. The whole file (stage options, model configs) is "
+        "checked before any stage runs; one run at a time holds the run directory "
+        "(RUN_DIR/.lock). Exit 2: bad input (also from a stage); 1: a stage failed otherwise.",
     )
     p.add_argument("pipeline", help="pipeline file, e.g. pipelines/quickstart.toml")
     p.add_argument(
@@ -33,8 +35,17 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from recsys_ebm.pipeline import load_pipeline, print_outputs, run_pipeline
+    """Exit status: 0; 2 for bad input (the file, an option, a stage that failed on bad input,
+    a run directory another run holds); 1 for a stage's unexpected failure."""
+    from recsys_ebm.pipeline import (
+        RunDirLocked,
+        StageFailed,
+        load_pipeline,
+        print_outputs,
+        run_pipeline,
+    )
 
+    # every stage's options and model config are checked here, before any stage runs
     pipe = load_pipeline(args.pipeline, args.overrides, run_dir=args.run_dir)
     if args.experiment != "recsys-ebm":
         pipe.experiment = args.experiment
@@ -42,9 +53,12 @@ def run(args: argparse.Namespace) -> int:
         status = run_pipeline(
             pipe, force=args.force, tracking_uri=args.tracking_uri, mlflow=not args.no_mlflow
         )
-    except RuntimeError as exc:  # a stage failed; it has printed its own error
+    except RunDirLocked as exc:
         print(f"recsys-ebm run: error: {exc}", file=sys.stderr)
-        return 1
+        return 2
+    except StageFailed as exc:  # the stage has printed its own error above
+        print(f"recsys-ebm run: error: {exc}", file=sys.stderr)
+        return 2 if exc.returncode == 2 else 1
     ran = sum(v == "ran" for v in status.values())
     print(f"\npipeline {pipe.name}: {ran} stage(s) ran, {len(status) - ran} skipped")
     print_outputs(pipe, args.tracking_uri, mlflow=not args.no_mlflow)
