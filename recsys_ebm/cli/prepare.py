@@ -4,8 +4,21 @@ from __future__ import annotations
 
 import argparse
 
-from recsys_ebm.data.readers import FORMATS
-from recsys_ebm.data.splits import SPLITS
+# copies of recsys_ebm.data.readers.FORMATS and recsys_ebm.data.splits.SPLITS (those modules
+# import polars / numpy, which `--help` must not pay for); tests/test_cli_startup.py checks
+# that the copies match
+FORMATS = (
+    "auto",
+    "ml-100k",
+    "ml-1m",
+    "ml-latest",
+    "movietweetings",
+    "csv",
+    "tsv",
+    "parquet",
+    "adjacency",
+)
+SPLITS = ("random", "temporal", "leave-last-k", "users", "predefined")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -28,8 +41,17 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         choices=FORMATS,
         help="input format (default: auto-detect from the file name and first line)",
     )
-    p.add_argument("--out", required=True, help="output dataset directory (written atomically)")
-    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    p.add_argument(
+        "--out",
+        required=True,
+        help="output dataset directory (written atomically); must not be the current directory "
+        "or contain an input",
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace --out if it is an existing dataset (or an empty directory)",
+    )
     g = p.add_argument_group("columns of generic csv/tsv/parquet input")
     g.add_argument("--user-col", default="user_id", help="user id column (default: user_id)")
     g.add_argument("--item-col", default="item_id", help="item id column (default: item_id)")
@@ -113,11 +135,19 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from recsys_ebm.data.prepare import prepare_dataset
+    from recsys_ebm.data.prepare import DEFAULT_INPUT, prepare_dataset
+    from recsys_ebm.data.store import check_output_dir
 
+    # every check of --out before the (possibly long) read: an --out that is or contains an
+    # input, the working directory, an existing file, or an existing directory without
+    # --overwrite is refused here
     out = Path(args.out)
-    if out.exists() and not args.overwrite:
-        raise FileExistsError(f"--out: {out} exists (pass --overwrite to replace it)")
+    inputs = {
+        "--input": args.input if args.input is not None else DEFAULT_INPUT,
+        "--test": args.test_file,
+        "--valid": args.valid_file,
+    }
+    check_output_dir(out, inputs, overwrite=args.overwrite)
     ds = prepare_dataset(
         args.input,
         verbose=not args.quiet,
@@ -161,6 +191,10 @@ def format_summary(ds) -> str:  # noqa: ANN001 - Dataset, imported lazily
         f"duplicates, {c['repeated_events_aggregated']:,} repeats aggregated, "
         f"{c['kcore_removed']:,} removed by k-core"
     )
+    if c.get("overlap_with_train_dropped"):
+        lines.append(
+            f"  dropped {c['overlap_with_train_dropped']:,} held-out pairs already in training"
+        )
     for part, d in c.get("dropped_unknown", {}).items():
         if d["unknown_user_interactions"] or d["unknown_item_interactions"]:
             lines.append(

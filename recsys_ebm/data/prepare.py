@@ -16,6 +16,7 @@ Steps, in order (each reported in ``manifest["counts"]``):
 
 from __future__ import annotations
 
+import math
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -75,6 +76,11 @@ class PrepareOptions:
             )
         if self.split in ("random", "temporal", "users"):
             S._check_fractions(self.test_fraction, self.valid_fraction)
+        if self.min_rating is not None and not math.isfinite(self.min_rating):
+            raise ValueError(f"min_rating: expected a finite number, got {self.min_rating}")
+        if not 0 <= self.seed < 2**63:
+            raise ValueError(f"seed: expected an integer in [0, 2**63), got {self.seed}")
+        self.columns  # noqa: B018 - validates the separator
 
     @property
     def columns(self) -> ColumnMap:
@@ -133,6 +139,32 @@ def kcore_mask(
         mask = new
 
 
+def _ids_like_training(
+    other: pl.DataFrame, train: pl.DataFrame, file: str | Path, train_path: Path
+) -> pl.DataFrame:
+    """Give a predefined test/valid file's ids the training file's id type.
+
+    Raises:
+        DataError: an id that cannot have that type (e.g. ``abc`` where every training id is an
+            integer), naming the file, the line and the column.
+    """
+    for col in ("user_id", "item_id"):
+        dtype = train[col].dtype
+        if other[col].dtype == dtype:
+            continue
+        cast = other[col].cast(dtype, strict=False)
+        bad = cast.is_null() & other[col].is_not_null()
+        if bad.any():
+            row = other.filter(bad).sort("_line").row(0, named=True)
+            raise DataError(
+                f"{file}, line {row['_line']}, column {col!r}: expected an integer id like "
+                f"every {col.split('_')[0]} id of the training file {train_path}, "
+                f"got {row[col]!r}"
+            )
+        other = other.with_columns(cast.alias(col))
+    return other
+
+
 def _codes(series: pl.Series) -> np.ndarray:
     return (series.rank("dense").cast(pl.Int64) - 1).to_numpy()
 
@@ -149,7 +181,11 @@ def prepare_dataset(
 
     Raises:
         FileNotFoundError, DataError (a ValueError): see :mod:`recsys_ebm.data.readers`; also an
-        empty result after filtering, or a predefined test file whose users are all unknown.
+        empty result after filtering, a predefined test file whose users are all unknown, or a
+        predefined test/valid id that cannot have the training ids' type (``abc`` among
+        integer ids: refused with file, line and column rather than silently dropped).
+        ValueError: an option out of range (fractions, ``seed`` < 0, a non-finite
+        ``min_rating``, a separator that is not one byte).
     """
     opts = PrepareOptions(**options)
     t0 = time.perf_counter()
@@ -203,15 +239,16 @@ def prepare_dataset(
     df = df.with_columns(pl.Series("part", part))
     extra = []
     if opts.split == "predefined":
-        for code, f in ((S.TEST, opts.test_file), (S.VALID, opts.valid_file)):
+        for code, f, option in (
+            (S.TEST, opts.test_file, "--test"),
+            (S.VALID, opts.valid_file, "--valid"),
+        ):
             if f:
-                other, _ = read_interactions(f, fmt, opts.columns)
+                other, _ = read_interactions(f, fmt, opts.columns, option=option)
                 other = _clean(other, opts, counts, f"{S.PART_NAMES[code]}_")
-                other = other.with_columns(
-                    pl.col("user_id").cast(df["user_id"].dtype, strict=False),
-                    pl.col("item_id").cast(df["item_id"].dtype, strict=False),
-                    pl.lit(code, pl.Int8).alias("part"),
-                ).drop_nulls(["user_id", "item_id"])
+                other = _ids_like_training(other, df, f, path).with_columns(
+                    pl.lit(code, pl.Int8).alias("part")
+                )
                 extra.append((f, other))
         df = pl.concat([df] + [o for _, o in extra], how="vertical_relaxed")
     _log(f"split: {opts.split}", t0, verbose)

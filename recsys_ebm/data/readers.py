@@ -9,6 +9,15 @@ Formats: ``ml-100k`` (u.data, tab), ``ml-1m`` (ratings.dat, ``::``; also ML-10M)
 ``ml-latest`` (ratings.csv with header), ``movietweetings`` (ratings.dat, ``::``), ``csv`` /
 ``tsv`` / ``parquet`` (generic, with column mapping) and ``adjacency`` (``user item item ...``
 per line, as in the Gowalla / Yelp2018 / Amazon-Book benchmark splits).
+
+What is refused (:class:`~recsys_ebm.diagnostics.DataError`, naming the file and, where there is
+one, the line - the row for Parquet - and the column): an empty file (0 bytes) or one with no
+data rows; a MovieLens line without exactly 4 fields on its delimiter (a wrong delimiter shows
+the line), or without a rating or timestamp; an ml-latest header without
+userId/movieId/rating/timestamp; an adjacency token that is not a non-negative integer (words,
+decimals, tabs, signs); a missing or empty id; a rating that is not a finite number with
+|rating| <= :data:`MAX_ABS_RATING`; a timestamp that is neither an integer unix time nor an ISO
+date/time. Blank lines of the line-based formats are skipped.
 """
 
 from __future__ import annotations
@@ -19,9 +28,17 @@ from pathlib import Path
 
 import polars as pl
 
+from recsys_ebm.data._metadata import read_item_metadata
 from recsys_ebm.diagnostics import DataError
 
-__all__ = ["FORMATS", "ColumnMap", "detect_format", "read_interactions", "read_item_metadata"]
+__all__ = [
+    "FORMATS",
+    "MAX_ABS_RATING",
+    "ColumnMap",
+    "detect_format",
+    "read_interactions",
+    "read_item_metadata",
+]
 
 FORMATS = (
     "auto",
@@ -35,6 +52,26 @@ FORMATS = (
     "adjacency",
 )
 _CANONICAL_INT = r"^(0|-?[1-9][0-9]{0,17})$"
+#: Largest accepted |rating|. Ratings are scores on a small scale (stars, 1-10, likes); a value
+#: beyond this is a unit or parsing error, and the softmax RBM would make it a rating level.
+MAX_ABS_RATING = 1e6
+#: |timestamp| bound in seconds (anything larger does not fit Int64 nanoseconds-free arithmetic)
+_MAX_ABS_TIMESTAMP = 9.2e18
+#: formats whose every line carries user, item, rating and timestamp
+_MOVIELENS = ("ml-100k", "ml-1m", "ml-latest", "movietweetings")
+#: line-delimited formats: separator and how to name it in messages
+_DELIMITED = {
+    "ml-100k": ("\t", "a tab ('\\t')"),
+    "ml-1m": ("::", "'::'"),
+    "movietweetings": ("::", "'::'"),
+}
+_FIELDS = ("user_id", "item_id", "rating", "timestamp")
+_ML_LATEST = {
+    "userId": "user_id",
+    "movieId": "item_id",
+    "rating": "rating",
+    "timestamp": "timestamp",
+}
 
 
 @dataclass(frozen=True)
@@ -50,27 +87,35 @@ class ColumnMap:
     timestamp: str | None = "timestamp"
     separator: str | None = None
 
+    def __post_init__(self) -> None:
+        sep = self.separator
+        if sep is not None and (len(sep) != 1 or len(sep.encode()) != 1 or sep in '\r\n"'):
+            raise DataError(
+                f"--separator: expected one single-byte character (e.g. ',' or a tab), got {sep!r}"
+            )
 
-def detect_format(path: str | Path) -> tuple[str, Path]:
+
+def detect_format(path: str | Path, *, option: str = "--input") -> tuple[str, Path]:
     """Guess the format from the file name and first line; returns ``(format, file)``.
 
     A directory is searched for ``u.data``, ``ratings.dat``, ``ratings.csv``, ``train.txt``.
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
-        DataError: the format cannot be recognised.
+        DataError: the format cannot be recognised, or the file is empty.
     """
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"--input: file not found: {path}")
+        raise FileNotFoundError(f"{option}: file not found: {path}")
     if path.is_dir():
         for name in ("u.data", "ratings.dat", "ratings.csv", "ratings.parquet", "train.txt"):
             if (path / name).is_file():
-                return detect_format(path / name)
+                return detect_format(path / name, option=option)
         raise DataError(
-            f"--input: cannot detect a dataset in directory {path}: expected u.data, ratings.dat, "
-            "ratings.csv, ratings.parquet or train.txt; pass a file and --format"
+            f"{option}: cannot detect a dataset in directory {path}: expected u.data, "
+            "ratings.dat, ratings.csv, ratings.parquet or train.txt; pass a file and --format"
         )
+    _check_not_empty(path, "auto", option)
     name = path.name.lower()
     first = _first_line(path) if not name.endswith(".parquet") else ""
     if name == "u.data" or re.fullmatch(r"u\d?\.(base|test)|u[ab]\.(base|test)", name):
@@ -88,14 +133,30 @@ def detect_format(path: str | Path) -> tuple[str, Path]:
     if fields and all(f.isdigit() for f in fields) and name.endswith(".txt"):
         return "adjacency", path
     raise DataError(
-        f"--input: cannot detect the format of {path} (first line {first[:60]!r}); "
+        f"{option}: cannot detect the format of {path} (first line {first[:60]!r}); "
         f"pass --format, one of {list(FORMATS[1:])}"
     )
 
 
+def _check_not_empty(path: Path, fmt: str, option: str) -> None:
+    if path.is_file() and path.stat().st_size == 0:
+        what = "interactions" if fmt == "auto" else f"{fmt} interactions"
+        raise DataError(f"{option}: {path} is an empty file (0 bytes); expected {what}")
+
+
 def _first_line(path: Path) -> str:
     with open(path, "rb") as fh:
-        return fh.readline(4096).decode("utf-8", errors="replace").rstrip("\r\n")
+        first = fh.readline(4096).decode("utf-8", errors="replace").rstrip("\r\n")
+    return first.removeprefix("\ufeff")  # a byte-order mark (polars skips it too)
+
+
+def _line_text(path: Path, line: int) -> str:
+    """Text of 1-based ``line`` of ``path`` (for error messages only), cut to 120 characters."""
+    with open(path, "rb") as fh:
+        for k, raw in enumerate(fh, start=1):
+            if k == line:
+                return raw.decode("utf-8", errors="replace").rstrip("\r\n")[:120]
+    return ""
 
 
 def _is_movietweetings(path: Path, first: str) -> bool:
@@ -106,46 +167,74 @@ def _is_movietweetings(path: Path, first: str) -> bool:
     return len(parts) >= 2 and parts[1].startswith("0") and len(parts[1]) == 7
 
 
-def _scan(path: Path, fmt: str, columns: ColumnMap) -> tuple[pl.LazyFrame, int]:
-    """Lazy frame with string/typed columns user_id, item_id, rating, timestamp, _row; and the
-    number of header lines before the first data row."""
+def _scan_lines(path: Path) -> pl.LazyFrame:
+    """One String column ``line`` per physical line (blank lines are null), with ``_row``."""
+    return pl.scan_csv(
+        path, separator="\x1f", has_header=False, schema={"line": pl.String}, quote_char=None
+    ).with_row_index("_row")
+
+
+def _scan(path: Path, fmt: str, columns: ColumnMap) -> tuple[pl.LazyFrame, int, dict[str, str]]:
+    """Lazy frame with string/typed columns user_id, item_id, rating, timestamp, _row (and a
+    format's check columns); the number of header lines before the first data row; and the
+    source's name of each column (for messages)."""
     s = pl.String
-    if fmt == "ml-100k":
-        schema = {"user_id": s, "item_id": s, "rating": s, "timestamp": s}
-        lf = pl.scan_csv(path, separator="\t", has_header=False, schema=schema, quote_char=None)
-        return lf, 0
-    if fmt in ("ml-1m", "movietweetings"):
-        names = ["user_id", "_s1", "item_id", "_s2", "rating", "_s3", "timestamp"]
-        lf = pl.scan_csv(
-            path, separator=":", has_header=False, schema=dict.fromkeys(names, s), quote_char=None
-        )
-        return lf, 0
-    if fmt == "ml-latest":
-        lf = pl.scan_csv(path, infer_schema=False).rename(
-            {"userId": "user_id", "movieId": "item_id"}, strict=False
-        )
-        return lf, 1
-    if fmt == "adjacency":
-        lf = pl.scan_csv(
-            path, separator="\x1f", has_header=False, schema={"line": s}, quote_char=None
-        ).with_row_index("_row")
+    if fmt in _DELIMITED:
+        # split each line ourselves: a wrong delimiter or a ragged line is then named by its
+        # line, instead of surfacing as a CSV parser error
+        sep = _DELIMITED[fmt][0]
+        parts = pl.col("line").str.split(sep)
         lf = (
-            lf.with_columns(pl.col("line").str.strip_chars().str.split(" "))
-            .with_columns(
-                pl.col("line").list.first().alias("user_id"),
-                pl.col("line").list.slice(1).alias("item_id"),
+            _scan_lines(path)
+            .filter(pl.col("line").str.strip_chars() != "")  # blank lines (null) are skipped
+            .select(
+                "_row",
+                parts.list.len().alias("_fields"),
+                *(parts.list.get(k, null_on_oob=True).alias(c) for k, c in enumerate(_FIELDS)),
             )
-            .explode("item_id")
-            .filter(pl.col("item_id").is_not_null() & (pl.col("item_id") != ""))
+        )
+        return lf, 0, {}
+    if fmt == "ml-latest":
+        lf = pl.scan_csv(path, infer_schema=False)
+        available = lf.collect_schema().names()
+        missing = [c for c in _ML_LATEST if c not in available]
+        if missing:
+            raise DataError(
+                f"{path}: column {missing[0]!r} not found: the ml-latest format needs the header "
+                f"userId,movieId,rating,timestamp, got {available}; for another layout pass "
+                "--format csv with --user-col / --item-col / --rating-col / --timestamp-col"
+            )
+        lf = lf.select(pl.col(k).alias(v) for k, v in _ML_LATEST.items())
+        return lf, 1, {v: k for k, v in _ML_LATEST.items()}
+    if fmt == "adjacency":
+        # ``user item item ...``: non-negative integers separated by spaces. Every token becomes
+        # a row (position 0 is the user), so an invalid line - even a lone token - survives the
+        # explode and is reported by its line
+        line = pl.col("line").str.strip_chars(" ")
+        lf = (
+            _scan_lines(path)
+            .filter(line != "")
+            .with_columns(line.alias("line"))
+            .with_columns(
+                pl.col("line").str.contains(r"^[0-9]+( +[0-9]+)*$").alias("_valid"),
+                pl.col("line").str.split(" ").alias("item_id"),
+            )
+            .with_columns(
+                pl.col("item_id").list.first().alias("user_id"),
+                pl.int_ranges(0, pl.col("item_id").list.len()).alias("_pos"),
+            )
+            .explode("item_id", "_pos")
+            .filter(~pl.col("_valid") | ((pl.col("_pos") > 0) & (pl.col("item_id") != "")))
             .select(
                 "user_id",
                 "item_id",
                 pl.lit(None, s).alias("rating"),
                 pl.lit(None, s).alias("timestamp"),
                 "_row",
+                "_valid",
             )
         )
-        return lf, 0
+        return lf, 0, {}
     if fmt in ("csv", "tsv", "parquet"):
         if fmt == "parquet":
             lf = pl.scan_parquet(path)
@@ -173,115 +262,205 @@ def _scan(path: Path, fmt: str, columns: ColumnMap) -> tuple[pl.LazyFrame, int]:
         for key in ("rating", "timestamp"):
             if key not in mapping:
                 exprs.append(pl.lit(None, pl.String).alias(key))
-        return lf.select(exprs), header
+        return lf.select(exprs), header, mapping
     raise DataError(f"--format: expected one of {list(FORMATS)}, got {fmt!r}")
 
 
 def read_interactions(
-    path: str | Path, fmt: str = "auto", columns: ColumnMap | None = None
+    path: str | Path,
+    fmt: str = "auto",
+    columns: ColumnMap | None = None,
+    *,
+    option: str = "--input",
 ) -> tuple[pl.DataFrame, str]:
     """Read one interaction log (lazily, collected once) and normalise it.
+
+    Args:
+        path: the log file, or a directory holding one.
+        fmt: one of :data:`FORMATS`.
+        columns: column names of generic csv/tsv/parquet input.
+        option: the command-line option that named ``path`` (for messages: ``--input``,
+            ``--test``, ``--valid``).
 
     Returns:
         ``(frame, format)``: user_id, item_id, rating (Float64), timestamp (Int64), _line.
 
     Raises:
         FileNotFoundError: missing file.
-        DataError: unknown format, missing columns, non-numeric ratings/timestamps (naming the
-            line), missing ids, or an empty file.
+        DataError: unknown format, an empty file, missing columns, a line with the wrong number
+            of fields or the wrong delimiter, non-numeric, non-finite or out-of-range ratings
+            (|rating| <= :data:`MAX_ABS_RATING`), bad timestamps or ids - each naming the file,
+            and where there is one the line and column.
     """
     path = Path(path)
     if fmt not in FORMATS:
         raise DataError(f"--format: expected one of {list(FORMATS)}, got {fmt!r}")
     if not path.exists():
-        raise FileNotFoundError(f"--input: file not found: {path}")
+        raise FileNotFoundError(f"{option}: file not found: {path}")
     if fmt == "auto":
-        fmt, path = detect_format(path)
+        fmt, path = detect_format(path, option=option)
     elif path.is_dir():
-        _, path = detect_format(path)
-    lf, header = _scan(path, fmt, columns or ColumnMap())
-    if "_row" not in lf.collect_schema().names():
-        lf = lf.with_row_index("_row")
+        _, path = detect_format(path, option=option)
+    _check_not_empty(path, fmt, option)
     try:
+        lf, header, names = _scan(path, fmt, columns or ColumnMap())
+        if "_row" not in lf.collect_schema().names():
+            lf = lf.with_row_index("_row")
         df = lf.collect()
     except (pl.exceptions.PolarsError, OSError) as exc:
-        raise DataError(f"{path}: could not be parsed as {fmt}: {exc}") from exc
-    if fmt in ("ml-1m", "movietweetings"):
-        bad = df.filter(
-            pl.any_horizontal(pl.col(c).is_not_null() for c in ("_s1", "_s2", "_s3"))
-            | pl.col("timestamp").is_null()
-        )
+        hint = " (text input must be UTF-8)" if "utf" in str(exc).lower() else ""
+        raise DataError(f"{path}: could not be parsed as {fmt}: {exc}{hint}") from exc
+    if fmt in _DELIMITED:
+        bad = df.filter(pl.col("_fields") != 4)
         if bad.height:
             line = int(bad["_row"][0]) + 1
-            raise DataError(f"{path}, line {line}: expected user::item::rating::timestamp")
-        df = df.drop("_s1", "_s2", "_s3")
+            sep_name = _DELIMITED[fmt][1]
+            text = _line_text(path, line)
+            raise DataError(
+                f"{path}, line {line}: expected 4 fields (user, item, rating, timestamp) "
+                f"separated by {sep_name} ({fmt}), got {int(bad['_fields'][0])} field(s) in "
+                f"{text!r}"
+            )
+        df = df.drop("_fields")
+    if fmt == "adjacency":
+        bad = df.filter(~pl.col("_valid"))
+        if bad.height:
+            line = int(bad["_row"][0]) + 1
+            text = _line_text(path, line)
+            tokens = text.strip(" ").split(" ")
+            token = next((t for t in tokens if not re.fullmatch(r"[0-9]+", t)), text)
+            raise DataError(
+                f"{path}, line {line}: expected non-negative integer ids separated by single "
+                f"spaces (user item item ...), got {token!r} in {text!r}"
+            )
+        df = df.drop("_valid")
     if df.height == 0:
         raise DataError(f"{path}: empty input (no interactions)")
     df = df.with_columns((pl.col("_row").cast(pl.Int64) + 1 + header).alias("_line")).drop("_row")
-    return normalise(df, str(path)), fmt
+    out = normalise(df, str(path), names)
+    if fmt in _MOVIELENS:
+        for col in ("rating", "timestamp"):
+            missing = out[col].is_null()
+            if missing.any():
+                _fail(out, missing, col, str(path), f"a {col} ({fmt} lines all have one)", names)
+    return out, fmt
 
 
-def normalise(df: pl.DataFrame, source: str) -> pl.DataFrame:
-    """Type the columns: ids canonical-int -> Int64 else String; rating Float64; timestamp Int64."""
+def normalise(df: pl.DataFrame, source: str, names: dict[str, str] | None = None) -> pl.DataFrame:
+    """Type the columns: ids canonical-int -> Int64 else String; rating Float64; timestamp Int64.
+
+    ``names`` maps user_id / item_id / rating / timestamp to the source's column names, used in
+    messages.
+    """
+    names = names or {}
     out = {}
     for col in ("user_id", "item_id"):
-        out[col] = _normalise_id(df, col, source)
-    out["rating"] = _to_float(df, "rating", source)
-    out["timestamp"] = _to_epoch(df, "timestamp", source)
+        out[col] = _normalise_id(df, col, source, names)
+    out["rating"] = _to_float(df, "rating", source, names)
+    out["timestamp"] = _to_epoch(df, "timestamp", source, names)
     return pl.DataFrame({**out, "_line": df["_line"]})
 
 
-def _fail(df: pl.DataFrame, mask: pl.Series, col: str, source: str, expected: str) -> None:
+def _fail(
+    df: pl.DataFrame,
+    mask: pl.Series,
+    col: str,
+    source: str,
+    expected: str,
+    names: dict[str, str] | None = None,
+) -> None:
     row = df.filter(mask).row(0, named=True)
+    label = (names or {}).get(col, col)
     raise DataError(
-        f"{source}, line {row['_line']}, column {col!r}: expected {expected}, got {row[col]!r}"
+        f"{source}, {_unit(source)} {row['_line']}, column {label!r}: expected {expected}, "
+        f"got {row[col]!r}"
     )
 
 
-def _normalise_id(df: pl.DataFrame, col: str, source: str) -> pl.Series:
+def _unit(source: str) -> str:
+    """Parquet has rows, text files have lines."""
+    return "row" if source.lower().endswith(".parquet") else "line"
+
+
+def _normalise_id(df: pl.DataFrame, col: str, source: str, names: dict[str, str]) -> pl.Series:
     series = df[col]
     if series.null_count():
-        _fail(df, series.is_null(), col, source, "a non-empty id")
+        _fail(df, series.is_null(), col, source, "a non-empty id", names)
     if series.dtype.is_integer():
-        return series.cast(pl.Int64)
+        return _int_ids(df, series, col, source, names)
     if series.dtype != pl.String:
         if series.dtype.is_float():
-            frac = series != series.floor()
+            frac = ~series.is_finite() | (series != series.floor()) | (series.abs() >= 2**62)
             if frac.any():
-                _fail(df, frac, col, source, "an integer or string id")
+                _fail(df, frac, col, source, "an integer or string id", names)
             return series.cast(pl.Int64)
-        return series.cast(pl.String)
+        try:
+            return series.cast(pl.String)
+        except pl.exceptions.PolarsError as exc:
+            label = names.get(col, col)
+            raise DataError(
+                f"{source}, column {label!r}: expected integer or string ids, got {series.dtype}"
+            ) from exc
     series = series.str.strip_chars()
     if (series == "").any():
-        _fail(df, series == "", col, source, "a non-empty id")
+        _fail(df, series == "", col, source, "a non-empty id", names)
     if series.str.contains(_CANONICAL_INT).all():
         return series.cast(pl.Int64)
     return series
 
 
-def _to_float(df: pl.DataFrame, col: str, source: str) -> pl.Series:
-    series = df[col]
-    if series.dtype.is_numeric():
-        return series.cast(pl.Float64)
-    cast = series.cast(pl.Float64, strict=False)
+def _int_ids(
+    df: pl.DataFrame, series: pl.Series, col: str, source: str, names: dict[str, str]
+) -> pl.Series:
+    """Integer ids as Int64 (a UInt64 id beyond Int64 is refused, not wrapped)."""
+    cast = series.cast(pl.Int64, strict=False)
     bad = cast.is_null() & series.is_not_null()
     if bad.any():
-        _fail(df, bad, col, source, "a number")
-    if cast.is_nan().any():
-        _fail(df, cast.is_nan(), col, source, "a number")
+        _fail(df, bad, col, source, "an integer id below 2**63", names)
     return cast
 
 
-def _to_epoch(df: pl.DataFrame, col: str, source: str) -> pl.Series:
+def _to_float(df: pl.DataFrame, col: str, source: str, names: dict[str, str]) -> pl.Series:
     series = df[col]
-    if series.dtype.is_integer():
-        return series.cast(pl.Int64)
-    if series.dtype.is_float():
+    if series.dtype == pl.Null:
+        return series.cast(pl.Float64)
+    if series.dtype.is_numeric():
+        cast = series.cast(pl.Float64)
+    else:
+        cast = series.cast(pl.Float64, strict=False)
+        bad = cast.is_null() & series.is_not_null()
+        if bad.any():
+            _fail(df, bad, col, source, "a number", names)
+    bad = cast.is_not_null() & ~(cast.is_finite() & (cast.abs() <= MAX_ABS_RATING))
+    if bad.any():
+        _fail(df, bad, col, source, f"a finite number with |{col}| <= {MAX_ABS_RATING:,.0f}", names)
+    return cast
+
+
+def _to_epoch(df: pl.DataFrame, col: str, source: str, names: dict[str, str]) -> pl.Series:
+    series = df[col]
+    expected = "an integer unix time or an ISO date/time"
+    if series.dtype == pl.Null:
         return series.cast(pl.Int64)
     if series.dtype in (pl.Datetime, pl.Date):
         return series.cast(pl.Datetime("us")).dt.epoch("s")
-    if series.dtype == pl.Null:
-        return series.cast(pl.Int64)
+    if series.dtype.is_numeric():
+        bad = pl.Series([False] * len(series))
+        if series.dtype.is_float():
+            bad = series.is_not_null() & ~(series.is_finite() & (series.abs() < _MAX_ABS_TIMESTAMP))
+        as_int = series.cast(pl.Int64, strict=False)
+        bad = bad | (as_int.is_null() & series.is_not_null())
+        if bad.any():
+            _fail(df, bad, col, source, expected, names)
+        return as_int
+    if series.dtype != pl.String:
+        try:
+            series = series.cast(pl.String)
+        except pl.exceptions.PolarsError as exc:
+            label = names.get(col, col)
+            raise DataError(
+                f"{source}, column {label!r}: expected {expected}, got {series.dtype}"
+            ) from exc
     as_int = series.cast(pl.Int64, strict=False)
     bad = as_int.is_null() & series.is_not_null()
     if bad.any():
@@ -293,78 +472,5 @@ def _to_epoch(df: pl.DataFrame, col: str, source: str) -> pl.Series:
         as_int = pl.select(pl.coalesce(as_int, parsed)).to_series()
         bad = as_int.is_null() & series.is_not_null()
         if bad.any():
-            _fail(df, bad, col, source, "an integer unix time or an ISO date/time")
+            _fail(df, bad, col, source, expected, names)
     return as_int
-
-
-# ------------------------------------------------------------------------------ item metadata
-_ML100K_GENRES = [
-    "unknown",
-    "Action",
-    "Adventure",
-    "Animation",
-    "Children's",
-    "Comedy",
-    "Crime",
-    "Documentary",
-    "Drama",
-    "Fantasy",
-    "Film-Noir",
-    "Horror",
-    "Musical",
-    "Mystery",
-    "Romance",
-    "Sci-Fi",
-    "Thriller",
-    "War",
-    "Western",
-]
-
-
-def read_item_metadata(path: str | Path, fmt: str) -> pl.DataFrame | None:
-    """Titles and genres beside the ratings file, when the source ships them.
-
-    Returns:
-        item_id (String, raw), title (String), genres (List[String]); None when absent.
-    """
-    path = Path(path)
-    folder = path if path.is_dir() else path.parent
-    rows: list[tuple[str, str, list[str]]] = []
-    if fmt == "ml-100k" and (folder / "u.item").is_file():
-        text = (folder / "u.item").read_bytes().decode("latin-1")
-        for line in text.splitlines():
-            parts = line.split("|")
-            if len(parts) < 5 + len(_ML100K_GENRES):
-                continue
-            flags = parts[5 : 5 + len(_ML100K_GENRES)]
-            rows.append(
-                (
-                    parts[0],
-                    parts[1],
-                    [g for g, f in zip(_ML100K_GENRES, flags, strict=True) if f == "1"],
-                )
-            )
-    elif fmt in ("ml-1m", "movietweetings") and (folder / "movies.dat").is_file():
-        enc = "utf-8" if fmt == "movietweetings" else "latin-1"
-        text = (folder / "movies.dat").read_bytes().decode(enc, errors="replace")
-        for line in text.splitlines():
-            parts = line.split("::")
-            if len(parts) >= 2:
-                genres = parts[2].split("|") if len(parts) > 2 and parts[2] else []
-                rows.append((parts[0], parts[1], genres))
-    elif fmt == "ml-latest" and (folder / "movies.csv").is_file():
-        movies = pl.read_csv(folder / "movies.csv", infer_schema=False)
-        return movies.select(
-            pl.col("movieId").alias("item_id"),
-            pl.col("title"),
-            pl.col("genres")
-            .str.split("|")
-            .list.eval(pl.element().filter(pl.element() != "(no genres listed)")),
-        )
-    if not rows:
-        return None
-    return pl.DataFrame(
-        rows,
-        schema={"item_id": pl.String, "title": pl.String, "genres": pl.List(pl.String)},
-        orient="row",
-    )
