@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -254,3 +255,25 @@ def test_cli_trains_ranker_from_names_and_from_trained_dirs(dataset, tmp_path):
         text=True,
     )
     assert bad.returncode == 2 and "neither a model name" in bad.stderr
+
+
+def test_components_of_another_item_vocabulary_are_refused(dataset, tmp_path):
+    """Issue: a model is served on another dataset (here: blended into a ranker)."""
+    ease = EASE(l2=10.0, l2_grid=(), device="cpu").fit(dataset.train)
+    ease.item_ids = dataset.item_ids
+    alien = EASE(l2=10.0, l2_grid=(), device="cpu").fit(dataset.train)
+    alien.item_ids = np.array([f"other-{i}" for i in dataset.item_ids], dtype=object)
+    # same item count, other ids: blending them would mix up items
+    with pytest.raises(ValueError, match=r"models\[1\] \(ease\): its item vocabulary differs"):
+        Ranker.from_fitted([ease, alien], dataset.train, device="cpu")
+    path = alien.save(tmp_path / "alien")
+    with pytest.raises(ValueError, match=r"RankerConfig.components\[1\] .*alien.*vocabulary"):
+        Ranker(components=("popularity", str(path)), device="cpu").fit_dataset(dataset)
+    # a saved ranker whose component was swapped for one of another catalogue
+    saved = Ranker.from_fitted([ease], dataset.train, device="cpu").save(tmp_path / "r")
+    comp = saved / "components" / "0-ease" / "items.json"
+    comp.write_text(json.dumps([str(x) for x in alien.item_ids]))
+    with pytest.raises(ValueError, match=r"components\[0\] \(ease\): its item vocabulary"):
+        load_model(saved)
+    comp.write_text(json.dumps([str(x) for x in dataset.item_ids]))
+    assert load_model(saved).n_items == dataset.n_items  # the same ids (as text) load

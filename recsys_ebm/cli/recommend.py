@@ -30,8 +30,19 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="'all', 'test' (users with test interactions) or a file of raw user ids "
         "(csv/parquet with a user_id column, or one id per line)",
     )
-    p.add_argument("--n", type=int, default=100, help="list length per user (default: 100)")
-    p.add_argument("--out", required=True, help="output Parquet file")
+    p.add_argument(
+        "--n",
+        type=int,
+        default=100,
+        help="list length per user, > 0 (default: 100); capped at the catalogue size (the "
+        "number of items in --data)",
+    )
+    p.add_argument(
+        "--out",
+        required=True,
+        help="output Parquet file, written atomically. One job per output: OUT.lock is held "
+        "while the job runs and a second job on the same --out fails at once",
+    )
     p.add_argument(
         "--shard",
         default=None,
@@ -41,12 +52,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--resume",
         action="store_true",
-        help="continue a killed job: keep finished chunks in OUT.parts/",
+        help="continue a killed job: keep finished chunks in OUT.parts/ (refused when the "
+        "model, --data, the users, the --history file or an option changed)",
     )
     p.add_argument(
         "--history",
         default=None,
-        help="csv/parquet of user_id,item_id histories for users absent from --data",
+        help="csv/parquet of user_id,item_id histories for users absent from --data (every "
+        "row needs both ids)",
     )
     p.add_argument("--chunk-size", type=int, default=2048, help="users per chunk (default 2048)")
     add_tracking_options(p)
@@ -54,14 +67,28 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import sys
     import tempfile
     from pathlib import Path
 
-    from recsys_ebm.batch import model_version, parse_shard
+    from recsys_ebm.batch import (
+        BatchIntegrityError,
+        check_n,
+        model_version,
+        output_lock,
+        parse_shard,
+    )
     from recsys_ebm.models import load_model
 
     shard = parse_shard(args.shard)
-    with tempfile.TemporaryDirectory(prefix="recsys-ebm-model-") as tmp:
+    check_n(args.n)
+    if args.chunk_size <= 0:
+        raise ValueError(f"--chunk-size: expected a positive int, got {args.chunk_size}")
+    # the lock first: a second job on the same --out fails before loading anything
+    with (
+        output_lock(Path(args.out)),
+        tempfile.TemporaryDirectory(prefix="recsys-ebm-model-") as tmp,
+    ):
         if args.model.startswith("models:/"):
             from recsys_ebm.registry import resolve_model_uri
 
@@ -70,22 +97,26 @@ def run(args: argparse.Namespace) -> int:
             model_dir = Path(args.model)
             version = model_version(model_dir) if (model_dir / "model.json").is_file() else ""
         model = load_model(model_dir, device="auto")
-        return _run(args, model, model_dir, version, shard)
+        try:
+            return _run(args, model, model_dir, version, shard)
+        except BatchIntegrityError as exc:  # not bad input: exit 1, but no traceback
+            print(f"recsys-ebm {args.command}: error: {exc}", file=sys.stderr)
+            return 1
 
 
 def _run(args, model, model_dir, version, shard) -> int:  # noqa: ANN001
     from pathlib import Path
 
-    from recsys_ebm.batch import run_batch
+    from recsys_ebm.batch import model_version, run_batch
+    from recsys_ebm.compat import check_model_matches_dataset
     from recsys_ebm.data.dataset import Dataset
     from recsys_ebm.tracking import log_dataset, log_params_flat, mlflow_run
 
     dataset = Dataset.load(args.data)
-    if model.n_items != dataset.n_items:
-        raise ValueError(
-            f"--model: {model_dir} was trained on {model.n_items} items, --data has "
-            f"{dataset.n_items}"
-        )
+    check_model_matches_dataset(model, dataset, argument=f"--model {args.model}")
+    # what the job manifest (--resume) records of the model: the hash of its directory
+    local = not args.model.startswith("models:/")
+    model_hash = version if local and version else model_version(model_dir)
     with mlflow_run(
         "recommend",
         tracking_uri=args.tracking_uri,
@@ -105,6 +136,7 @@ def _run(args, model, model_dir, version, shard) -> int:  # noqa: ANN001
             history_file=Path(args.history) if args.history else None,
             chunk_size=args.chunk_size,
             version=version,
+            model_hash=model_hash,
         )
         if run_ is not None:
             import mlflow
@@ -128,6 +160,8 @@ def _run(args, model, model_dir, version, shard) -> int:  # noqa: ANN001
                 }
             )
             mlflow.set_tag("output", str(Path(args.out).resolve()))
+    if res.n < args.n:
+        print(f"note: --n {args.n} capped at the catalogue size, {res.n} items")
     print(
         f"wrote {res.n_rows:,} recommendations for {res.n_users:,} users to {res.out} "
         f"in {res.seconds:.1f}s ({res.chunks_done} chunks scored, {res.chunks_skipped} resumed)"

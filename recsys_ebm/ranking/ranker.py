@@ -12,6 +12,10 @@ A :class:`Ranker` is itself a :class:`~recsys_ebm.models.base.Recommender`. Pipe
    with the ranker) - applied in :meth:`Ranker.recommend`, so they are never violated.
 5. **fallback**: a user with an empty history gets popularity energies, -log(1 + count).
 
+Components must index the same items (raw ids, in order) as each other and as the ranker's
+dataset: a trained directory of another item vocabulary is refused (ValueError) by
+:meth:`Ranker.fit_dataset`, :meth:`Ranker.from_fitted` and :meth:`Ranker.load`.
+
 Saved layout: the base files (``model.json``, ``weights.safetensors`` holding the blend weights and
 popularity energies, ``items.json``/``users.json``), ``components/<k>-<name>/`` (each a saved model
 directory), ``history.npz`` (known users' history, scipy npz) and ``item_genres.json``.
@@ -112,13 +116,21 @@ class Ranker(Recommender):
         self.item_genres: list[list[str]] | None = None  # per item index
 
     # ------------------------------------------------------------------ components
-    def _build_components(self, n_items: int | None = None) -> list[tuple[Recommender, bool]]:
-        """(model, trainable) per configured component: names are built, directories loaded."""
+    def _build_components(
+        self, n_items: int | None = None, dataset: Any = None
+    ) -> list[tuple[Recommender, bool]]:
+        """(model, trainable) per configured component: names are built, directories loaded.
+
+        A loaded directory must index the items of ``dataset`` (when given, see
+        :func:`recsys_ebm.compat.check_model_matches_dataset`), else ``n_items`` of them, and
+        the loaded directories the same items as each other.
+        """
+        from recsys_ebm.compat import check_model_matches_dataset
         from recsys_ebm.models import MODEL_PATHS, get_model_class, load_model
 
         out = []
         overrides = self.config.component_config or {}
-        for ref in self.config.components:
+        for k, ref in enumerate(self.config.components):
             if ref in MODEL_PATHS:
                 if ref == self.name:
                     raise ConfigError("RankerConfig.components: a ranker cannot contain a ranker")
@@ -126,7 +138,11 @@ class Ranker(Recommender):
                 out.append((cls(**overrides.get(ref, {})), True))
             elif (Path(ref) / "model.json").is_file():
                 m = load_model(ref, device=self.config.device)
-                if n_items is not None and m.n_items != n_items:
+                if dataset is not None:
+                    check_model_matches_dataset(
+                        m, dataset, argument=f"RankerConfig.components[{k}] ({ref})"
+                    )
+                elif n_items is not None and m.n_items != n_items:
                     raise ValueError(
                         f"components: {ref} was trained on {m.n_items} items, data has {n_items}"
                     )
@@ -136,6 +152,7 @@ class Ranker(Recommender):
                     f"RankerConfig.components: {ref!r} is neither a model name "
                     f"{sorted(MODEL_PATHS)} nor a saved model directory"
                 )
+        check_same_items([m for m, t in out if not t], "RankerConfig.components")
         for m, _ in out:
             if m.history_values != "binary":
                 raise ConfigError(
@@ -200,17 +217,22 @@ class Ranker(Recommender):
         for m in models:
             if m.n_items != train.shape[1]:
                 raise ValueError(f"models: {m!r} has {m.n_items} items, train {train.shape[1]}")
+        check_same_items(models, "models")
         if valid is not None:
             valid = as_user_items(valid, train.shape[1], "valid")
         full = train if valid is None else _binary(train + valid)
         built = [(m, False) for m in models]
         ranker._finish(built, train, valid, np.arange(train.shape[0]), full, callback, None)
+        # the blended vocabulary (checked equal above), so serving can check it against data
+        ranker.item_ids = next(
+            (ids for m in models if (ids := getattr(m, "item_ids", None)) is not None), None
+        )
         return ranker
 
     def fit_dataset(self, dataset: Any, *, callback: EpochCallback | None = None) -> Self:
         """Fit components on the dataset (so ratings/metadata-aware ones get theirs), learn the
         weights on its validation split, refit on train + valid, keep item genres."""
-        built = self._build_components(dataset.n_items)
+        built = self._build_components(dataset.n_items, dataset)
         for k, (m, trainable) in enumerate(built):
             if trainable:
                 m.fit_dataset(dataset, callback=self._callback(k, m, callback))
@@ -439,11 +461,61 @@ class Ranker(Recommender):
         path = Path(path)
         dirs = sorted((path / "components").iterdir(), key=lambda p: int(p.name.split("-")[0]))
         model.components = [load_model(d, device=device) for d in dirs]
+        for d, m in zip(dirs, model.components, strict=True):
+            if m.n_items != model.n_items:
+                raise ValueError(
+                    f"path: {path}'s component {d.name} indexes {m.n_items} items, the ranker "
+                    f"{model.n_items}"
+                )
+        check_same_items(
+            model.components, f"path: {path} components", ref_ids=model.item_ids, ref="the ranker"
+        )
         if (path / "history.npz").is_file():
             model.history = sp.csr_matrix(sp.load_npz(path / "history.npz"), dtype=np.float32)
         if (path / "item_genres.json").is_file():
             model.item_genres = json.loads((path / "item_genres.json").read_text())
         return model
+
+
+def check_same_items(
+    models: list[Any], argument: str, *, ref_ids: Any = None, ref: str = ""
+) -> None:
+    """Raise ValueError unless the models index the same items (and ``ref_ids`` when given).
+
+    Saved item ids are compared where a model has them (same raw ids in the same order); a model
+    without ids is compared by the fingerprint of the dataset it was trained on, if any.
+    """
+    want = None if ref_ids is None else [str(x) for x in np.asarray(ref_ids, dtype=object)]
+    fps: dict[str, str] = {}  # dataset fingerprint -> first model trained on it
+    for k, m in enumerate(models):
+        who = f"{argument}[{k}] ({getattr(m, 'name', None) or type(m).__name__})"
+        ids = getattr(m, "item_ids", None)
+        if ids is None:
+            fp = (getattr(m, "fit_info", None) or {}).get("dataset_fingerprint")
+            if fp is not None:
+                fps.setdefault(fp, who)
+            continue
+        mine = [str(x) for x in np.asarray(ids, dtype=object)]
+        if want is None:
+            want, ref = mine, who
+        elif mine != want:
+            diff = next(
+                (j for j, (a, b) in enumerate(zip(mine, want, strict=False)) if a != b),
+                min(len(mine), len(want)),
+            )
+            got = mine[diff] if diff < len(mine) else "(none)"
+            exp = want[diff] if diff < len(want) else "(none)"
+            raise ValueError(
+                f"{who}: its item vocabulary differs from {ref}'s (first difference at item "
+                f"index {diff}: {got!r} vs {exp!r}); a ranker blends models trained on the "
+                "same items"
+            )
+    if want is None and len(fps) > 1:
+        (a, who_a), (b, who_b) = list(fps.items())[:2]
+        raise ValueError(
+            f"{who_b}: trained on dataset {b}, {who_a} on dataset {a}, and neither saved its "
+            "item ids to compare; a ranker blends models trained on the same items"
+        )
 
 
 def _binary(m: sp.csr_matrix) -> sp.csr_matrix:
