@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import tomllib
 import types
 import typing
@@ -94,7 +95,18 @@ class Config:
             value = getattr(self, f.name)
             coerced = _coerce(f.name, value, hints[f.name], f"{type(self).__name__}.")
             object.__setattr__(self, f.name, coerced)
+            self._check_finite(f.name, coerced)
         self.validate()
+
+    def _check_finite(self, name: str, value: Any) -> None:
+        """Every float (and every float in a tuple) must be finite: NaN or inf would train a
+        model of NaNs, or pass every range check unseen (NaN compares False)."""
+        values = value if isinstance(value, tuple) else (value,)
+        for v in values:
+            if isinstance(v, float) and not math.isfinite(v):
+                raise ConfigError(
+                    f"{type(self).__name__}.{name}: expected a finite number, got {value!r}"
+                )
 
     def validate(self) -> None:
         """Check cross-field rules; raise :class:`ConfigError` naming the field."""
@@ -104,6 +116,19 @@ class Config:
             value = getattr(self, name)
             if value is not None and value <= 0:
                 raise ConfigError(f"{type(self).__name__}.{name}: expected > 0, got {value!r}")
+
+    def _check_nonnegative(self, *names: str) -> None:
+        for name in names:
+            value = getattr(self, name)
+            if value is not None and value < 0:
+                raise ConfigError(f"{type(self).__name__}.{name}: expected >= 0, got {value!r}")
+
+    def _check_nonempty(self, *names: str) -> None:
+        for name in names:
+            if not getattr(self, name):
+                raise ConfigError(
+                    f"{type(self).__name__}.{name}: expected at least one value, got an empty list"
+                )
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -11,6 +11,8 @@ __all__ = [
     "ConfigWarning",
     "DataError",
     "DataWarning",
+    "DivergenceError",
+    "ModelFileError",
     "ModelFitError",
     "NotFittedError",
 ]
@@ -26,6 +28,17 @@ class ConfigError(ValueError):
 
 class ModelFitError(RuntimeError):
     """Training diverged (NaN or exploding parameters); says which epoch and which quantity."""
+
+
+class DivergenceError(ModelFitError, ValueError):
+    """Training diverged: a loss or parameter became NaN/inf or exploded. The message names the
+    model, the epoch and step, the quantity, and suggests a lower ``learning_rate``. Also a
+    ``ValueError`` (the CLI exits 2 with the message); nothing is saved."""
+
+
+class ModelFileError(ValueError):
+    """A saved model or checkpoint file is truncated, corrupt, unsafe (pickled code) or lacks a
+    tensor; the message names the file and says how to recover (retrain, or remove it)."""
 
 
 class NotFittedError(RuntimeError):

@@ -1,7 +1,9 @@
 import numpy as np
+import pytest
 import scipy.sparse as sp
 
 from recsys_ebm.data.synthetic import checkerboard
+from recsys_ebm.diagnostics import ConfigError, DivergenceError
 from recsys_ebm.models.ease import EASE
 from tests.recommender_mixin import RecommenderTestMixin
 
@@ -29,3 +31,15 @@ def test_l2_is_chosen_on_validation():
     assert set(model.fit_info["valid_ndcg@10_by_l2"]) == {"0.5", "5000.0"}
     best = max(model.fit_info["valid_ndcg@10_by_l2"].values())
     assert model.fit_info["valid_ndcg@10_by_l2"][str(model.config.l2)] == best
+
+
+def test_singular_gram_with_tiny_l2_is_a_value_error_naming_l2():
+    x = np.zeros((5, 4), np.float32)
+    x[:, :2] = 1.0  # items 0 and 1 have identical histories: X^T X is singular
+    with pytest.raises(DivergenceError, match=r"l2=1e-30.*raise l2"):
+        EASE(l2=1e-30, l2_grid=(), device="cpu", progress=False).fit(sp.csr_matrix(x))
+
+
+def test_nan_in_l2_grid_is_refused_at_construction():
+    with pytest.raises(ConfigError, match=r"EASEConfig\.l2_grid: expected a finite number"):
+        EASE(l2_grid=(100.0, float("nan")))

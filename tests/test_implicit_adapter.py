@@ -1,7 +1,9 @@
 import numpy as np
+import pytest
 import scipy.sparse as sp
 
 from recsys_ebm.data.synthetic import checkerboard
+from recsys_ebm.diagnostics import ConfigError, DivergenceError
 from recsys_ebm.models.implicit_adapter import ALS, BPR
 from tests.recommender_mixin import RecommenderTestMixin
 
@@ -77,3 +79,24 @@ def test_training_keeps_openblas_single_threaded_in_a_fresh_process():
         [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
     )
     assert out.stdout.strip() == "[]", out.stdout + out.stderr
+
+
+def test_bpr_divergence_is_a_value_error_naming_the_fix():
+    """lr 1e9 makes implicit's factors NaN; its own ModelFitError (not a ValueError) is wrapped."""
+    with pytest.raises(DivergenceError, match=r"bpr: the factors are NaN/inf.*lower learning_rate"):
+        BPR(factors=4, epochs=3, learning_rate=1e9, num_threads=1).fit(checkerboard(seed=0).train)
+
+
+def test_negative_regularization_is_refused():
+    with pytest.raises(ConfigError, match=r"ALSConfig\.regularization: expected >= 0, got -100"):
+        ALS(regularization=-100)
+
+
+def test_bpr_on_one_thread_is_reproducible():
+    """BPR's documented way to reproducibility (its threads run lock-free Hogwild SGD)."""
+    x = sp.random(300, 400, density=0.05, random_state=1, format="csr", dtype=np.float32)
+    x.data[:] = 1.0
+    a = BPR(factors=8, epochs=3, num_threads=1, seed=4).fit(x)
+    b = BPR(factors=8, epochs=3, num_threads=1, seed=4).fit(x)
+    assert np.array_equal(a.item_factors.numpy(), b.item_factors.numpy())
+    assert np.array_equal(a.user_factors.numpy(), b.user_factors.numpy())

@@ -4,7 +4,7 @@ import scipy.sparse as sp
 import torch
 
 from recsys_ebm.data.synthetic import checkerboard
-from recsys_ebm.diagnostics import ModelFitError
+from recsys_ebm.diagnostics import ConfigError, DivergenceError, ModelFitError
 from recsys_ebm.models.rbm import RBM
 from tests.recommender_mixin import RecommenderTestMixin
 
@@ -40,8 +40,31 @@ def test_k_schedule():
 
 def test_divergence_guard_names_epoch_and_quantity():
     board = checkerboard(seed=0)
-    with pytest.raises(ModelFitError, match=r"epoch 0: max \|W\|"):
+    with pytest.raises(ModelFitError, match=r"epoch 1, step 1: max \|W\|"):
         small(learning_rate=50.0, max_abs_param=1.0, epochs=2).fit(board.train)
+
+
+def test_huge_learning_rate_stops_with_a_value_error_before_torch_crashes():
+    """lr 1e9 once crashed inside torch.bernoulli (NaN probabilities) before any check ran; the
+    per-step guard stops it at the first step with a ValueError naming epoch, step and fix."""
+    board = checkerboard(seed=0)
+    with pytest.raises(DivergenceError, match=r"RBM diverged at epoch 1, step 1: .*learning_rate"):
+        small(learning_rate=1e9, epochs=2).fit(board.train)
+    assert issubclass(DivergenceError, ValueError)
+
+
+@pytest.mark.parametrize("field", ["learning_rate", "weight_decay", "momentum", "init_std"])
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_non_finite_floats_are_refused(field, value):
+    with pytest.raises(ConfigError, match=rf"RBMConfig.{field}: expected a finite number"):
+        RBM(**{field: value})
+
+
+def test_negative_weight_decay_and_zero_lr_decay_are_refused():
+    with pytest.raises(ConfigError, match="weight_decay: expected >= 0"):
+        RBM(weight_decay=-1.0)
+    with pytest.raises(ConfigError, match="lr_decay: expected > 0"):
+        RBM(lr_decay=0.0)
 
 
 def test_monitoring_curves_and_early_stopping():

@@ -11,7 +11,7 @@ import scipy.sparse as sp
 import torch
 
 from recsys_ebm.data.synthetic import checkerboard, planted_communities
-from recsys_ebm.diagnostics import ConfigError, DataWarning
+from recsys_ebm.diagnostics import ConfigError, DataWarning, DivergenceError
 from recsys_ebm.evaluation.protocol import evaluate_ranking
 from recsys_ebm.models._retriever_train import batch_history
 from recsys_ebm.models.ann import ItemIndex
@@ -335,3 +335,18 @@ def test_ann_index_matches_exact_search(board, kind):
     )
     with pytest.raises(ValueError, match="n_candidates"):
         model.retrieve(board.train, 0, index=model.build_index(kind))
+
+
+def test_huge_learning_rate_is_refused_before_anything_is_saved(board):
+    """lr 1e9 once gave weights of ~1e9: finite, but cosine similarity squares them, the norms
+    overflow to inf and every vector normalised to 0, so a model of all-zero energies (everyone
+    got items 1-5) was saved with exit 0. The per-step weight guard stops it at step 1."""
+    with pytest.raises(
+        DivergenceError, match=r"Retriever diverged at epoch 1, step 1: .*lower learning_rate"
+    ):
+        small(learning_rate=1e9, epochs=1).fit(board.train)
+
+
+def test_nan_learning_rate_is_refused():
+    with pytest.raises(ConfigError, match=r"RetrieverConfig\.learning_rate: expected a finite"):
+        small(learning_rate=float("nan"))

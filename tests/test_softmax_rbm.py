@@ -272,8 +272,16 @@ def test_bad_input_names_the_argument():
 
 def test_divergence_guard_names_epoch_and_quantity():
     train, _ = planted_ratings()
-    with pytest.raises(ModelFitError, match=r"epoch 0: max \|[Wbc]\|"):
+    with pytest.raises(ModelFitError, match=r"epoch 1, step 1: max \|[Wbc]\|"):
         small(learning_rate=50.0, max_abs_param=1.0, epochs=2).fit(train)
+
+
+def test_huge_learning_rate_stops_before_sampling_nan_probabilities():
+    train, _ = planted_ratings()
+    with pytest.raises(
+        ValueError, match=r"SoftmaxRBM diverged at epoch 1, step 1: .*learning_rate"
+    ):
+        small(learning_rate=1e9, epochs=2).fit(train)
 
 
 # ---------------------------------------------------------------------------- dataset, CLI

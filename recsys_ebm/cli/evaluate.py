@@ -17,6 +17,16 @@ def _ks(text: str) -> tuple[int, ...]:
     return ks
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected a positive int, got {text!r}") from exc
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive int, got {text!r}")
+    return value
+
+
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "evaluate",
@@ -49,7 +59,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--bootstrap",
-        type=int,
+        type=_positive_int,
         default=1000,
         help="bootstrap resamples for the 95%% intervals (default: 1000)",
     )

@@ -25,6 +25,7 @@ from recsys_ebm.evaluation.stats import bootstrap_ci, paired_test
 __all__ = ["BASELINES", "EvaluationResult", "ModelResult", "evaluate_models"]
 
 BASELINES = ("popularity", "ease", "als", "bpr")
+_BLOCK_USERS = 4096  # users ranked per progress step
 
 
 @dataclass
@@ -74,17 +75,36 @@ def evaluate_models(
     n_boot: int = 1000,
     energy_sample_users: int = 300,
     seed: int = 0,
+    progress: bool = True,
 ) -> EvaluationResult:
-    """Evaluate fitted models (name -> Recommender) on ``split`` of ``dataset``."""
+    """Evaluate fitted models (name -> Recommender) on ``split`` of ``dataset``.
+
+    With ``progress``, stderr shows a bar per model and per block of users on a terminal, and
+    timestamped lines in a log (:mod:`recsys_ebm.progress`).
+
+    Raises:
+        ValueError: no models, bad ``ks`` or ``n_boot``, or no user of ``split`` has both a
+            held-out item and a history (nothing to evaluate).
+    """
+    from recsys_ebm.progress import progress as make_progress
+
     if not models:
         raise ValueError("models: expected at least one model, got none")
     ks = tuple(sorted(set(int(k) for k in ks)))
     if not ks or ks[0] <= 0:
         raise ValueError(f"ks: expected positive cut-offs, got {ks}")
+    if isinstance(n_boot, bool) or not isinstance(n_boot, int | np.integer) or n_boot < 1:
+        raise ValueError(f"n_boot: expected a positive int (bootstrap resamples), got {n_boot!r}")
     history = dataset.history(split)
     target = dataset.matrix(split)
     rows = np.flatnonzero((target.getnnz(axis=1) > 0) & (history.getnnz(axis=1) > 0))
     skipped = int((target.getnnz(axis=1) > 0).sum() - rows.size)
+    if rows.size == 0:
+        raise ValueError(
+            f"split: no user of {split!r} has both a held-out item and a history "
+            f"({skipped} user(s) with held-out items have no training history); nothing to "
+            "evaluate (were the held-out users' histories folded in when preparing?)"
+        )
     hist_rows, target_rows = history[rows], target[rows]
     item_counts = np.asarray(dataset.train.getnnz(axis=0), dtype=np.float64)
     rng = np.random.default_rng(seed)
@@ -96,6 +116,7 @@ def evaluate_models(
     ):
         rating_rows = dataset.history(split, values="rating")[rows]
     results = []
+    bar = make_progress(len(models), desc="evaluate", unit="model", enabled=progress)
     for name, model in models.items():
         if _wants_ratings(model) and rating_rows is None:
             raise ValueError(
@@ -103,7 +124,18 @@ def evaluate_models(
             )
         model_hist = rating_rows if _wants_ratings(model) else hist_rows
         t0 = time.perf_counter()
-        items, _ = model.recommend(model_hist, n=max(ks), users=rows)
+        parts = [np.zeros((0, max(ks)), dtype=np.int64)]
+        blocks = make_progress(
+            range(0, rows.size, _BLOCK_USERS),
+            desc=f"evaluate {name}",
+            unit="block",
+            enabled=progress,
+            leave=False,
+        )
+        for s in blocks:  # same lists as one call: each row is ranked on its own
+            sl = slice(s, s + _BLOCK_USERS)
+            parts.append(model.recommend(model_hist[sl], n=max(ks), users=rows[sl])[0])
+        items = np.concatenate(parts)
         per_user = ranking_metrics(items, target_rows, ks, recall_denominator=recall_denominator)
         seconds = time.perf_counter() - t0
         means = {k: float(np.nanmean(v)) for k, v in per_user.items()}
@@ -136,6 +168,8 @@ def evaluate_models(
                 extra,
             )
         )
+        bar.update(1, model=name, **{primary: means[primary]})
+    bar.close()
     baselines = [r for r in results if r.kind in BASELINES]
     best = max(baselines, key=lambda r: r.means[primary]) if baselines else None
     significance = {}

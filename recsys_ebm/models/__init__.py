@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import importlib
-import json
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from recsys_ebm.models.base import Recommender, as_user_items
+if TYPE_CHECKING:
+    from recsys_ebm.models.base import Recommender, as_user_items
 
 __all__ = ["MODEL_PATHS", "Recommender", "as_user_items", "get_model_class", "load_model"]
 
@@ -36,9 +37,30 @@ def get_model_class(name: str) -> type[Recommender]:
 
 
 def load_model(path: str | Path, *, device: str = "cpu") -> Recommender:
-    """Load any saved model directory, dispatching on the name stored in ``model.json``."""
+    """Load any saved model directory, dispatching on the name stored in ``model.json``.
+
+    Raises:
+        FileNotFoundError: no model.json (or no weights) in ``path``.
+        ModelFileError: a file is corrupt, truncated or lacks a tensor (names the file).
+    """
     meta_path = Path(path) / "model.json"
     if not meta_path.is_file():
         raise FileNotFoundError(f"model: no model.json in {path} (not a saved model directory)")
-    name = json.loads(meta_path.read_text())["model"]
+    from recsys_ebm.models.base import read_model_json
+
+    name = read_model_json(meta_path)["model"]
+    if name not in MODEL_PATHS:
+        raise ValueError(
+            f"{meta_path}: holds an unknown model {name!r}; expected one of {sorted(MODEL_PATHS)}"
+        )
     return get_model_class(name).load(path, device=device)
+
+
+def __getattr__(name: str) -> Any:
+    # base imports torch: load it on first use, so `recsys-ebm --help` (which reads only
+    # MODEL_PATHS) stays fast (PEP 562)
+    if name in ("Recommender", "as_user_items"):
+        from recsys_ebm.models import base
+
+        return getattr(base, name)
+    raise AttributeError(f"module 'recsys_ebm.models' has no attribute {name!r}")

@@ -16,9 +16,10 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from recsys_ebm.diagnostics import ConfigError, ModelFitError
+from recsys_ebm.diagnostics import ConfigError, DivergenceError
 from recsys_ebm.io import checkpoint_fingerprint, resume_checkpoint, save_checkpoint
 from recsys_ebm.models._rbm_math import free_energy, hidden_prob, visible_prob
+from recsys_ebm.progress import progress as make_progress
 
 __all__ = [
     "BestEpoch",
@@ -40,6 +41,8 @@ class CDSchedule:
     def _validate_cd(self) -> None:
         name = type(self).__name__
         self._check_positive("n_hidden", "epochs", "batch_size", "learning_rate", "init_std")
+        self._check_positive("lr_decay", "max_abs_param")
+        self._check_nonnegative("patience", "seed")
         if self.cd_k < 0 or any(k < 0 for k in self.k_schedule):
             raise ConfigError(
                 f"{name}.cd_k/k_schedule: expected >= 0, got {self.cd_k}, {list(self.k_schedule)}"
@@ -76,20 +79,31 @@ def momentum_step(
             getattr(model, name).add_(vel[name])
 
 
-def check_params(model: Any, epoch: int) -> None:
-    """Divergence guard: raise ModelFitError naming the epoch and the quantity."""
-    label = type(model).__name__
-    for name in _PARAMS:
-        t = getattr(model, name)
-        if not torch.isfinite(t).all():
-            raise ModelFitError(f"{label} diverged at epoch {epoch}: {name} has NaN/inf values")
-        big = float(t.abs().max())
-        if big > model.config.max_abs_param:
-            raise ModelFitError(
-                f"{label} diverged at epoch {epoch}: max |{name}| = {big:.3g} exceeds "
-                f"max_abs_param={model.config.max_abs_param:g}; lower learning_rate or raise "
-                "weight_decay"
-            )
+def check_params(model: Any, epoch: int, step: int | None = None, lr: float | None = None) -> None:
+    """Divergence guard, run after every gradient step: W, b and c finite and within
+    ``max_abs_param`` (one fused reduction per parameter, one host sync).
+
+    It runs before the next step samples: Bernoulli/multinomial sampling of the NaN
+    probabilities that non-finite weights produce would crash inside torch instead.
+
+    Raises:
+        DivergenceError: naming the model, the epoch (1-based) and step, the parameter, and
+            suggesting a lower ``learning_rate``.
+    """
+    with torch.no_grad():
+        peaks = torch.stack([getattr(model, n).abs().amax().float() for n in _PARAMS]).cpu()
+    limit = model.config.max_abs_param
+    if bool((peaks <= limit).all()):  # False for NaN too
+        return
+    k = int((~(peaks <= limit)).nonzero()[0, 0])  # the first of W, b, c out of bounds
+    name, big = _PARAMS[k], float(peaks[k])
+    what = f"{name} has NaN/inf values" if not np.isfinite(big) else f"max |{name}| = {big:.3g}"
+    where = f"epoch {epoch + 1}" + (f", step {step + 1}" if step is not None else "")
+    now = f" (now {lr:g})" if lr is not None else ""
+    raise DivergenceError(
+        f"{type(model).__name__} diverged at {where}: {what} (max_abs_param={limit:g}); "
+        f"lower learning_rate{now} or raise weight_decay; nothing was saved"
+    )
 
 
 class BestEpoch:
@@ -172,7 +186,9 @@ def unpack_state(
     return chain, best
 
 
-def _monitor(model: Any, train: sp.csr_matrix, valid: sp.csr_matrix | None, gen_seed: int) -> dict:
+def _monitor(
+    model: Any, train: sp.csr_matrix, valid: sp.csr_matrix | None, gen_seed: int, show: bool
+) -> dict:
     from recsys_ebm.evaluation.protocol import evaluate_ranking
 
     out: dict[str, float] = {}
@@ -190,7 +206,10 @@ def _monitor(model: Any, train: sp.csr_matrix, valid: sp.csr_matrix | None, gen_
     out["free_energy_train"] = float((f_train / n_t.clamp(min=1)).mean())
     out["free_energy_valid"] = float((f_valid / n_v.clamp(min=1)).mean())
     out["free_energy_gap"] = out["free_energy_train"] - out["free_energy_valid"]
-    out["valid_ndcg@10"] = evaluate_ranking(model, train, valid, (10,))["ndcg@10"]
+    desc = "validate rbm" if show else None
+    out["valid_ndcg@10"] = evaluate_ranking(model, train, valid, (10,), progress_desc=desc)[
+        "ndcg@10"
+    ]
     return out
 
 
@@ -226,36 +245,42 @@ def train_rbm(
         history, start_epoch, lr = st["history"], st["epoch"] + 1, st["lr"]
         best.resume(st, best_params)
 
+    bar = make_progress(
+        cfg.epochs, desc="train rbm", unit="epoch", enabled=progress, initial=start_epoch
+    )
     for epoch in range(start_epoch, cfg.epochs):
         k = cfg.k_at(epoch)
         momentum = 0.5 if epoch < 5 else cfg.momentum
         order = torch.randperm(n_users, generator=gen).numpy()
-        batches = range(0, n_users, cfg.batch_size)
-        if progress:
-            from tqdm import tqdm
-
-            batches = tqdm(batches, desc=f"rbm epoch {epoch + 1}/{cfg.epochs}", leave=False)
+        batches = make_progress(
+            range(0, n_users, cfg.batch_size),
+            desc=f"train rbm epoch {epoch + 1}/{cfg.epochs}",
+            unit="batch",
+            enabled=progress,
+            leave=False,
+        )
         recon, seen = 0.0, 0
-        for s in batches:
+        for step, s in enumerate(batches):
             rows = order[s : s + cfg.batch_size]
             v0 = model._dense(train[rows])  # (B, I)
             grads, vk, rec = model.cd_step(v0, k, dev_gen, chain)
             if cfg.persistent:
                 chain = vk
             momentum_step(model, grads, vel, lr, momentum, cfg.weight_decay)
+            check_params(model, epoch, step, lr)
             with torch.no_grad():
                 if rec is None:  # PCD or k = 0: one extra mean-field pass
                     rec = visible_prob(hidden_prob(v0, model.W, model.c), model.W, model.b)
                 recon += float(((v0 - rec) ** 2).sum())
                 seen += v0.numel()
-        check_params(model, epoch)
+        check_params(model, epoch, lr=lr)
         metrics = {
             "epoch": epoch,
             "cd_k": k,
             "learning_rate": lr,
             "reconstruction_error": recon / max(1, seen),
         }
-        metrics.update(_monitor(model, train, valid, cfg.seed + epoch))
+        metrics.update(_monitor(model, train, valid, cfg.seed + epoch, progress))
         history.append(metrics)
         if callback is not None:
             callback(epoch, {k_: v for k_, v in metrics.items() if k_ != "epoch"})
@@ -276,8 +301,14 @@ def train_rbm(
                 **best.fields(),
             )
             save_checkpoint(checkpoint_dir, st)
+        shown = {"loss": metrics["reconstruction_error"]}
+        if "valid_ndcg@10" in metrics:
+            shown["valid ndcg@10"] = metrics["valid_ndcg@10"]
+        bar.update(1, **shown)
         if cfg.patience and best.bad >= cfg.patience:
+            bar.write(f"early stop at epoch {epoch + 1}: no gain in {cfg.patience} epochs")
             break
+    bar.close()
     best.restore(model)
     model.fit_info = {
         "history": history,

@@ -22,7 +22,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from recsys_ebm.diagnostics import ModelFitError
+from recsys_ebm.diagnostics import DivergenceError
 from recsys_ebm.io import checkpoint_fingerprint, resume_checkpoint, save_checkpoint
 from recsys_ebm.models._retriever_loss import (
     NegativeSampler,
@@ -30,7 +30,8 @@ from recsys_ebm.models._retriever_loss import (
     info_nce,
     log_expected_counts,
 )
-from recsys_ebm.models._retriever_towers import sparse_history
+from recsys_ebm.models._retriever_towers import lookup, sparse_history
+from recsys_ebm.progress import progress as make_progress
 
 __all__ = ["train_retriever"]
 
@@ -60,14 +61,39 @@ def batch_history(
     )
 
 
-def _validate(model: Any, train: sp.csr_matrix, valid: sp.csr_matrix | None) -> dict[str, float]:
+def _validate(
+    model: Any, train: sp.csr_matrix, valid: sp.csr_matrix | None, show: bool
+) -> dict[str, float]:
     from recsys_ebm.evaluation.protocol import evaluate_ranking
 
     if valid is None or valid.nnz == 0:
         return {}
     model.net.eval()
     model.invalidate_cache()
-    return {"valid_ndcg@10": evaluate_ranking(model, train, valid, (10,))["ndcg@10"]}
+    desc = "validate retriever" if show else None
+    return {
+        "valid_ndcg@10": evaluate_ranking(model, train, valid, (10,), progress_desc=desc)["ndcg@10"]
+    }
+
+
+def check_weights(net: torch.nn.Module, limit: float, epoch: int, step: int, lr: float) -> None:
+    """Divergence guard: every weight finite and within ``limit`` (one fused reduction).
+
+    Weights of 1e9 are finite but break the model silently: cosine similarity squares them, the
+    squared norm overflows to inf and every vector normalises to 0 (all energies 0).
+    """
+    with torch.no_grad():
+        peaks = torch.stack([p.detach().abs().amax().float() for p in net.parameters()])
+        value = float(peaks.amax())
+        if value <= limit:  # False for NaN too
+            return
+        names = [n for n, _ in net.named_parameters()]
+        name = names[int(peaks.nan_to_num(nan=float("inf")).argmax())]
+        what = "NaN/inf values" if not np.isfinite(value) else f"max |weight| = {value:.3g}"
+        raise DivergenceError(
+            f"Retriever diverged at epoch {epoch + 1}, step {step + 1}: {name} has {what} "
+            f"(max_abs_param={limit:g}); lower learning_rate (now {lr:g}); nothing was saved"
+        )
 
 
 def train_retriever(
@@ -80,6 +106,11 @@ def train_retriever(
     progress: bool = False,
     checkpoint_dir: Path | None = None,
 ) -> None:
+    """Fit ``model.net`` in place (module docstring).
+
+    Raises:
+        DivergenceError: the loss or a weight became NaN/inf or exceeded ``max_abs_param``.
+    """
     cfg = model.config
     dev = model.device
     gen = torch.Generator(device="cpu").manual_seed(cfg.seed)
@@ -111,17 +142,22 @@ def train_retriever(
         best_score, best_epoch = st["best_score"], st["best_epoch"]
         best_state = st["best_state"] or None
 
+    bar = make_progress(
+        cfg.epochs, desc="train retriever", unit="epoch", enabled=progress, initial=start
+    )
     for epoch in range(start, cfg.epochs):
         t0 = time.perf_counter()
         net.train()
         perm = torch.randperm(len(ex_users), generator=gen).numpy()
-        batches = range(0, len(perm), cfg.batch_size)
-        if progress:
-            from tqdm import tqdm
-
-            batches = tqdm(batches, desc=f"retriever epoch {epoch + 1}/{cfg.epochs}", leave=False)
+        batches = make_progress(
+            range(0, len(perm), cfg.batch_size),
+            desc=f"train retriever epoch {epoch + 1}/{cfg.epochs}",
+            unit="batch",
+            enabled=progress,
+            leave=False,
+        )
         total, n_seen = 0.0, 0
-        for s in batches:
+        for step, s in enumerate(batches):
             idx = perm[s : s + cfg.batch_size]
             users, pos = ex_users[idx], ex_items[idx]  # (B,)
             b = len(idx)
@@ -153,7 +189,7 @@ def train_retriever(
                     table if net.in_emb is None else net.item_table(which="in", id_drop=id_drop)
                 )
                 u = net.encode(hist, uid, in_table)  # (B, D)
-                v = net._norm(table[cands.to(dev)])  # (C, D)
+                v = net._norm(lookup(table, cands.to(dev)))  # (C, D)
                 energies = net.energy(u, v)  # (B, C)
             loss = info_nce(
                 energies,
@@ -161,22 +197,26 @@ def train_retriever(
                 mask=torch.as_tensor(mask, device=dev),
                 log_q=log_q,
             )
-            if not torch.isfinite(loss):
-                raise ModelFitError(
-                    f"Retriever diverged at epoch {epoch}: InfoNCE loss is {float(loss)}; "
-                    "lower learning_rate or raise temperature"
+            loss_value = float(loss.detach())
+            if not np.isfinite(loss_value):
+                raise DivergenceError(
+                    f"Retriever diverged at epoch {epoch + 1}, step {step + 1}: the InfoNCE loss "
+                    f"is {loss_value}; lower learning_rate (now {cfg.learning_rate:g}) or raise "
+                    "temperature; nothing was saved"
                 )
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            total += float(loss.detach()) * b
+            check_weights(net, cfg.max_abs_param, epoch, step, cfg.learning_rate)
+            total += loss_value * b
             n_seen += b
+            batches.set_postfix(loss=total / n_seen)
         metrics: dict[str, float] = {
             "loss": total / max(1, n_seen),
             "temperature": float(net.tau().detach()),
             "epoch_seconds": time.perf_counter() - t0,
         }
-        metrics.update(_validate(model, train, valid))
+        metrics.update(_validate(model, train, valid, progress))
         score = metrics.get("valid_ndcg@10")
         if score is not None:
             if best_score is None or score > best_score:
@@ -202,8 +242,14 @@ def train_retriever(
             )
         if callback is not None:
             callback(epoch, metrics)
+        shown = {"loss": metrics["loss"]}
+        if score is not None:
+            shown["valid ndcg@10"] = score
+        bar.update(1, **shown)
         if cfg.patience and bad >= cfg.patience:
+            bar.write(f"early stop at epoch {epoch + 1}: no gain in {cfg.patience} epochs")
             break
+    bar.close()
 
     if best_state is not None:
         net.load_state_dict(best_state)

@@ -28,6 +28,7 @@ from recsys_ebm.models._rbm_train import (
     pack_state,
     unpack_state,
 )
+from recsys_ebm.progress import progress as make_progress
 
 __all__ = ["batch_entries", "train_softmax_rbm"]
 
@@ -89,17 +90,22 @@ def train_softmax_rbm(
         chain, best_params = unpack_state(model, st, vel, gen, dev_gen)
         history, lr, start = st["history"], st["lr"], st["epoch"] + 1
         best.resume(st, best_params)
+    bar = make_progress(
+        cfg.epochs, desc="train softmax-rbm", unit="epoch", enabled=progress, initial=start
+    )
     for epoch in range(start, cfg.epochs):
         k = cfg.k_at(epoch)
         momentum = 0.5 if epoch < 5 else cfg.momentum
         order = active[torch.randperm(active.size, generator=gen).numpy()]
-        batches = range(0, order.size, cfg.batch_size)
-        if progress:
-            from tqdm import tqdm
-
-            batches = tqdm(batches, desc=f"softmax-rbm epoch {epoch + 1}", leave=False)
+        batches = make_progress(
+            range(0, order.size, cfg.batch_size),
+            desc=f"train softmax-rbm epoch {epoch + 1}/{cfg.epochs}",
+            unit="batch",
+            enabled=progress,
+            leave=False,
+        )
         sq_err, n_seen = 0.0, 0
-        for s in batches:
+        for step, s in enumerate(batches):
             users = order[s : s + cfg.batch_size]
             pos_np, rows_np = batch_entries(codes, users)
             pos = torch.as_tensor(pos_np, device=dev)
@@ -110,12 +116,13 @@ def train_softmax_rbm(
             if chain is not None:
                 chain[pos] = lvk
             momentum_step(model, grads, vel, lr, momentum, cfg.weight_decay)
+            check_params(model, epoch, step, lr)
             with torch.no_grad():
                 if recon is not None:  # expected rating of the first reconstruction
                     err = recon @ level_values - level_values[lv0]
                     sq_err += float((err**2).sum())
                     n_seen += int(err.numel())
-        check_params(model, epoch)
+        check_params(model, epoch, lr=lr)
         metrics: dict[str, float] = {"epoch": epoch, "cd_k": k, "learning_rate": lr}
         if n_seen:
             metrics["reconstruction_rmse"] = (sq_err / n_seen) ** 0.5
@@ -141,8 +148,16 @@ def train_softmax_rbm(
                 **best.fields(),
             )
             save_checkpoint(checkpoint_dir, state)
+        shown = {}
+        if "reconstruction_rmse" in metrics:
+            shown["loss"] = metrics["reconstruction_rmse"]
+        if "valid_rmse" in metrics:
+            shown["valid rmse"] = metrics["valid_rmse"]
+        bar.update(1, **shown)
         if cfg.patience and best.bad >= cfg.patience:
+            bar.write(f"early stop at epoch {epoch + 1}: no gain in {cfg.patience} epochs")
             break
+    bar.close()
     best.restore(model)
     model.fit_info = {
         "history": history,

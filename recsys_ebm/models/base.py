@@ -25,7 +25,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from recsys_ebm.config import Config
-from recsys_ebm.diagnostics import DataWarning, NotFittedError
+from recsys_ebm.diagnostics import DataWarning, ModelFileError, NotFittedError
 from recsys_ebm.io import atomic_dir
 
 __all__ = [
@@ -398,12 +398,18 @@ class Recommender(abc.ABC):
 
     @classmethod
     def load(cls, path: str | Path, *, device: str = "cpu") -> Self:
-        """Load a directory written by :meth:`save` (tensors are mapped to ``device``)."""
+        """Load a directory written by :meth:`save` (tensors are mapped to ``device``).
+
+        Raises:
+            FileNotFoundError: no ``model.json`` or ``weights.safetensors`` in ``path``.
+            ModelFileError: (a ValueError) a file is truncated, corrupt or lacks a tensor or
+                key; the message names the file and says how to recover.
+        """
         path = Path(path)
         meta_path = path / "model.json"
         if not meta_path.is_file():
             raise FileNotFoundError(f"path: no model.json in {path} (not a saved model directory)")
-        meta = json.loads(meta_path.read_text())
+        meta = read_model_json(meta_path)
         if meta.get("format_version") != FORMAT_VERSION:
             raise ValueError(
                 f"path: {path} has model format {meta.get('format_version')}, "
@@ -411,21 +417,89 @@ class Recommender(abc.ABC):
             )
         if cls.name and meta["model"] != cls.name:
             raise ValueError(f"path: {path} holds a {meta['model']!r} model, not {cls.name!r}")
-        config = cls.config_class.from_dict(meta["config"])
-        if "device" in meta["config"]:
-            config = config.replace(device=device)
-        model = cls(config)
-        model.n_items = int(meta["n_items"])
+        try:
+            config = cls.config_class.from_dict(meta["config"])
+            if "device" in meta["config"]:
+                config = config.replace(device=device)
+            model = cls(config)
+            model.n_items = int(meta["n_items"])
+        except (ValueError, TypeError) as exc:
+            raise ModelFileError(f"{meta_path}: {_RETRAIN.format(what='invalid')}: {exc}") from exc
         model.fit_info = meta.get("fit_info", {})
-        tensors = load_file(str(path / "weights.safetensors"), device="cpu")
+        weights = path / "weights.safetensors"
+        if not weights.is_file():
+            raise FileNotFoundError(f"path: no weights.safetensors in {path}; {_RETRAIN_HINT}")
+        try:
+            tensors = load_file(str(weights), device="cpu")
+        except Exception as exc:  # safetensors raises its own SafetensorError on bad bytes
+            raise ModelFileError(
+                f"{weights}: {_RETRAIN.format(what='corrupt or truncated weights')} ({exc})"
+            ) from exc
         for key in ("items", "users"):
             f = path / f"{key}.json"
             if f.is_file():
-                setattr(
-                    model, f"{key[:-1]}_ids", np.asarray(json.loads(f.read_text()), dtype=object)
-                )
-        model._load_state(tensors, meta.get("extra", {}))
+                ids = _read_json(f)
+                if not isinstance(ids, list):
+                    raise ModelFileError(
+                        f"{f}: {_RETRAIN.format(what='corrupt id list')}: expected a JSON list, "
+                        f"got {type(ids).__name__}"
+                    )
+                setattr(model, f"{key[:-1]}_ids", np.asarray(ids, dtype=object))
+        try:
+            model._load_state(tensors, meta.get("extra", {}))
+        except KeyError as exc:
+            raise ModelFileError(
+                f"{weights}: missing tensor or field {exc.args[0]!r} (the file holds "
+                f"{sorted(tensors)}); {_RETRAIN.format(what='the model directory is corrupt')}"
+            ) from exc
+        except (RuntimeError, ValueError, TypeError, IndexError) as exc:
+            raise ModelFileError(
+                f"{weights}: {_RETRAIN.format(what='tensors do not fit the model')}: {exc}"
+            ) from exc
         return model
+
+
+_RETRAIN_HINT = (
+    "retrain the model (recsys-ebm train ... --overwrite) or restore the directory from a copy"
+)
+_RETRAIN = "{what}; " + _RETRAIN_HINT
+
+
+def _read_json(path: Path) -> Any:
+    """A JSON file of a model directory; corrupt bytes raise ModelFileError naming the file."""
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ModelFileError(f"{path}: {_RETRAIN.format(what='corrupt JSON')} ({exc})") from exc
+
+
+def read_model_json(path: str | Path) -> dict[str, Any]:
+    """A model directory's ``model.json``, checked for the keys every loader reads.
+
+    Raises:
+        ModelFileError: not JSON, not an object, or a required key is missing.
+    """
+    path = Path(path)
+    meta = _read_json(path)
+    if not isinstance(meta, dict):
+        raise ModelFileError(
+            f"{path}: {_RETRAIN.format(what='corrupt model metadata')}: expected a JSON object, "
+            f"got {type(meta).__name__}"
+        )
+    missing = [k for k in ("format_version", "model", "config", "n_items") if k not in meta]
+    if missing and "format_version" in meta and meta["format_version"] == FORMAT_VERSION:
+        raise ModelFileError(
+            f"{path}: missing key(s) {missing}; {_RETRAIN.format(what='corrupt model metadata')}"
+        )
+    if "model" not in meta:
+        raise ModelFileError(
+            f"{path}: missing key 'model'; {_RETRAIN.format(what='corrupt model metadata')}"
+        )
+    if not isinstance(meta.get("config", {}), dict):
+        raise ModelFileError(
+            f"{path}: 'config' is not an object; {_RETRAIN.format(what='corrupt model metadata')}"
+        )
+    return meta
 
 
 def _py(x: Any) -> Any:

@@ -25,7 +25,7 @@ import torch
 
 from recsys_ebm.config import Config
 from recsys_ebm.device import resolve_device
-from recsys_ebm.diagnostics import ConfigError, ModelFitError
+from recsys_ebm.diagnostics import ConfigError, DivergenceError
 from recsys_ebm.models.base import (
     EpochCallback,
     Recommender,
@@ -43,12 +43,17 @@ class EASEConfig(Config):
     l2: float = 250.0
     #: candidates for ``l2`` searched on the validation split (empty = use ``l2`` as is)
     l2_grid: tuple[float, ...] = (50.0, 100.0, 250.0, 500.0, 1000.0)
+    #: progress on stderr (one step per solve and validation pass): a tqdm bar on a terminal,
+    #: timestamped lines in a log (:mod:`recsys_ebm.progress`)
+    progress: bool = True
     device: str = "auto"
 
     def validate(self) -> None:
-        self._check_positive("l2")
+        self._check_positive("l2")  # finiteness of l2 and of every l2_grid value: Config
         if any(v <= 0 for v in self.l2_grid):
-            raise ConfigError(f"EASEConfig.l2_grid: expected positive values, got {self.l2_grid}")
+            raise ConfigError(
+                f"EASEConfig.l2_grid: expected positive values, got {list(self.l2_grid)}"
+            )
 
 
 class EASE(Recommender):
@@ -70,7 +75,13 @@ class EASE(Recommender):
         """B from a Gram matrix; with ``inplace`` the Gram matrix's memory is reused."""
         g = gram if inplace else gram.clone()
         g.diagonal().add_(l2)
-        torch.linalg.cholesky(g, out=g)  # (I, I) lower factor, in place
+        try:
+            torch.linalg.cholesky(g, out=g)  # (I, I) lower factor, in place
+        except torch.linalg.LinAlgError as exc:  # l2 too small for an (almost) singular X^T X
+            raise DivergenceError(
+                f"EASE: X^T X + l2 I is not positive definite with l2={l2:g} (items with "
+                f"identical histories need a larger l2); raise l2 / the l2_grid values ({exc})"
+            ) from exc
         p = torch.cholesky_inverse(g)  # (I, I) = (X^T X + l2 I)^-1
         del g
         p.div_(-p.diagonal().clone())  # B_ij = -P_ij / P_jj (column-wise)
@@ -84,12 +95,24 @@ class EASE(Recommender):
         *,
         callback: EpochCallback | None = None,
     ) -> Self:
+        """Solve for B (with the validation search over ``l2_grid`` when ``valid`` is given).
+
+        Raises:
+            DivergenceError: B is not finite (an ill-conditioned Gram matrix: raise ``l2``).
+        """
+        from recsys_ebm.progress import progress
+
         train, valid = check_fit_inputs(train, valid)
         binary = train.copy()
         binary.data[:] = 1.0
         self.n_items = train.shape[1]
-        gram = self._gram(binary, self.device)
         grid = list(self.config.l2_grid) if valid is not None and valid.nnz else []
+        show = self.config.progress
+        # steps: the Gram matrix, one solve + validation pass per grid value, the final solve
+        bar = progress(len(grid) + 2, desc="train ease", unit="step", enabled=show)
+        bar.set_postfix(step=f"Gram matrix X^T X ({self.n_items} items)")
+        gram = self._gram(binary, self.device)
+        bar.update(1)
         self.fit_info = {"l2": self.config.l2}
         if grid:
             from recsys_ebm.evaluation.protocol import evaluate_ranking
@@ -97,21 +120,38 @@ class EASE(Recommender):
             valid = as_user_items(valid, self.n_items, "valid")
             scores = {}
             for step, l2 in enumerate(grid):
+                bar.set_postfix(step=f"solve l2={l2:g}")
                 self.B = self._solve(gram, l2)
-                scores[l2] = evaluate_ranking(self, binary, valid, (10,))["ndcg@10"]
+                self._check_finite(l2)
+                desc = "validate ease" if show else None
+                scores[l2] = evaluate_ranking(self, binary, valid, (10,), progress_desc=desc)[
+                    "ndcg@10"
+                ]
                 if callback is not None:
                     callback(step, {"l2": l2, "valid_ndcg@10": scores[l2]})
+                bar.update(1, **{"valid ndcg@10": scores[l2]})
             best = max(scores, key=scores.get)
             self.fit_info = {
                 "l2": best,
                 "valid_ndcg@10_by_l2": {str(k): v for k, v in scores.items()},
             }
             self.config = self.config.replace(l2=best)
+        bar.set_postfix(step=f"solve l2={self.config.l2:g}")
         self.B = self._solve(gram, self.config.l2, inplace=True)
         del gram
-        if not torch.isfinite(self.B).all():
-            raise ModelFitError(f"EASE: non-finite weights B with l2={self.config.l2}")
+        self._check_finite(self.config.l2)
+        bar.update(1)
+        bar.close()
         return self
+
+    def _check_finite(self, l2: float) -> None:
+        assert self.B is not None
+        if not bool(torch.isfinite(self.B).all()):
+            self.B = None
+            raise DivergenceError(
+                f"EASE: the solve with l2={l2:g} gave non-finite weights B (an ill-conditioned "
+                "Gram matrix); raise l2 / the l2_grid values; nothing was saved"
+            )
 
     def _energies_block(
         self, user_items: sp.csr_matrix, users: np.ndarray | None, items: np.ndarray | None

@@ -25,7 +25,7 @@ import scipy.sparse as sp
 import torch
 
 from recsys_ebm.config import Config
-from recsys_ebm.diagnostics import ModelFitError
+from recsys_ebm.diagnostics import DivergenceError
 from recsys_ebm.models.base import (
     EpochCallback,
     Recommender,
@@ -47,6 +47,7 @@ class ALSConfig(Config):
 
     def validate(self) -> None:
         self._check_positive("factors", "alpha", "epochs")
+        self._check_nonnegative("regularization", "num_threads", "seed")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,10 +57,13 @@ class BPRConfig(Config):
     regularization: float = 0.01
     epochs: int = 100  # implicit's ``iterations``
     seed: int = 0
-    num_threads: int = 0  # 0 = all cores; > 1 makes BPR non-deterministic (Hogwild updates)
+    #: 0 = all cores. Any value but 1 makes BPR non-deterministic: implicit's Hogwild SGD
+    #: threads update shared factors without locks (see :class:`BPR`)
+    num_threads: int = 0
 
     def validate(self) -> None:
         self._check_positive("factors", "learning_rate", "epochs")
+        self._check_nonnegative("regularization", "num_threads", "seed")
 
 
 class _FactorModel(Recommender):
@@ -88,20 +92,32 @@ class _FactorModel(Recommender):
         train = check_fit_inputs(train, valid)[0].copy()
         train.data[:] = 1.0
         import implicit.cpu  # noqa: F401  loads scipy's BLAS, which must exist before the limit
+        from implicit.recommender_base import ModelFitError as ImplicitFitError
         from threadpoolctl import threadpool_limits
 
+        diverged = (
+            f"{self.name}: the factors are NaN/inf after training (implicit checks them only "
+            f"at the end of its {self.config.epochs} epochs); {self._diverged_hint()}; nothing "
+            "was saved"
+        )
         with threadpool_limits(1, "blas"):  # implicit's advice: its own threads, not BLAS's
             model = self._make()
-            model.fit(train, show_progress=False)
+            try:
+                model.fit(train, show_progress=False)
+            except ImplicitFitError as exc:  # implicit's own NaN check
+                raise DivergenceError(diverged) from exc
         uf = np.asarray(model.user_factors, dtype=np.float32)
         itf = np.asarray(model.item_factors, dtype=np.float32)
         if not (np.isfinite(uf).all() and np.isfinite(itf).all()):
-            raise ModelFitError(f"{self.name}: non-finite factors after training")
+            raise DivergenceError(diverged)
         self.user_factors = torch.from_numpy(uf)
         self.item_factors = torch.from_numpy(itf)
         self.n_items = train.shape[1]
         self.fit_info = {"n_train_users": int(train.shape[0])}
         return self
+
+    def _diverged_hint(self) -> str:
+        return "raise regularization"
 
     def fold_in(self, user_items: sp.csr_matrix) -> torch.Tensor:
         """(B, F) user factors from histories alone (module docstring's normal equations)."""
@@ -173,9 +189,21 @@ class ALS(_FactorModel):
 
 
 class BPR(_FactorModel):
+    """Bayesian personalised ranking through ``implicit.cpu.bpr``.
+
+    **Not reproducible with more than one thread.** implicit's BPR runs Hogwild SGD: its
+    threads update shared factors without locks, so the result depends on how the threads
+    interleave, and two fits with the same ``seed`` differ (on ML-100K every user's top-20
+    changed). ``num_threads=1`` makes a fit reproducible, at the cost of speed. ALS solves
+    exact least-squares steps and is not affected.
+    """
+
     name = "bpr"
     config_class = BPRConfig
     _bias_cols = 1  # implicit's BPR keeps an item bias as the last factor column
+
+    def _diverged_hint(self) -> str:
+        return f"lower learning_rate (now {self.config.learning_rate:g})"
 
     def _make(self) -> Any:
         from implicit.cpu.bpr import BayesianPersonalizedRanking

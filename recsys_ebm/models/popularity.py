@@ -49,7 +49,9 @@ class Popularity(Recommender):
     ) -> torch.Tensor:
         assert self.item_energy is not None
         e = self.item_energy if items is None else self.item_energy[torch.as_tensor(items)]
-        return e.expand(user_items.shape[0], -1)  # (B, I)
+        # a copy: recommend() writes +inf over seen items in place, and a one-row expand() is
+        # "contiguous", so it would write into item_energy itself (corrupting later answers)
+        return e.expand(user_items.shape[0], -1).clone()  # (B, I)
 
     def _state_tensors(self) -> dict[str, torch.Tensor]:
         assert self.item_energy is not None

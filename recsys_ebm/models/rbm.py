@@ -10,7 +10,6 @@ difference dF_i (see :mod:`recsys_ebm.models._rbm_math`): energy(u, i) = dF_i(v_
 from __future__ import annotations
 
 import dataclasses
-import sys
 from pathlib import Path
 from typing import Any, Self
 
@@ -44,7 +43,9 @@ class RBMConfig(CDSchedule, Config):
     patience: int = 5  # epochs without validation NDCG@10 gain before stopping (0 = never)
     max_abs_param: float = 1e4  # divergence guard
     checkpoint_dir: str = ""  # save after every epoch and resume from here when set
-    progress: bool = True  # tqdm bar when stderr is a terminal
+    #: progress on stderr: a tqdm bar on a terminal, timestamped lines in a log
+    #: (:mod:`recsys_ebm.progress`)
+    progress: bool = True
     seed: int = 0
     device: str = "auto"
 
@@ -151,7 +152,7 @@ class RBM(Recommender):
         from recsys_ebm.models._rbm_train import train_rbm
 
         train, valid = check_fit_inputs(train, valid)
-        show = self.config.progress and sys.stderr.isatty()
+        show = self.config.progress  # recsys_ebm.progress: a bar on a TTY, else log lines
         ckpt = Path(self.config.checkpoint_dir) if self.config.checkpoint_dir else None
         train_rbm(self, train, valid, callback=callback, progress=show, checkpoint_dir=ckpt)
         return self

@@ -23,7 +23,6 @@ Fallbacks (documented policy, never an IndexError):
 from __future__ import annotations
 
 import dataclasses
-import sys
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -85,8 +84,11 @@ class RetrieverConfig(Config):
     weight_decay: float = 0.0  # L2 through Adam
     patience: int = 5  # epochs without validation NDCG@10 gain before stopping (0 = never)
     mixed_precision: bool = True  # bf16 autocast, CUDA only
+    max_abs_param: float = 1e4  # divergence guard: |weight| above this stops training
     checkpoint_dir: str = ""  # save after every epoch and resume from here when set
-    progress: bool = True  # tqdm bar when stderr is a terminal
+    #: progress on stderr: a tqdm bar on a terminal, timestamped lines in a log
+    #: (:mod:`recsys_ebm.progress`)
+    progress: bool = True
     seed: int = 0
     device: str = "auto"
 
@@ -94,6 +96,8 @@ class RetrieverConfig(Config):
         name = type(self).__name__
         self._check_positive("embedding_size", "n_hidden", "epochs", "batch_size")
         self._check_positive("learning_rate", "temperature", "tau_min", "tau_max")
+        self._check_positive("max_abs_param")
+        self._check_nonnegative("popularity_alpha", "seed")
         if not self.tau_min <= self.temperature <= self.tau_max:
             raise ConfigError(
                 f"{name}.temperature: expected within [tau_min, tau_max] = "
@@ -188,7 +192,6 @@ class Retriever(Recommender):
                 f"got {features[0].shape[0]}"
             )
         self.genres = list(features[1]) if features is not None else []
-        show = self.config.progress and sys.stderr.isatty()
         ckpt = Path(self.config.checkpoint_dir) if self.config.checkpoint_dir else None
         train_retriever(
             self,
@@ -196,7 +199,7 @@ class Retriever(Recommender):
             valid,
             features=None if features is None else torch.as_tensor(features[0]),
             callback=callback,
-            progress=show,
+            progress=self.config.progress,
             checkpoint_dir=ckpt,
         )
         return self

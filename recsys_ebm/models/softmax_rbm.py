@@ -30,7 +30,6 @@ so it does not favour popular items the way implicit-feedback models do.
 from __future__ import annotations
 
 import dataclasses
-import sys
 import warnings
 from pathlib import Path
 from typing import Any, Self
@@ -90,7 +89,9 @@ class SoftmaxRBMConfig(CDSchedule, Config):
     fold_in_l2: float = 2.0
     max_abs_param: float = 1e4  # divergence guard
     checkpoint_dir: str = ""  # save after every epoch and resume from here when set
-    progress: bool = True  # tqdm bar when stderr is a terminal
+    #: progress on stderr: a tqdm bar on a terminal, timestamped lines in a log
+    #: (:mod:`recsys_ebm.progress`)
+    progress: bool = True
     seed: int = 0
     device: str = "auto"
 
@@ -396,7 +397,7 @@ class SoftmaxRBM(Recommender):
             TypeError: ``train`` is not a scipy sparse matrix.
             ValueError: ``train`` has fewer than two distinct values (binary data) or a value
                 outside ``rating_levels``; ``valid`` has another shape or an unknown level.
-            ModelFitError: the parameters diverged (names the epoch and the quantity).
+            DivergenceError: the parameters diverged (names the epoch, step and quantity).
         """
         from recsys_ebm.models._softmax_rbm_train import train_softmax_rbm
 
@@ -417,7 +418,7 @@ class SoftmaxRBM(Recommender):
         codes = self._codes(train, "train")
         if valid is not None:
             self._codes(valid, "valid")  # same level check
-        show = self.config.progress and sys.stderr.isatty()
+        show = self.config.progress  # recsys_ebm.progress: a bar on a TTY, else log lines
         ckpt = Path(self.config.checkpoint_dir) if self.config.checkpoint_dir else None
         self.context = self._by_user = None
         cases, vcases = codes, valid
