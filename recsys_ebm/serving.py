@@ -16,16 +16,26 @@ load from safetensors.
 
 Request (pandas frame, one row per request):
 
-* ``user_id`` (required): raw user id.
+* ``user_id`` (required): raw user id, an int or a non-empty string (``42``, ``42.0`` and ``"42"``
+  name the same user; ``1.5``, ``true`` and ``""`` are refused, never rounded or cast).
 * ``history`` (optional list of raw item ids): for a new user, the history to serve from; for a
   known user, items added to the stored history (e.g. recent clicks).
-* ``n`` (optional int > 0, default 10) and ``exclude`` (optional list of raw item ids).
+* ``n`` (optional integer, 1 to :data:`MAX_N`, default 10; a value above the catalogue size is
+  capped at it, so a request cannot make the server allocate more than one catalogue's worth) and
+  ``exclude`` (optional list of raw item ids).
+
+``user_id`` and ``n`` are declared ``Any`` in the signature so that MLflow passes them through as
+sent: with a typed column, its JSON parser would silently cast ``1.5`` or ``true`` to user 1.
 
 Policies: unknown item ids in ``history`` / ``exclude`` are ignored and reported in the
 ``ignored_items`` output column (param ``unknown_items="error"`` makes them a 400 instead). A user
 with no history at all gets the model's answer for an empty history - the ranker's popularity
 fallback - flagged ``fallback=True``. Malformed requests raise ``MlflowException`` with
 ``INVALID_PARAMETER_VALUE``, which the scoring server returns as HTTP 400.
+
+A bundle is built only from a dataset with the model's item vocabulary
+(:func:`recsys_ebm.compat.check_model_matches_dataset`): histories indexed by another catalogue
+would serve the wrong items.
 
 Response: one row per request: ``user_id``, ``item_ids`` (list, best first), ``energies`` (list,
 ascending, lower = better), ``fallback`` (bool), ``ignored_items`` (list).
@@ -45,10 +55,20 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-__all__ = ["DEFAULT_N", "RecommenderModel", "build_bundle", "log_pyfunc_model", "signature_for"]
+__all__ = [
+    "DEFAULT_N",
+    "MAX_N",
+    "RecommenderModel",
+    "build_bundle",
+    "log_pyfunc_model",
+    "signature_for",
+]
 
 #: list length when a request gives no ``n``
 DEFAULT_N = 10
+#: largest ``n`` a request may ask for (larger values are refused; values above the catalogue
+#: size are capped at it)
+MAX_N = 1_000_000
 _ENTRY = (
     "import mlflow\n"
     "from recsys_ebm.serving import RecommenderModel\n"
@@ -66,6 +86,7 @@ def build_bundle(model_dir: str | Path, out: str | Path, *, dataset: Any = None)
             its ``history("test")`` serves known users. Without it, a model that stores a
             history (the ranker) serves from that; otherwise only request histories are used.
     """
+    from recsys_ebm.compat import check_model_matches_dataset
     from recsys_ebm.models import load_model
 
     model_dir, out = Path(model_dir), Path(out)
@@ -76,14 +97,13 @@ def build_bundle(model_dir: str | Path, out: str | Path, *, dataset: Any = None)
             "online requests carry item ids without ratings, so it cannot be served here "
             "(score it with `recsys-ebm recommend`, which reads the dataset's ratings)"
         )
+    if dataset is not None:
+        # the bundled histories index the dataset's items: they must be the model's items
+        check_model_matches_dataset(model, dataset, argument=f"dataset (serving {model_dir})")
     out.mkdir(parents=True)
     shutil.copytree(model_dir, out / "model")
     info: dict[str, Any] = {"model": model.name, "history_source": None}
     if dataset is not None:
-        if dataset.n_items != model.n_items:
-            raise ValueError(
-                f"dataset: has {dataset.n_items} items, the model {model_dir} {model.n_items}"
-            )
         history, users = dataset.history("test"), list(dataset.user_ids)
         info["history_source"] = f"dataset {dataset.fingerprint}: history('test')"
     elif getattr(model, "history", None) is not None and model.user_ids is not None:
@@ -109,11 +129,13 @@ def signature_for(user_ids: Any, item_ids: Any) -> Any:
     u, i = kind(user_ids), kind(item_ids)
     inputs = Schema(
         [
-            ColSpec(u, "user_id"),
+            # user_id and n are checked by the model (RecommenderModel.predict): with a typed
+            # column MLflow's JSON parser casts 1.5 or true to 1 before the model sees it
+            ColSpec(AnyType(), "user_id"),
             # lists of item ids, checked by the model: typed Array columns would reject a batch
             # where some records leave them out (pandas fills NaN), so they are AnyType here
             ColSpec(AnyType(), "history", required=False),
-            ColSpec("double", "n", required=False),  # double: a batch may leave n missing (NaN)
+            ColSpec(AnyType(), "n", required=False),
             ColSpec(AnyType(), "exclude", required=False),
         ]
     )
@@ -150,7 +172,7 @@ def log_pyfunc_model(model_dir: str | Path, *, dataset: Any = None, name: str = 
             {
                 "user_id": [users[0] if users else _new_id(items), _new_id(users)],
                 "history": [[], items[:2]],
-                "n": [5.0, 5.0],
+                "n": [5, 5],
             }
         )
         sig = signature_for(users or None, items)
@@ -214,14 +236,8 @@ class RecommenderModel(mlflow.pyfunc.PythonModel):
 
     # ------------------------------------------------------------------ one request
     def _one(self, req: dict[str, Any], k: int, policy: str) -> dict[str, Any]:
-        uid = req.get("user_id")
-        if _missing(uid):
-            _bad(f"user_id: request {k} has no user_id")
-        n = req.get("n")
-        if _missing(n):
-            n = DEFAULT_N
-        if isinstance(n, bool) or not _is_int(n) or int(n) <= 0:
-            _bad(f"n: request {k} (user {uid!r}): expected a positive int, got {n!r}")
+        uid = _user_id(req.get("user_id"), k)
+        n = _request_n(req.get("n"), k, uid, int(self.model.n_items))
         hist_ids = _as_list(req.get("history"), "history", k)
         excl_ids = _as_list(req.get("exclude"), "exclude", k)
         hist_idx, bad_h = self._lookup_items(hist_ids)
@@ -230,6 +246,8 @@ class RecommenderModel(mlflow.pyfunc.PythonModel):
         if ignored and policy == "error":
             _bad(f"history/exclude: request {k} (user {uid!r}) has unknown item ids {ignored}")
         row = self._users.get(_key(uid), -1)
+        if row >= 0 and self.users is not None:
+            uid = self.users[row]  # the vocabulary's id: "42" and 42.0 answer as 42
         n_items = int(self.model.n_items)
         known = np.zeros(0, np.int64)
         if row >= 0 and self.history is not None:
@@ -241,7 +259,7 @@ class RecommenderModel(mlflow.pyfunc.PythonModel):
         )
         items, en = self.model.recommend(
             ui,
-            n=int(n),
+            n=n,
             users=np.array([row], np.int64),
             exclude=np.asarray(excl_idx, np.int64) if excl_idx else None,
         )
@@ -272,7 +290,46 @@ def _bad(message: str) -> None:
 
 
 def _missing(x: Any) -> bool:
-    return x is None or (isinstance(x, float) and math.isnan(x))
+    return x is None or (isinstance(x, float | np.floating) and math.isnan(x))
+
+
+def _user_id(uid: Any, k: int) -> Any:
+    """A request's raw user id: an int (integral floats become ints) or a non-empty string."""
+    uid = _py(uid)
+    if _missing(uid):
+        _bad(f"user_id: request {k} has no user_id")
+    if isinstance(uid, bool):
+        _bad(f"user_id: request {k}: expected a user id (int or string), got the boolean {uid}")
+    if isinstance(uid, float):
+        if not uid.is_integer():
+            _bad(f"user_id: request {k}: expected an integer or string user id, got {uid!r}")
+        return int(uid)
+    if isinstance(uid, str):
+        if not uid.strip():
+            _bad(f"user_id: request {k}: expected a user id, got an empty string")
+        return uid
+    if isinstance(uid, int):
+        return uid
+    _bad(f"user_id: request {k}: expected a user id (int or string), got {type(uid).__name__}")
+    return None
+
+
+def _request_n(n: Any, k: int, uid: Any, n_items: int) -> int:
+    """A request's list length: an integer in [1, MAX_N], capped at the catalogue size."""
+    n = _py(n)
+    if _missing(n):
+        return min(DEFAULT_N, n_items)
+    where = f"n: request {k} (user {uid!r})"
+    if isinstance(n, bool) or not _is_int(n):
+        _bad(f"{where}: expected a positive int (1 to {MAX_N}), got {n!r}")
+    if int(n) <= 0:
+        _bad(f"{where}: expected a positive int (1 to {MAX_N}), got {int(n)}")
+    if int(n) > MAX_N:
+        _bad(
+            f"{where}: expected at most {MAX_N}, got {int(n)} (an n above the catalogue size, "
+            f"{n_items} items, already returns the whole catalogue)"
+        )
+    return min(int(n), n_items)
 
 
 def _as_list(x: Any, name: str, k: int) -> list[Any]:

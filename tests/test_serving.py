@@ -92,6 +92,15 @@ def test_answers_match_the_batch_job(served):
     np.testing.assert_allclose(ghost["energies"], ranker.pop_energy.numpy()[pop_order], rtol=1e-6)
 
 
+def test_n_above_the_catalogue_is_capped(served):
+    url, root = served
+    status, body = post(url, {"dataframe_records": [{"user_id": 424242, "n": 5000}]})
+    assert status == 200, body
+    (answer,) = body["predictions"]
+    n_items = load_model(root / "m").n_items  # a new user without history: the whole catalogue
+    assert len(answer["item_ids"]) == len(set(answer["item_ids"])) == n_items < 5000
+
+
 @pytest.mark.parametrize(
     ("payload", "needle"),
     [
@@ -106,6 +115,15 @@ def test_answers_match_the_batch_job(served):
             },
             "unknown item ids [99999]",
         ),
+        # never cast: 1.5 and true are not user 1
+        ({"dataframe_records": [{"user_id": 1.5}]}, "expected an integer or string user id"),
+        ({"dataframe_records": [{"user_id": True}]}, "got the boolean True"),
+        ({"dataframe_records": [{"user_id": ""}]}, "got an empty string"),
+        ({"dataframe_records": [{"user_id": 0, "n": 2.5}]}, "got 2.5"),
+        ({"dataframe_records": [{"user_id": 0, "n": True}]}, "got True"),
+        ({"dataframe_records": [{"user_id": 0, "n": "5"}]}, "got '5'"),
+        # a 60-byte request once made the worker allocate 2 GB
+        ({"dataframe_records": [{"user_id": 0, "n": 100_000_000}]}, "expected at most"),
     ],
 )
 def test_malformed_requests_get_400_with_a_clear_message(served, payload, needle):

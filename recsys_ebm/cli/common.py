@@ -3,11 +3,32 @@
 from __future__ import annotations
 
 import argparse
+import os
+from typing import Any
 
 __all__ = ["add_model_config_options", "add_tracking_options"]
 
 
+class _Verbose(argparse.Action):
+    """``--verbose``: keep MLflow's INFO lines (for this process and the stages it runs)."""
+
+    def __init__(self, option_strings: list[str], dest: str, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=False, **kwargs)
+
+    def __call__(self, parser: Any, namespace: Any, values: Any, option: Any = None) -> None:
+        from recsys_ebm.tracking import VERBOSE_ENV, set_mlflow_verbosity
+
+        setattr(namespace, self.dest, True)
+        os.environ[VERBOSE_ENV] = "1"
+        set_mlflow_verbosity(True)
+
+
 def add_tracking_options(p: argparse.ArgumentParser) -> None:
+    from recsys_ebm.tracking import set_mlflow_verbosity
+
+    # MLflow's INFO lines ("Created version '1' ...") are noise in command output; --verbose (or
+    # RECSYS_EBM_VERBOSE=1) keeps them
+    set_mlflow_verbosity()
     g = p.add_argument_group("MLflow tracking")
     g.add_argument(
         "--tracking-uri",
@@ -19,6 +40,11 @@ def add_tracking_options(p: argparse.ArgumentParser) -> None:
         "--experiment", default="recsys-ebm", help="MLflow experiment name (default: recsys-ebm)"
     )
     g.add_argument("--no-mlflow", action="store_true", help="do not log this run to MLflow")
+    g.add_argument(
+        "--verbose",
+        action=_Verbose,
+        help="show MLflow's own INFO log lines (hidden by default; also RECSYS_EBM_VERBOSE=1)",
+    )
 
 
 def add_model_config_options(p: argparse.ArgumentParser) -> None:

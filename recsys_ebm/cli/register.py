@@ -11,9 +11,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "register",
         help="register a trained model in the MLflow model registry",
-        description="Log a train run's model directory as an MLflow pyfunc model (servable with "
-        "`mlflow models serve -m models:/NAME@champion`) and register it as a new version of "
-        "NAME. With --promote-if-better METRIC the 'champion' alias moves to the new version only "
+        description="Log a train run's model once into that run as an MLflow pyfunc model "
+        "(servable with `mlflow models serve -m models:/NAME@champion`) and register it as a new "
+        "version of NAME that points at that one copy. A run registers its own model only: if "
+        "its model directory was retrained or changed since, registration is refused and names "
+        "the run that trained the directory's current contents. With --promote-if-better "
+        "METRIC the 'champion' alias moves to the new version only "
         "if it beats the champion on METRIC on the same dataset fingerprint; the metric is read "
         "from the latest `recsys-ebm evaluate` run of that model directory, else from the train "
         "run's own metrics.",
@@ -21,7 +24,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--run", dest="run_id", help="MLflow run id of a `recsys-ebm train` run")
     src.add_argument(
-        "--model-dir", help="trained model directory (its latest train run is looked up)"
+        "--model-dir",
+        help="trained model directory (the train run that produced its current contents is "
+        "looked up)",
     )
     p.add_argument("--name", required=True, help="registered model name")
     p.add_argument(

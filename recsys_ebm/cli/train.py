@@ -71,8 +71,10 @@ def run(args: argparse.Namespace) -> int:
             import mlflow
 
             mlflow.log_metric("fit_seconds", fit_seconds)
-            mlflow.log_artifacts(str(out), artifact_path="model")
-            mlflow.set_tag("model_dir", str(out.resolve()))
+            from recsys_ebm.registry import record_trained_model
+
+            # tags model_dir + its content hash; the weights are logged once, by `register`
+            record_trained_model(out)
     print(f"trained {args.model} in {fit_seconds:.1f}s -> {out}")
     if mlrun is not None:
         print(f"mlflow run: {mlrun.info.run_id}")
