@@ -1,8 +1,13 @@
-"""Writes the analyst notebooks from the cell sources below: python notebooks/build_notebooks.py
+"""Writes the analyst notebooks from the cell sources below; --execute also runs them.
 
-Keeping the sources here makes notebook diffs readable; the .ipynb files are what analysts open.
-Each notebook's first code cell is tagged ``parameters`` (papermill convention) so the dataset
-size can be raised outside CI; tests/test_notebooks.py executes every notebook top to bottom.
+    python notebooks/build_notebooks.py             # sources only (unchanged cells keep outputs)
+    python notebooks/build_notebooks.py --execute   # run all four and store their outputs
+
+Keeping the sources here makes notebook diffs readable; the .ipynb files are what analysts open,
+committed with their outputs (plots included) so they read without running. Each notebook's first
+code cell is tagged ``parameters`` (papermill convention) so the dataset size can be raised
+outside CI; tests/test_notebooks.py executes every notebook top to bottom on small data and checks
+that the committed ones match these sources and carry outputs.
 """
 
 from __future__ import annotations
@@ -492,23 +497,36 @@ NOTEBOOKS["04_model_comparison.ipynb"] = [
         "md",
         """# 4. Model comparison from MLflow
 
-Reads the MLflow runs of the quickstart pipeline back into pandas, compares the models, plots
-metric@K, and explains one user's RBM recommendations item by item from energies. If no tracking
-store is given, the pipeline is run first (reduced settings by default).""",
+Reads the MLflow runs of **one run of the quickstart pipeline** back into pandas, compares the
+models, plots metric@K, and explains one user's RBM recommendations item by item from energies.
+
+Which runs are read: a pipeline run is an MLflow run tagged `stage = pipeline`; its `evaluate`
+stage is a child run (tag `mlflow.parentRunId`), and each model's metrics are grandchildren
+(`stage = evaluate-model`). By default the notebook takes the **latest pipeline run that
+evaluated models** (a rerun whose stages were all skipped logs no evaluation), so runs logged by
+hand - a manual `recsys-ebm evaluate`, another pipeline's runs - are never mixed in. Set
+`PIPELINE_RUN_ID` to read another one; the cell below prints the ones available.
+
+Where the runs come from: by default the repository's `mlflow.db`, which
+`recsys-ebm run pipelines/quickstart.toml` writes when run from the repository root (relative
+`sqlite:///` paths are resolved from the repository root, not from this notebook's folder). If
+that file does not exist, or `RUN_PIPELINE = True`, the pipeline is first run here on reduced
+settings (a minute or two).""",
     ),
     (
         "params",
         """# Parameters
-TRACKING_URI = None    # e.g. "sqlite:///mlflow.db" after `recsys-ebm run pipelines/quickstart.toml`
-RUN_DIR = None         # that pipeline's run directory, e.g. "runs/quickstart"
-RBM_EPOCHS = 2         # used only when the pipeline is run here (reduced settings)
+TRACKING_URI = None      # None = the repository's mlflow.db; or e.g. "sqlite:////abs/path/mlflow.db"
+PIPELINE_RUN_ID = None   # None = the latest pipeline run that evaluated models
+RUN_DIR = None           # None = that pipeline run's run directory (its pipeline.run_dir param)
+RUN_PIPELINE = False     # True = run the quickstart pipeline here first (reduced settings)
+RBM_EPOCHS = 2           # used only when the pipeline is run here (reduced settings)
 RBM_HIDDEN = 32
 RETRIEVER_EPOCHS = 2""",
     ),
     (
         "code",
         """%matplotlib inline
-import json
 import subprocess
 import sys
 import tempfile
@@ -519,32 +537,89 @@ import mlflow
 import numpy as np
 import pandas as pd
 
+import recsys_ebm
 from recsys_ebm import Dataset, load_model
 
+ROOT = Path(recsys_ebm.__file__).resolve().parents[1]   # the repository root
+
+
+def store_path(uri):
+    \"\"\"The SQLite file of a sqlite:/// URI, relative paths taken from the repository root.\"\"\"
+    path = Path(uri.removeprefix("sqlite:///"))
+    return path if path.is_absolute() else ROOT / path
+
+
 if TRACKING_URI is None:
-    import recsys_ebm
-    root = Path(recsys_ebm.__file__).resolve().parents[1]
-    tmp = Path(tempfile.mkdtemp())
-    RUN_DIR, TRACKING_URI = str(tmp / "run"), f"sqlite:///{tmp / 'mlflow.db'}"
-    cmd = [sys.executable, "-m", "recsys_ebm", "run", str(root / "pipelines" / "quickstart.toml"),
+    TRACKING_URI = f"sqlite:///{ROOT / 'mlflow.db'}"
+    if not store_path(TRACKING_URI).exists():
+        RUN_PIPELINE = True
+if TRACKING_URI.startswith("sqlite:///"):
+    TRACKING_URI = f"sqlite:///{store_path(TRACKING_URI)}"
+if RUN_PIPELINE:
+    RUN_DIR = RUN_DIR or str(Path(tempfile.mkdtemp()) / "run")
+    if TRACKING_URI == f"sqlite:///{ROOT / 'mlflow.db'}":   # keep the user's store untouched
+        TRACKING_URI = f"sqlite:///{Path(RUN_DIR).parent / 'mlflow.db'}"
+    cmd = [sys.executable, "-m", "recsys_ebm", "run", str(ROOT / "pipelines" / "quickstart.toml"),
            "--run-dir", RUN_DIR, "--tracking-uri", TRACKING_URI,
            "--set", f"train.rbm.set.epochs={RBM_EPOCHS}",
            "--set", f"train.rbm.set.n_hidden={RBM_HIDDEN}",
            "--set", f"train.retriever.set.epochs={RETRIEVER_EPOCHS}",
            "--set", "train.ease.set.l2_grid=[]", "--set", "evaluate.bootstrap=100"]
-    subprocess.run(cmd, check=True, capture_output=True)
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"the pipeline failed (exit {proc.returncode}):\\n{proc.stderr[-3000:]}")
+# never let MLflow create an empty store where the user expected theirs
+if TRACKING_URI.startswith("sqlite:///") and not store_path(TRACKING_URI).exists():
+    raise FileNotFoundError(
+        f"TRACKING_URI: no MLflow store at {store_path(TRACKING_URI)}; run "
+        f"`recsys-ebm run pipelines/quickstart.toml` from the repository root ({ROOT}) first, "
+        "or set RUN_PIPELINE = True")
 mlflow.set_tracking_uri(TRACKING_URI)
 runs = mlflow.search_runs(experiment_names=["recsys-ebm"])
-print(len(runs), "runs;", runs["tags.stage"].value_counts().to_dict())""",
+if runs.empty or "tags.stage" not in runs:
+    raise ValueError(
+        f"TRACKING_URI: the MLflow store {TRACKING_URI} has no runs in experiment 'recsys-ebm'; "
+        "run `recsys-ebm run pipelines/quickstart.toml` from the repository root first, "
+        "or set RUN_PIPELINE = True")
+parent = runs.get("tags.mlflow.parentRunId", pd.Series(index=runs.index, dtype=object))
+evaluations = runs[runs["tags.stage"] == "evaluate"]
+pipelines = runs[runs["tags.stage"] == "pipeline"].sort_values("start_time", ascending=False)
+pipelines = pipelines.assign(
+    evaluated=pipelines["run_id"].isin(parent[evaluations.index]),
+    run_dir=pipelines.get("params.pipeline.run_dir"))
+print(f"{len(runs)} runs in the store; pipeline runs, latest first:")
+print(pipelines[["run_id", "start_time", "tags.pipeline", "run_dir", "evaluated"]]
+      .to_string(index=False))
+if PIPELINE_RUN_ID is None:
+    if not pipelines["evaluated"].any():
+        raise ValueError(
+            f"TRACKING_URI: no pipeline run in {TRACKING_URI} evaluated models; run "
+            "`recsys-ebm run pipelines/quickstart.toml` (add --force to rerun every stage)")
+    PIPELINE_RUN_ID = pipelines[pipelines["evaluated"]]["run_id"].iloc[0]
+if PIPELINE_RUN_ID not in set(pipelines["run_id"]):
+    raise ValueError(f"PIPELINE_RUN_ID: expected one of the pipeline runs listed above, "
+                     f"got {PIPELINE_RUN_ID!r}")
+pipeline_run = pipelines.set_index("run_id").loc[PIPELINE_RUN_ID]
+evaluate_ids = set(evaluations[parent[evaluations.index] == PIPELINE_RUN_ID]["run_id"])
+if not evaluate_ids:
+    raise ValueError(f"PIPELINE_RUN_ID: pipeline run {PIPELINE_RUN_ID} has no evaluate stage "
+                     "(it was skipped as unchanged); pick one whose 'evaluated' is True")
+RUN_DIR = Path(RUN_DIR or pipeline_run["run_dir"])
+RUN_DIR = RUN_DIR if RUN_DIR.is_absolute() else ROOT / RUN_DIR
+shown = RUN_DIR.relative_to(ROOT) if RUN_DIR.is_relative_to(ROOT) else RUN_DIR
+print(f"\\nreading pipeline run {PIPELINE_RUN_ID} ({pipeline_run['tags.pipeline']}, "
+      f"started {pipeline_run['start_time']:%Y-%m-%d %H:%M}); run directory {shown}")""",
     ),
     ("md", "## Per-model evaluation runs as a table"),
     (
         "code",
-        """ev = runs[runs["tags.stage"] == "evaluate-model"].sort_values("start_time")
-ev = ev.drop_duplicates("tags.model", keep="last").set_index("tags.model")
+        """ev = runs[(runs["tags.stage"] == "evaluate-model") & parent.isin(evaluate_ids)]
+ev = ev.sort_values("start_time").drop_duplicates("tags.model", keep="last")
+ev = ev.set_index("tags.model")
 cols = [c for c in ev.columns
         if c.startswith("metrics.ndcg_at_") or c.startswith("metrics.recall_at_")]
-table = ev[cols].rename(columns=lambda c: c.replace("metrics.", "").replace("_at_", "@"))
+table = ev[cols].dropna(axis=1, how="all")   # columns other runs of the store logged
+table = table.rename(columns=lambda c: c.replace("metrics.", "").replace("_at_", "@"))
 table = table[sorted(table.columns, key=lambda c: (c.split("@")[0], int(c.split("@")[1])))]
 assert {"popularity", "ease", "als", "rbm", "retriever", "ranker"} <= set(table.index)
 assert (table["ndcg@10"].drop("popularity") > table.loc["popularity", "ndcg@10"]).all()
@@ -558,8 +633,9 @@ for ax, metric in zip(axes, ["recall", "ndcg"]):
     ks = sorted(int(c.split("@")[1]) for c in table.columns if c.startswith(metric))
     for model, row in table.iterrows():
         ax.plot(ks, [row[f"{metric}@{k}"] for k in ks], marker="o", label=model)
-    ax.set_xlabel("K"); ax.set_ylabel(f"{metric}@K")
+    ax.set_xlabel("K"); ax.set_ylabel(f"{metric}@K"); ax.set_title(f"{metric}@K")
 axes[0].legend()
+fig.suptitle(f"pipeline run {PIPELINE_RUN_ID[:8]}: {len(table)} models")
 plt.tight_layout()""",
     ),
     (
@@ -596,26 +672,94 @@ explain""",
 ]
 
 
-def build() -> None:
-    for name, cells in NOTEBOOKS.items():
-        nb = nbf.v4.new_notebook()
-        nb.metadata["kernelspec"] = {
-            "name": "python3",
-            "display_name": "Python 3",
-            "language": "python",
-        }
-        for k, (kind, src) in enumerate(cells):
-            if kind == "md":
-                cell = nbf.v4.new_markdown_cell(src)
-            else:
-                cell = nbf.v4.new_code_cell(src)
-                if kind == "params":
-                    cell.metadata["tags"] = ["parameters"]
-            # stable cell ids (nbformat draws random ones): rebuilding leaves unchanged cells alone
-            cell.id = hashlib.sha1(f"{name}:{k}".encode()).hexdigest()[:8]
-            nb.cells.append(cell)
-        nbf.write(nb, HERE / name)
+def generate(name: str) -> nbf.NotebookNode:
+    """The notebook ``name`` as the sources above define it, without outputs."""
+    nb = nbf.v4.new_notebook()
+    nb.metadata["kernelspec"] = {
+        "name": "python3",
+        "display_name": "Python 3",
+        "language": "python",
+    }
+    for k, (kind, src) in enumerate(NOTEBOOKS[name]):
+        if kind == "md":
+            cell = nbf.v4.new_markdown_cell(src)
+        else:
+            cell = nbf.v4.new_code_cell(src)
+            if kind == "params":
+                cell.metadata["tags"] = ["parameters"]
+        # stable cell ids (nbformat draws random ones): rebuilding leaves unchanged cells alone
+        cell.id = hashlib.sha1(f"{name}:{k}".encode()).hexdigest()[:8]
+        nb.cells.append(cell)
+    return nb
+
+
+def is_plot_cell(source: str) -> bool:
+    """Whether a code cell draws a figure (its committed outputs must hold an image)."""
+    return "plt.figure(" in source or "plt.subplots(" in source
+
+
+def _keep_outputs(new: nbf.NotebookNode, path: Path) -> None:
+    """Copy outputs of cells whose source did not change from the notebook at ``path``."""
+    if not path.exists():
+        return
+    old = {c.id: c for c in nbf.read(path, as_version=4).cells if c.cell_type == "code"}
+    for cell in new.cells:
+        prev = old.get(cell.id)
+        if cell.cell_type == "code" and prev is not None and prev.source == cell.source:
+            cell.outputs = prev.outputs
+            cell.execution_count = prev.execution_count
+
+
+def execute(nb: nbf.NotebookNode, *, timeout: int = 1800) -> None:
+    """Run ``nb`` top to bottom in a fresh kernel whose working directory is notebooks/."""
+    from nbclient import NotebookClient
+
+    NotebookClient(
+        nb,
+        timeout=timeout,
+        kernel_name="python3",
+        record_timing=False,  # no timestamps in the committed files
+        resources={"metadata": {"path": str(HERE)}},
+    ).execute()
+
+
+def build(names: list[str] | None = None, *, run: bool = False) -> None:
+    """Write the notebooks; ``run`` executes them and stores their outputs (plots included).
+
+    Without ``run``, a cell whose source is unchanged keeps the outputs already committed, and
+    a changed cell loses them (tests/test_notebooks.py then asks for ``--execute``).
+    """
+    for name in names or list(NOTEBOOKS):
+        nb = generate(name)
+        if run:
+            print(f"executing {name} ...", flush=True)
+            execute(nb)
+        else:
+            _keep_outputs(nb, HERE / name)
+        tmp = HERE / f".{name}.tmp"
+        nbf.write(nb, tmp)
+        tmp.replace(HERE / name)  # atomic: an interrupted run leaves the old notebook
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--execute",
+        action="store_true",
+        help="run every notebook (bundled data; notebook 04 reads the repository's mlflow.db "
+        "after `recsys-ebm run pipelines/quickstart.toml`, else runs the pipeline itself) and "
+        "commit-ready outputs",
+    )
+    parser.add_argument("names", nargs="*", metavar="NAME.ipynb", help="default: all four")
+    args = parser.parse_args(argv)
+    unknown = sorted(set(args.names) - set(NOTEBOOKS))
+    if unknown:
+        parser.error(f"names: expected some of {sorted(NOTEBOOKS)}, got {unknown}")
+    build(args.names or None, run=args.execute)
+    return 0
 
 
 if __name__ == "__main__":
-    build()
+    raise SystemExit(main())

@@ -207,3 +207,68 @@ def test_cli_evaluate_rejects_model_from_another_dataset(dataset, tmp_path):
     )
     assert r.returncode == 2 and "trained on" in r.stderr
     assert not (tmp_path / "rep").exists()
+
+
+def test_report_puts_the_verdict_first_and_titles_every_plot(dataset, tmp_path):
+    import matplotlib.pyplot as plt
+    from PIL import Image
+
+    from recsys_ebm.evaluation.report import report_figures, verdict_rows, write_report
+
+    ease = EASE(l2=50.0, l2_grid=(), device="cpu").fit(dataset.train)
+    models = {"popularity": Popularity().fit(dataset.train), "ease": ease, "ease_twin": ease}
+    res = evaluate_models(dataset, models, (5, 10), n_boot=100)
+    assert res.best_baseline == "ease" and res.primary == "ndcg@5"
+    rows = {r["model"]: r for r in verdict_rows(res, n_boot=200)}
+    assert rows["ease"]["verdict"] == "best baseline"
+    assert rows["popularity"]["verdict"] == "worse" and rows["popularity"]["t_pvalue"] < 0.01
+    lo, hi = rows["popularity"]["diff_ci"]
+    assert lo <= rows["popularity"]["diff"] <= hi < 0
+    # the same model twice: every per-user difference is 0, so no significant difference
+    assert rows["ease_twin"]["verdict"] == "no significant difference"
+
+    write_report(res, tmp_path / "rep", dataset=dataset, meta={})
+    page = (tmp_path / "rep" / "report.html").read_text()
+    md = (tmp_path / "rep" / "report.md").read_text()
+    for text in (page, md):
+        verdict, wide = text.index("Verdict on ndcg@5"), text.index("All metrics")
+        assert verdict < wide and text.index("precision@10") > wide, "verdict table comes first"
+        block = text[verdict:wide]
+        assert "best baseline" in block and "Δ vs ease" in block and "95% CI of Δ" in block
+        assert "p (paired t-test)" in block
+        pop_p = f"{rows['popularity']['t_pvalue']:.2g}"
+        assert pop_p in block and "worse than ease" in block
+        assert "no significant difference from ease" in block
+    # the wide table sits in a horizontally scrollable container of its own
+    assert re.search(r"<div class='scroll'><table><tr><th>model</th><th>recall@5", page)
+    assert page.index("</table></div>", page.index("All metrics")) < page.index("Plots")
+
+    figures = report_figures(res)
+    assert len(figures) == 3
+    for caption, fig in figures.items():
+        assert fig._suptitle is not None and fig._suptitle.get_text(), caption
+        visible = [ax for ax in fig.axes if ax.get_visible()]
+        assert visible and all(ax.get_title() for ax in visible), caption
+        if caption.startswith("Energy"):  # positives stay visible next to the random spike
+            assert all(ax.get_yscale() == "log" for ax in visible)
+        plt.close(fig)
+    titles = [
+        Image.open(io.BytesIO(base64.b64decode(b))).info.get("Title")
+        for b in re.findall(r"data:image/png;base64,([A-Za-z0-9+/=]+)", page)
+    ]
+    assert len(titles) == 3 and all(titles), titles
+    assert any("held-out positives vs random items" in t for t in titles)
+
+
+def test_report_without_a_baseline_says_there_is_no_verdict(dataset, tmp_path):
+    from recsys_ebm.evaluation.report import verdict_rows, write_report
+    from recsys_ebm.models.rbm import RBM
+
+    rbm = RBM(n_hidden=8, epochs=1, patience=0, progress=False, seed=0, device="cpu")
+    res = evaluate_models(dataset, {"rbm": rbm.fit(dataset.train)}, (10,), n_boot=20)
+    assert res.best_baseline is None and verdict_rows(res) == []
+    write_report(res, tmp_path / "rep", dataset=dataset, meta={})
+    for name in ("report.html", "report.md"):
+        text = (tmp_path / "rep" / name).read_text()
+        assert "No baseline (popularity, ease, als, bpr) among the evaluated models" in text
+        assert text.index("Verdict on ndcg@10") < text.index("All metrics")
