@@ -56,7 +56,7 @@ from recsys_ebm._batch_job import (
     write_manifest,
 )
 from recsys_ebm.compat import check_model_matches_dataset
-from recsys_ebm.io import atomic_file
+from recsys_ebm.io import atomic_file, write_parquet
 
 __all__ = [
     "BatchIntegrityError",
@@ -366,7 +366,7 @@ def _score(
                 matrix[rows].getnnz(axis=1) == 0,
             )  # fmt: skip
             with atomic_file(chunk_path(parts, k)) as tmp:
-                frame.write_parquet(tmp)
+                write_parquet(frame, tmp)
             # recorded once the chunk is on disk: a chunk the manifest lists is complete. The
             # manifest is saved every few seconds and when the loop ends or fails; a chunk a
             # hard kill left unrecorded is scored again on resume

@@ -20,6 +20,7 @@ __all__ = [
     "load_checkpoint",
     "resume_checkpoint",
     "save_checkpoint",
+    "write_parquet",
 ]
 
 #: file name of a training checkpoint inside a model's ``checkpoint_dir``
@@ -133,6 +134,19 @@ def atomic_file(path: str | Path, *, overwrite: bool = True) -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
         raise
     os.replace(tmp, path)
+
+
+def write_parquet(frame: Any, path: str | Path) -> None:
+    """Write a polars DataFrame to Parquet through pyarrow, so that a full or read-only disk is
+    an ``OSError`` naming ``path`` (polars wraps it in a ComputeError)."""
+    import pyarrow.parquet as pq
+
+    try:
+        pq.write_table(frame.to_arrow(), str(path))
+    except OSError as exc:
+        raise OSError(
+            exc.errno, os.strerror(exc.errno) if exc.errno else str(exc), str(path)
+        ) from exc
 
 
 def save_checkpoint(directory: str | Path, state: dict[str, Any]) -> Path:

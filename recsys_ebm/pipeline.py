@@ -522,7 +522,7 @@ def _run_locked(
 
 def print_outputs(pipe: Pipeline, tracking_uri: str | None, *, mlflow: bool = True) -> None:
     """Print where the dataset, report, recommendations, registered model and runs are."""
-    from recsys_ebm.tracking import default_tracking_uri
+    from recsys_ebm.tracking import default_tracking_uri, ui_hint
 
     uri = default_tracking_uri(tracking_uri or pipe.tracking_uri)
     out = sys.stdout
@@ -547,7 +547,7 @@ def print_outputs(pipe: Pipeline, tracking_uri: str | None, *, mlflow: bool = Tr
                 file=out,
             )
     if mlflow:
-        print(f"  MLflow UI:        mlflow ui --backend-store-uri {uri}", file=out)
+        print(f"  {ui_hint(uri, pipe.experiment)}", file=out)
 
 
 def _champion(name: str, uri: str) -> tuple[str, bool]:

@@ -130,6 +130,7 @@ def test_lock_held_by_another_process(world, tmp_path):
     finally:
         holder.stdin.close()
         holder.wait(timeout=60)
+        holder.stdout.close()
     assert not out.exists()
     run_batch(model, a, out, n=3, progress=False)
     assert pl.read_parquet(out).height == 3 * a.n_users

@@ -8,6 +8,7 @@ import re
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -134,6 +135,10 @@ def test_cli_evaluate_report_mlflow_and_browser(dataset, tmp_path):
     assert "report/report.html" in arts
     per_model = [x for x in runs if x.data.tags.get("stage") == "evaluate-model"]
     assert {x.data.tags["model"] for x in per_model} == {"popularity", "ease"}
+    from recsys_ebm.batch import model_version
+
+    for x in per_model:  # the exact contents scored: promotion reads this model's figure only
+        assert x.data.tags["model_version"] == model_version(Path(x.data.tags["model_dir"]))
     assert all(x.data.tags["mlflow.parentRunId"] == ev[0].info.run_id for x in per_model)
     # existing report is not clobbered
     r = _run(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import mlflow
 import pytest
@@ -57,7 +58,7 @@ def test_train_run_logs_config_dataset_version_curves_and_model(
     arts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert "model.json" in arts and "model" not in arts
     manifest = client.download_artifacts(run.info.run_id, "dataset/manifest.json", str(tmp_path))
-    assert json.loads(open(manifest).read())["fingerprint"] == ds.fingerprint
+    assert json.loads(Path(manifest).read_text())["fingerprint"] == ds.fingerprint
 
 
 def test_recommend_runs_nest_under_a_pipeline_parent(data_dir, tracking_uri, experiment, tmp_path):

@@ -65,7 +65,7 @@ def test_register_run_of_a_retrained_dir_is_refused_and_weights_are_stored_once(
     model = tmp_path / "ease"
     first = _train_ease(data, model, store, 10.0)
     # the train run records the directory's hash and keeps no copy of the weights
-    client = MlflowClient(store)
+    client = MlflowClient(store, registry_uri=store)
     assert client.get_run(first).data.tags["model_version"] == model_version(model)
     assert _weights(tmp_path / "art") == []
     second = _train_ease(data, model, store, 500.0)  # retrained into the same directory
@@ -227,7 +227,7 @@ def test_register_output_has_no_mlflow_info_lines_unless_verbose(data, store, tm
 
 
 def test_ui_hint_links_the_experiments_runs_page(store, tmp_path):
-    exp_id = MlflowClient(store).get_experiment_by_name("e").experiment_id
+    exp_id = MlflowClient(store, registry_uri=store).get_experiment_by_name("e").experiment_id
     hint = ui_hint(store, "e")
     assert f"mlflow ui --backend-store-uri {store}" in hint
     assert f"http://127.0.0.1:5000/#/experiments/{exp_id}/runs" in hint

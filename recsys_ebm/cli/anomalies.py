@@ -30,8 +30,9 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from recsys_ebm.anomalies import anomaly_scores, scores_frame
+    from recsys_ebm.compat import check_model_matches_dataset
     from recsys_ebm.data.dataset import Dataset
-    from recsys_ebm.io import atomic_file
+    from recsys_ebm.io import atomic_file, write_parquet
     from recsys_ebm.models import load_model
 
     out = Path(args.out)
@@ -39,14 +40,13 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--out: expected a .parquet or .csv file, got {out}")
     model = load_model(args.model)
     dataset = Dataset.load(args.data)
-    if model.n_items != dataset.n_items:
-        raise ValueError(f"--model: trained on {model.n_items} items, --data has {dataset.n_items}")
+    check_model_matches_dataset(model, dataset, argument="--model")
     profiles = dataset.train if args.split == "train" else dataset.history("test")
     scores = anomaly_scores(model, profiles)
     frame = scores_frame(dataset.user_ids, scores, profiles.getnnz(axis=1))
     with atomic_file(out) as tmp:
         if out.suffix == ".parquet":
-            frame.write_parquet(tmp)
+            write_parquet(frame, tmp)
         else:
             frame.write_csv(tmp)
     print(frame.head(args.top))

@@ -74,10 +74,12 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from recsys_ebm import __version__
+    from recsys_ebm.batch import model_version
     from recsys_ebm.data.dataset import Dataset
     from recsys_ebm.evaluation.evaluate import evaluate_models
     from recsys_ebm.evaluation.report import write_report
     from recsys_ebm.models import load_model
+    from recsys_ebm.registry import MODEL_VERSION_TAG
     from recsys_ebm.tracking import (
         git_commit,
         log_dataset,
@@ -150,6 +152,7 @@ def run(args: argparse.Namespace) -> int:
                         for k, v in {**m.means, **m.beyond, **m.extra}.items()
                     }
                 )
+                model_path = Path(args.models[list(models).index(m.name)])
                 with mlflow_run(
                     f"evaluate-{m.name}",
                     nested=True,
@@ -157,7 +160,9 @@ def run(args: argparse.Namespace) -> int:
                     tags={
                         "stage": "evaluate-model",
                         "model": m.name,
-                        "model_dir": str(Path(args.models[list(models).index(m.name)]).resolve()),
+                        "model_dir": str(model_path.resolve()),
+                        # the exact contents scored, so promotion reads this model's figure only
+                        MODEL_VERSION_TAG: model_version(model_path),
                         "dataset.fingerprint": dataset.fingerprint,
                     },
                 ):
