@@ -12,7 +12,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+from recsys_ebm._version import __version__
 
 __all__ = ["Dataset", "Recommender", "__version__", "get_model_class", "load_model"]
 
