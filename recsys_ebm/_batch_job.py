@@ -334,23 +334,23 @@ def model_fingerprint(model: Any) -> str:
     components' (a ranker's), for library callers that have no model directory to hash."""
     h = hashlib.sha256()
     _hash_model(h, model)
-    return f"{getattr(model, 'name', '') or type(model).__name__}-{h.hexdigest()[:16]}"
+    return f"{model.name}-{h.hexdigest()[:16]}"
 
 
 def _hash_model(h: Any, model: Any) -> None:
     import torch
 
-    h.update(str(getattr(model, "name", type(model).__name__)).encode() + b"\0")
-    cfg = getattr(model, "config", None)
-    cfg_dict = cfg.to_dict() if hasattr(cfg, "to_dict") else repr(cfg)
-    h.update(json.dumps(cfg_dict, sort_keys=True, default=str).encode() + b"\0")
-    h.update(str(getattr(model, "n_items", None)).encode() + b"\0")
-    states = model._state_tensors() if hasattr(model, "_state_tensors") else {}
+    from recsys_ebm.models.capabilities import Composite
+
+    h.update(str(model.name).encode() + b"\0")
+    h.update(json.dumps(model.config.to_dict(), sort_keys=True, default=str).encode() + b"\0")
+    h.update(str(model.n_items).encode() + b"\0")
+    states = model.state_tensors()
     for key in sorted(states):
-        t = states[key].detach().cpu().contiguous()
+        t = states[key]
         h.update(key.encode() + str(t.dtype).encode() + str(tuple(t.shape)).encode())
         h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-    for comp in getattr(model, "components", None) or []:
+    for comp in model.components if isinstance(model, Composite) else []:
         _hash_model(h, comp)
 
 

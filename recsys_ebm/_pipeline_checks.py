@@ -130,8 +130,11 @@ def _check_ranker(where: str, config: Any, stage_components: list[str] | None) -
                 f"{where}: key 'components': {name!r} ranks from ratings; the ranker blends "
                 "models that rank from interaction histories"
             )
+    from recsys_ebm.models.capabilities import CandidateRetriever
+
     if config.candidates == "retriever" and not any(
-        name in MODEL_PATHS and hasattr(get_model_class(name), "retrieve") for name in models
+        name in MODEL_PATHS and issubclass(get_model_class(name), CandidateRetriever)
+        for name in models
     ):
         raise ConfigError(
             f"{where}: key 'set.candidates': 'retriever' needs a component with retrieve() "

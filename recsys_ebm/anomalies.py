@@ -8,23 +8,31 @@ learned, rank first.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import polars as pl
 import scipy.sparse as sp
 
+from recsys_ebm.models.capabilities import FreeEnergyModel
+
+if TYPE_CHECKING:
+    from recsys_ebm.models.base import Recommender
+
 __all__ = ["anomaly_scores", "inject_shilling_profiles", "roc_auc", "scores_frame"]
 
 
-def anomaly_scores(model: Any, user_items: sp.csr_matrix) -> np.ndarray:
+def anomaly_scores(model: Recommender, user_items: sp.csr_matrix) -> np.ndarray:
     """(U,) anomaly score of each profile = its free energy (higher = more anomalous).
 
     Raises:
         TypeError: the model has no free energy (only the RBMs do).
     """
-    if not hasattr(model, "free_energy"):
-        raise TypeError(f"model: expected an RBM with a free energy, got {type(model).__name__}")
+    if not isinstance(model, FreeEnergyModel):
+        raise TypeError(
+            "model: expected a model with a free energy (the RBM, or the softmax RBM with "
+            f"orientation 'user'), got {type(model).__name__}"
+        )
     return np.asarray(model.free_energy(user_items), dtype=np.float64)
 
 

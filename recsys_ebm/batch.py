@@ -56,6 +56,7 @@ from recsys_ebm._batch_job import (
     write_manifest,
 )
 from recsys_ebm.compat import check_model_matches_dataset
+from recsys_ebm.data.vocab import Vocabulary
 from recsys_ebm.io import atomic_file, write_parquet
 
 __all__ = [
@@ -183,11 +184,10 @@ def read_histories(
     if values == "rating":  # a repeated (user, item) keeps its last rating, never a sum
         df = df.unique(subset=["user_id", "item_id"], keep="last", maintain_order=True)
     items = dataset.item_index(df["item_id"].to_list())
-    users = df["user_id"].cast(pl.String).to_list()
-    order = list(dict.fromkeys(users))
-    pos = {u: k for k, u in enumerate(order)}
+    users = df["user_id"].cast(pl.String)
+    order = users.unique(maintain_order=True).to_list()
     keep = items >= 0
-    rows = np.array([pos[u] for u in users], dtype=np.int64)[keep]
+    rows = Vocabulary(order, name="history user").index(users)[keep]
     data = np.ones(int(keep.sum()), np.float32)
     if values == "rating":
         try:
@@ -212,12 +212,10 @@ def _training_rows(model: Any, dataset: Any, idx: np.ndarray) -> np.ndarray:
     fp = (getattr(model, "fit_info", None) or {}).get("dataset_fingerprint")
     if fp is not None and fp == dataset.fingerprint:
         return idx
-    model_users = getattr(model, "user_ids", None)
+    model_users = getattr(model, "user_vocab", None)
     if model_users is None:
         return idx if fp is None else np.full(idx.size, -1, np.int64)
-    lookup = {str(u): k for k, u in enumerate(model_users)}
-    ids = dataset.user_ids
-    return np.array([lookup.get(str(ids[i]), -1) for i in idx], dtype=np.int64)
+    return model_users.index(dataset.user_ids[idx], unknown="missing")
 
 
 def run_batch(
@@ -290,7 +288,7 @@ def _requests(
     idx, unknown = select_users(dataset, users)
     values = model.history_values  # "rating" for rating models (the softmax RBM)
     hist_all = dataset.history("test", values=values)
-    raw_ids = [dataset.user_ids[i] for i in idx]
+    raw_ids = dataset.user_ids[idx].tolist()
     matrix = hist_all[idx]
     known_rows = _training_rows(model, dataset, idx)
     if history_file is not None:
@@ -298,9 +296,9 @@ def _requests(
         matrix = sp.vstack([matrix, extra]).tocsr()
         raw_ids += extra_ids
         known_rows = np.concatenate([known_rows, np.full(len(extra_ids), -1, np.int64)])
-        given = {str(u) for u in extra_ids}
-        unknown = [u for u in unknown if str(u) not in given]
-    if unknown and getattr(model, "has_fallback", False):
+        given = Vocabulary(extra_ids, name="history user")
+        unknown = [u for u in unknown if u not in given]
+    if unknown and model.has_fallback:
         # no history anywhere: an empty row, which the model serves from its fallback
         empty = sp.csr_matrix((len(unknown), dataset.n_items), dtype=np.float32)
         matrix = sp.vstack([matrix, empty]).tocsr()

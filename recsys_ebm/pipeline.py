@@ -1,8 +1,11 @@
 """Pipelines: TOML files that chain ``prepare -> train -> evaluate -> register -> recommend``.
 
-A pipeline file declares stages; each stage's keys are the options of the CLI subcommand of the
-same name (``test_fraction`` = ``--test-fraction``), so anything a user can type, a pipeline can
-declare. Example (``pipelines/quickstart.toml``)::
+A pipeline file declares stages; each stage's table is loaded straight into the job config of
+the same name (:mod:`recsys_ebm.jobs`: ``[prepare]`` -> ``PrepareJob``), whose fields are also
+the CLI subcommand's options (``test_fraction`` = ``--test-fraction``), so anything a user can
+type, a pipeline can declare. The stage graph comes from each job's declared input and output
+paths (a stage runs after the stage whose output it reads). Example
+(``pipelines/quickstart.toml``)::
 
     [pipeline]
     name = "quickstart"
@@ -63,9 +66,12 @@ exits 1.
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import hashlib
 import json
+import os
+import re
+import shlex
 import sys
 import time
 import tomllib
@@ -89,6 +95,7 @@ from recsys_ebm._pipeline_run import (
     write_stamp,
 )
 from recsys_ebm.diagnostics import ConfigError
+from recsys_ebm.jobs import BAD_INPUT, JobConfig, error_message, job_config, run_job
 
 __all__ = [
     "STAGES",
@@ -102,24 +109,24 @@ __all__ = [
 
 STAGES = ("prepare", "train", "evaluate", "register", "recommend")
 _PIPELINE_KEYS = {"name", "run_dir", "tracking_uri", "experiment"}
-# options the runner fills in itself (outputs and inputs wired between stages)
+# fields the runner fills in itself (outputs and inputs wired between stages)
 _MANAGED = {
-    "prepare": {"out", "overwrite", "func"},
-    "train": {"data", "out", "overwrite", "func", "overrides"},
-    "evaluate": {"data", "report", "overwrite", "func"},
-    "register": {"func", "run_id", "model_dir"},
-    "recommend": {"data", "out", "func"},
+    "prepare": {"out", "overwrite"},
+    "train": {"data", "out", "overwrite", "overrides"},
+    "evaluate": {"data", "report", "overwrite", "models"},
+    "register": {"run_id", "model_dir"},
+    "recommend": {"data", "out", "model"},
 }
 _TRACKING = {"tracking_uri", "experiment", "no_mlflow"}
 
 
 @dataclass
 class Stage:
-    """One resolved stage: the CLI argv it runs, its output path and its content hash."""
+    """One resolved stage: its job config, its output path and its content hash."""
 
     kind: str
     name: str
-    argv: list[str]
+    config: JobConfig
     output: Path | None
     upstream: list[str] = field(default_factory=list)
     digest: str = ""
@@ -135,57 +142,24 @@ class Pipeline:
     stages: list[Stage]
 
 
-def _subparser(kind: str) -> argparse.ArgumentParser:
-    from recsys_ebm.cli import build_parser
-
-    parser = build_parser()
-    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    return sub.choices[kind]
-
-
-def _options(kind: str) -> dict[str, argparse.Action]:
-    return {
-        a.dest: a for a in _subparser(kind)._actions if a.dest not in ("help",) and a.option_strings
-    }
-
-
-def _to_argv(where: str, kind: str, values: dict[str, Any]) -> list[str]:
-    """Turn a stage table into CLI arguments, validating keys and types against the parser."""
-    opts = _options(kind)
+def _job(where: str, kind: str, table: dict[str, Any], wired: dict[str, Any]) -> JobConfig:
+    """A stage table (its keys: the job's fields) plus the runner's wiring -> the job config."""
+    cls = job_config(kind)
+    fields = [f.name for f in dataclasses.fields(cls)]
     managed = _MANAGED.get(kind, set())
-    argv: list[str] = []
-    for key, value in values.items():
-        action = opts.get(key)
-        if action is None or key in managed or key in _TRACKING:
-            known = sorted(k for k in opts if k not in managed and k not in _TRACKING)
+    for key in table:
+        if key not in fields or key in managed or key in _TRACKING:
+            known = sorted(k for k in fields if k not in managed and k not in _TRACKING)
             raise ConfigError(f"{where}: unknown key {key!r}; known keys: {known}")
-        flag = action.option_strings[-1]
-        if isinstance(action, argparse._StoreTrueAction):
-            if not isinstance(value, bool):
-                raise ConfigError(f"{where}: key {key!r} expects true/false, got {value!r}")
-            if value:
-                argv.append(flag)
-            continue
-        items = value if isinstance(action, argparse._AppendAction) else [value]
-        if isinstance(action, argparse._AppendAction) and not isinstance(value, list):
-            raise ConfigError(f"{where}: key {key!r} expects a list, got {value!r}")
-        for item in items:
-            if isinstance(item, dict | list):
-                raise ConfigError(f"{where}: key {key!r} expects a scalar, got {item!r}")
-            text = str(item).lower() if isinstance(item, bool) else str(item)
-            if action.type is not None:
-                try:
-                    action.type(text)
-                except (TypeError, ValueError) as exc:
-                    raise ConfigError(
-                        f"{where}: key {key!r} expects {action.type.__name__}, got {item!r}"
-                    ) from exc
-            if action.choices is not None and text not in action.choices:
-                raise ConfigError(
-                    f"{where}: key {key!r} expects one of {sorted(action.choices)}, got {item!r}"
-                )
-            argv += [flag, text]
-    return argv
+    try:
+        return cls.from_dict({**table, **wired})
+    except (ValueError, TypeError) as exc:
+        # "PrepareJob.seed: expected an int, got 'x'" -> "key 'seed' expects int, got 'x'"
+        m = re.match(r"^(?:[A-Z]\w*\.)?([a-z_]\w*): expected (?:an? )?", str(exc))
+        if m and m.group(1) in table:
+            msg = f"key {m.group(1)!r} expects {str(exc)[m.end() :]}"
+            raise ConfigError(f"{where}: {msg}") from exc
+        raise ConfigError(f"{where}: {exc}") from exc
 
 
 def _set_path(data: dict[str, Any], dotted: str, value: Any, source: str) -> None:
@@ -233,8 +207,8 @@ def load_pipeline(
     data_dir = base / "data"
     if "prepare" in data:
         where = f"{path}: [prepare]"
-        argv = ["prepare", *_to_argv(where, "prepare", data["prepare"])]
-        stages.append(Stage("prepare", "prepare", argv + ["--out", str(data_dir)], data_dir))
+        job = _job(where, "prepare", data["prepare"], {"out": str(data_dir), "overwrite": True})
+        stages.append(Stage("prepare", "prepare", job, data_dir))
 
     trained: dict[str, Path] = {}
     train_tables = data.get("train", {})
@@ -256,21 +230,18 @@ def load_pipeline(
             raise ConfigError(f"{where}: key 'set' expects a table of config keys, got {sets!r}")
         table.setdefault("model", mname)
         parts = _components(where, table, sets, train_tables)
-        argv = ["train", *_to_argv(where, "train", table)]
         overrides: list[str] = []
         if parts:
             overrides.append(f"components={json.dumps([str(trained[p]) for p in parts])}")
         overrides += [f"{k}={toml_value(v)}" for k, v in sets.items()]
+        out = base / "models" / mname
+        wired = {"data": str(data_dir), "out": str(out), "overwrite": True, "overrides": overrides}
+        job = _job(where, "train", table, wired)
         # the model config the stage will build, built now: a bad key fails before any stage
         part_models = [str(train_tables[p].get("model", p)) for p in parts] if parts else None
         check_train_config(where, str(table["model"]), table.get("config"), overrides, part_models)
-        for o in overrides:
-            argv += ["--set", o]
         _needs(stages, "prepare", where, path)
-        out = base / "models" / mname
-        argv += ["--data", str(data_dir), "--out", str(out), "--overwrite"]
-        ups = ["prepare", *(f"train.{p}" for p in parts)]
-        stages.append(Stage("train", f"train.{mname}", argv, out, ups))
+        stages.append(Stage("train", f"train.{mname}", job, out))
         trained[mname] = out
 
     def model_ref(where: str, ref: str) -> str:
@@ -292,13 +263,10 @@ def load_pipeline(
             raise ConfigError(f"{where}: key 'models' expects a non-empty list, got {models!r}")
         _needs(stages, "prepare", where, path)
         table.pop("model", None)
-        argv = ["evaluate", *_to_argv(where, "evaluate", table)]
-        for m in models:
-            argv += ["--model", model_ref(where, str(m))]
         out = base / "report"
-        argv += ["--data", str(data_dir), "--report", str(out)]
-        ups = ["prepare"] + [f"train.{m}" for m in models if m in trained]
-        stages.append(Stage("evaluate", "evaluate", argv, out, ups))
+        refs = [model_ref(where, str(m)) for m in models]
+        wired = {"data": str(data_dir), "report": str(out), "models": refs, "overwrite": True}
+        stages.append(Stage("evaluate", "evaluate", _job(where, "evaluate", table, wired), out))
         evaluated = [str(m) for m in models]
 
     registered: str | None = None  # the name the register stage registers
@@ -322,9 +290,9 @@ def load_pipeline(
                 + (f"scores only {evaluated}" if evaluated else "is not there")
             )
         registered = str(table["name"])
-        argv = ["register", *_to_argv(where, "register", table), "--model-dir", str(trained[ref])]
-        ups = [f"train.{ref}"] + (["evaluate"] if evaluated else [])
-        stages.append(Stage("register", "register", argv, None, ups))
+        job = _job(where, "register", table, {"model_dir": str(trained[ref])})
+        # the metric it promotes on is the evaluate stage's (read from MLflow, not a path)
+        stages.append(Stage("register", "register", job, None, ["evaluate"] if evaluated else []))
 
     if "recommend" in data:
         where = f"{path}: [recommend]"
@@ -334,17 +302,25 @@ def load_pipeline(
             raise ConfigError(f"{where}: missing key 'model'")
         _needs(stages, "prepare", where, path)
         out = base / "recommendations.parquet"
-        argv = ["recommend", *_to_argv(where, "recommend", table)]
-        argv += ["--model", model_ref(where, str(ref)), "--data", str(data_dir), "--out", str(out)]
-        ups = ["prepare"] + ([f"train.{ref}"] if ref in trained else [])
+        wired = {"model": model_ref(where, str(ref)), "data": str(data_dir), "out": str(out)}
+        ups = []
         if registered is not None and _registry_name(str(ref)) == registered:
             ups.append("register")  # serve the champion as this run's register stage left it
-        stages.append(Stage("recommend", "recommend", argv, out, ups))
+        stages.append(
+            Stage("recommend", "recommend", _job(where, "recommend", table, wired), out, ups)
+        )
 
+    _wire(stages)
     from recsys_ebm import __version__
 
     for st in stages:
-        h = hashlib.sha256(json.dumps([__version__, st.argv, _input_state(st, base)]).encode())
+        options = {
+            k: v
+            for k, v in st.config.to_dict().items()
+            if k not in getattr(st.config, "TRACKING", ())
+        }
+        state = [__version__, st.kind, options, _input_state(st, base)]
+        h = hashlib.sha256(json.dumps(state, sort_keys=True).encode())
         for up in st.upstream:
             h.update(next(s.digest for s in stages if s.name == up).encode())
         st.digest = h.hexdigest()[:16]
@@ -353,20 +329,27 @@ def load_pipeline(
     )
 
 
+def _wire(stages: list[Stage]) -> None:
+    """Add to each stage's upstream the earlier stages whose declared outputs it reads (its
+    job's input paths): the dataset of ``prepare``, the model directories of ``train``."""
+    for i, st in enumerate(stages):
+        for path in st.config.input_paths():
+            for up in stages[:i]:
+                made = up.config.output_paths()
+                if up.name not in st.upstream and any(_within(path, o) for o in made):
+                    st.upstream.append(up.name)
+
+
+def _within(path: Path, parent: Path) -> bool:
+    return path == parent or path.is_relative_to(parent)
+
+
 def _input_state(stage: Stage, base: Path) -> list[Any]:
     """Size and mtime of the files a stage reads from outside the run (the raw input of
-    ``prepare``, model directories given by path), so edited inputs invalidate the stage."""
-    from recsys_ebm.data.prepare import DEFAULT_INPUT
-
-    paths: list[Path] = []
-    argv = stage.argv
-    for flag in ("--input", "--test", "--valid", "--model"):
-        if flag in argv:
-            paths += [Path(argv[i + 1]) for i, a in enumerate(argv[:-1]) if a == flag]
-    if stage.kind == "prepare" and "--input" not in argv:
-        paths.append(DEFAULT_INPUT)
+    ``prepare``, model directories given by path, a config file), so edited inputs invalidate
+    the stage."""
     state = []
-    for p in paths:
+    for p in stage.config.input_paths():
         if p.resolve().is_relative_to(base.resolve()):
             continue  # produced by this pipeline: covered by the upstream stage's digest
         files = sorted(p.rglob("*")) if p.is_dir() else [p]
@@ -410,11 +393,6 @@ def _components(
     return parts
 
 
-def _arg(argv: list[str], flag: str) -> str:
-    """The value after ``flag`` in a stage's argv."""
-    return argv[argv.index(flag) + 1]
-
-
 def _registry_name(ref: str) -> str | None:
     """``models:/NAME@ALIAS`` or ``models:/NAME/VERSION`` -> NAME; anything else -> None."""
     from recsys_ebm.registry import parse_model_uri
@@ -455,9 +433,16 @@ def run_pipeline(
 def _run_locked(
     pipe: Pipeline, *, force: bool, tracking_uri: str | None, mlflow: bool
 ) -> dict[str, str]:
-    from recsys_ebm.cli import main as cli_main
-    from recsys_ebm.tracking import default_tracking_uri, log_params_flat, mlflow_run
+    from recsys_ebm.tracking import (
+        default_tracking_uri,
+        log_params_flat,
+        mlflow_run,
+        set_mlflow_verbosity,
+    )
 
+    # as the CLI: no per-file artifact progress bars, no MLflow INFO lines unless asked for
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    set_mlflow_verbosity()
     uri = tracking_uri or pipe.tracking_uri
     # where stage runs are logged: a stage last logged elsewhere (or with MLflow off) reruns
     store = default_tracking_uri(uri) if mlflow else None
@@ -475,7 +460,7 @@ def _run_locked(
             )
         for st in pipe.stages:
             needs_registry = st.kind == "register" or (
-                st.kind == "recommend" and _registry_name(_arg(st.argv, "--model")) is not None
+                st.kind == "recommend" and _registry_name(st.config.model) is not None
             )
             if needs_registry and not mlflow:
                 print(
@@ -493,31 +478,43 @@ def _run_locked(
                 print(f"[run] {st.name}: skipped (unchanged, hash {st.digest})", flush=True)
                 status[st.name] = "skipped"
                 continue
-            print(f"[run] {st.name}: recsys-ebm {' '.join(st.argv)}", flush=True)
+            job = st.config
+            if "no_mlflow" in getattr(job, "TRACKING", ()):
+                job = job.replace(
+                    experiment=pipe.experiment, tracking_uri=uri, no_mlflow=not mlflow
+                )
+            print(f"[run] {st.name}: recsys-ebm {shlex.join(job.command_line())}", flush=True)
             t0 = time.perf_counter()
-            argv = list(st.argv)
-            if st.kind in ("prepare", "evaluate"):  # a rerun replaces the stage's output
-                argv.append("--overwrite")
-            if st.kind != "prepare":
-                argv += ["--experiment", pipe.experiment]
-                if uri:
-                    argv += ["--tracking-uri", uri]
-                if not mlflow:
-                    argv.append("--no-mlflow")
-            failed = f"pipeline {pipe.path}: stage {st.name} failed"
-            try:
-                rc = cli_main(argv)
-            except SystemExit as exc:  # argparse rejected an option the checks above let by
-                rc = exc.code if isinstance(exc.code, int) else 1
-            except Exception as exc:  # not bad input (that is exit 2): a bug, a diverged fit
-                traceback.print_exc()
-                raise StageFailed(f"{failed} (exit 1): {type(exc).__name__}: {exc}", 1) from exc
-            if rc != 0:
-                raise StageFailed(f"{failed} (exit {rc})", rc)
-            write_stamp(stamp, {"digest": st.digest, "argv": st.argv, "tracking": store})
+            _run_stage(pipe, st, job)
+            write_stamp(
+                stamp, {"digest": st.digest, "config": st.config.to_dict(), "tracking": store}
+            )
             status[st.name] = "ran"
             print(f"[run] {st.name}: done in {time.perf_counter() - t0:.1f}s", flush=True)
     return status
+
+
+def _run_stage(pipe: Pipeline, st: Stage, job: JobConfig) -> None:
+    """Run one stage's job and print its summary; bad input is exit 2, anything else exit 1.
+
+    Raises:
+        StageFailed: the job raised (the stage's own message printed first, as the CLI's).
+    """
+    from recsys_ebm.batch import BatchIntegrityError
+
+    failed = f"pipeline {pipe.path}: stage {st.name} failed"
+    try:
+        result = run_job(job)
+    except BatchIntegrityError as exc:  # not bad input: exit 1, but no traceback
+        print(f"recsys-ebm {st.kind}: error: {exc}", file=sys.stderr, flush=True)
+        raise StageFailed(f"{failed} (exit 1)", 1) from exc
+    except BAD_INPUT as exc:  # the message names the stage's keys, as in the pipeline file
+        print(f"recsys-ebm {st.kind}: error: {error_message(exc)}", file=sys.stderr, flush=True)
+        raise StageFailed(f"{failed} (exit 2)", 2) from exc
+    except Exception as exc:  # not bad input: a bug, a diverged fit
+        traceback.print_exc()
+        raise StageFailed(f"{failed} (exit 1): {type(exc).__name__}: {exc}", 1) from exc
+    print(result.summary(), flush=True)
 
 
 def print_outputs(pipe: Pipeline, tracking_uri: str | None, *, mlflow: bool = True) -> None:
@@ -534,10 +531,10 @@ def print_outputs(pipe: Pipeline, tracking_uri: str | None, *, mlflow: bool = Tr
         print(f"  report:           {kinds['evaluate'].output / 'report.html'}", file=out)
     if "recommend" in kinds:
         rec = kinds["recommend"]
-        model = _arg(rec.argv, "--model")
+        model = rec.config.model
         print(f"  recommendations:  {rec.output}  (model {model})", file=out)
     if "register" in kinds and mlflow:
-        name = _arg(kinds["register"].argv, "--name")
+        name = kinds["register"].config.name
         desc, champion = _champion(name, uri)
         print(f"  registered model: {desc}", file=out)
         if champion:

@@ -55,6 +55,9 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from recsys_ebm.data.vocab import Vocabulary
+from recsys_ebm.models.capabilities import HistoryHolder
+
 __all__ = [
     "DEFAULT_N",
     "MAX_N",
@@ -104,16 +107,20 @@ def build_bundle(model_dir: str | Path, out: str | Path, *, dataset: Any = None)
     shutil.copytree(model_dir, out / "model")
     info: dict[str, Any] = {"model": model.name, "history_source": None}
     if dataset is not None:
-        history, users = dataset.history("test"), list(dataset.user_ids)
+        history, users = dataset.history("test"), dataset.user_vocab
         info["history_source"] = f"dataset {dataset.fingerprint}: history('test')"
-    elif getattr(model, "history", None) is not None and model.user_ids is not None:
-        history, users = model.history, list(model.user_ids)
+    elif (
+        isinstance(model, HistoryHolder)
+        and model.history is not None
+        and model.user_vocab is not None
+    ):
+        history, users = model.history, model.user_vocab
         info["history_source"] = "model"
     else:
         history = users = None
-    if history is not None:
+    if history is not None and users is not None:
         sp.save_npz(out / "history.npz", sp.csr_matrix(history, dtype=np.float32))
-        (out / "users.json").write_text(json.dumps([_py(u) for u in users]))
+        users.save(out / "users.json")
     (out / "serving.json").write_text(json.dumps(info, indent=2))
     return out
 
@@ -197,6 +204,8 @@ class RecommenderModel(mlflow.pyfunc.PythonModel):
         self.item_ids: np.ndarray | None = None
         self.users: list[Any] | None = None
         self.history: sp.csr_matrix | None = None
+        self.item_vocab: Vocabulary | None = None
+        self.user_vocab: Vocabulary | None = None
 
     def load_context(self, context: Any) -> None:
         self.load_bundle(Path(context.artifacts["bundle"]))
@@ -207,15 +216,13 @@ class RecommenderModel(mlflow.pyfunc.PythonModel):
         bundle = Path(bundle)
         self.model = load_model(bundle / "model", device="auto")
         n_items = int(self.model.n_items)
-        ids = self.model.item_ids
-        self.item_ids = np.arange(n_items).astype(object) if ids is None else np.asarray(ids)
-        self._items = {_key(x): k for k, x in enumerate(self.item_ids)}
+        vocab = self.model.item_vocab
+        self.item_vocab = Vocabulary(np.arange(n_items), name="item") if vocab is None else vocab
+        self.item_ids = self.item_vocab.ids
         if (bundle / "history.npz").is_file():
             self.history = sp.csr_matrix(sp.load_npz(bundle / "history.npz"), dtype=np.float32)
-            self.users = json.loads((bundle / "users.json").read_text())
-            self._users = {_key(u): k for k, u in enumerate(self.users)}
-        else:
-            self._users = {}
+            self.user_vocab = Vocabulary.load(bundle / "users.json", name="user")
+            self.users = self.user_vocab.to_list()
 
     # ``pd.DataFrame`` is the one input hint from which mlflow infers no signature (ours is
     # explicit, see log_model) and for which it does not warn "add type hints to predict"
@@ -245,7 +252,7 @@ class RecommenderModel(mlflow.pyfunc.PythonModel):
         ignored = bad_h + bad_e
         if ignored and policy == "error":
             _bad(f"history/exclude: request {k} (user {uid!r}) has unknown item ids {ignored}")
-        row = self._users.get(_key(uid), -1)
+        row = -1 if self.user_vocab is None else self.user_vocab.get(uid)
         if row >= 0 and self.users is not None:
             uid = self.users[row]  # the vocabulary's id: "42" and 42.0 answer as 42
         n_items = int(self.model.n_items)
@@ -273,11 +280,12 @@ class RecommenderModel(mlflow.pyfunc.PythonModel):
         }
 
     def _lookup_items(self, ids: list[Any]) -> tuple[list[int], list[Any]]:
-        found, unknown = [], []
-        for x in ids:
-            k = self._items.get(_key(x), -1)
-            (found.append(k) if k >= 0 else unknown.append(_py(x)))
-        return found, unknown
+        assert self.item_vocab is not None
+        if not ids:
+            return [], []
+        idx = self.item_vocab.index(ids, unknown="missing")  # (N,) -1 = unknown
+        unknown = [_py(ids[k]) for k in np.flatnonzero(idx < 0)]
+        return idx[idx >= 0].tolist(), unknown
 
 
 # ---------------------------------------------------------------------- helpers
@@ -353,14 +361,6 @@ def _is_int(x: Any) -> bool:
 
 def _py(x: Any) -> Any:
     return x.item() if isinstance(x, np.generic) else x
-
-
-def _key(x: Any) -> str:
-    """Vocabulary key: ids match whether they arrive as 42, 42.0 or "42"."""
-    x = _py(x)
-    if isinstance(x, float) and x.is_integer():
-        x = int(x)
-    return str(x)
 
 
 def _new_id(existing: list[Any]) -> Any:

@@ -6,11 +6,14 @@ configured to train in a second or two on the checkerboard fixture.
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import scipy.sparse as sp
 
 from recsys_ebm.data.synthetic import checkerboard
+from recsys_ebm.diagnostics import ModelFileError
 from recsys_ebm.models import Recommender, load_model
 
 
@@ -23,13 +26,16 @@ class RecommenderTestMixin:
     def make_model(self) -> Recommender:  # pragma: no cover - overridden
         raise NotImplementedError
 
+    # class-scoped fixtures are classmethods (pytest 9.1 deprecates instance-method ones)
     @pytest.fixture(scope="class")
-    def board(self):
+    @classmethod
+    def board(cls):
         return checkerboard(n_groups=4, users_per_group=25, items_per_group=8, seed=3)
 
     @pytest.fixture(scope="class")
-    def fitted(self, board):
-        return self.make_model().fit(board.train)
+    @classmethod
+    def fitted(cls, board):
+        return cls().make_model().fit(board.train)
 
     def test_energies_shape_and_finite(self, fitted, board):
         e = fitted.energies(board.train)
@@ -125,6 +131,57 @@ class RecommenderTestMixin:
         np.testing.assert_allclose(
             loaded.energies(board.train), fitted.energies(board.train), rtol=1e-5, atol=1e-5
         )
+
+    def test_id_vocabularies_round_trip_under_the_int_str_rule(self, fitted, board, tmp_path):
+        """Zero-padded string item ids stay strings, int user ids stay ints, both found by their
+        int or decimal-string spelling; items.json / users.json stay plain JSON lists, so model
+        directories written before the Vocabulary (or edited by hand) still load."""
+        n_users, n_items = board.train.shape
+        before = fitted.item_vocab, fitted.user_vocab
+        try:
+            fitted.item_ids = [f"{i:03d}" for i in range(n_items)]
+            fitted.user_ids = np.arange(n_users) * 10
+            path = fitted.save(tmp_path / "model")
+        finally:
+            fitted.item_vocab, fitted.user_vocab = before
+        loaded = load_model(path)
+        assert loaded.item_vocab.kind == "str" and loaded.user_vocab.kind == "int"
+        assert list(loaded.item_ids) == [f"{i:03d}" for i in range(n_items)]
+        found = loaded.item_vocab.index(["007", "010", 10], unknown="missing")
+        assert found.tolist() == [7, 10, -1]  # 10 is "10", never "010"
+        assert 7 not in loaded.item_vocab  # "007" is a string id, not the int 7
+        assert loaded.user_vocab.index([30, "30"]).tolist() == [3, 3]
+        assert json.loads((path / "items.json").read_text())[:2] == ["000", "001"]
+        for f in path.rglob("items.json"):  # (a ranker's components hold their own)
+            f.write_text(json.dumps(list(range(n_items))))  # an old-style int list
+        assert load_model(path).item_vocab.index(["5"]).tolist() == [5]
+        (path / "items.json").write_text(json.dumps([1] * n_items))  # duplicate ids: corrupt
+        with pytest.raises(ModelFileError, match=r"items\.json.*duplicate"):
+            load_model(path)
+
+    def test_small_scoring_blocks_give_the_same_answers(self, fitted, board):
+        """batch_size=7 splits the 100 checkerboard users into 15 scoring blocks (the last one
+        short): energies and lists must equal one-block scoring."""
+        n_users = board.train.shape[0]
+        assert n_users > 2 * 7 and n_users % 7  # several blocks, and a ragged last one
+        whole = fitted.energies(board.train, batch_size=n_users)
+        blocks = fitted.energies(board.train, batch_size=7)
+        np.testing.assert_allclose(blocks, whole, rtol=1e-5, atol=1e-5)
+        items_w, en_w = fitted.recommend(board.train, n=5, batch_size=n_users)
+        items_b, en_b = fitted.recommend(board.train, n=5, batch_size=7)
+        np.testing.assert_allclose(en_b, en_w, rtol=1e-5, atol=1e-5)
+        same = items_b == items_w  # a swap is allowed only between (near-)equal energies
+        assert same.mean() > 0.95 and np.allclose(en_b[~same], en_w[~same], atol=1e-5)
+
+    def test_single_user_calls_equal_the_batch(self, fitted, board):
+        users = np.arange(board.train.shape[0])
+        items, en = fitted.recommend(board.train, n=4, users=users)
+        for u in (0, 1, 37, 99):
+            one_items, one_en = fitted.recommend(board.train[u], n=4, users=users[u : u + 1])
+            assert one_items.shape == (1, 4)
+            np.testing.assert_allclose(one_en[0], en[u], rtol=1e-5, atol=1e-5)
+            same = one_items[0] == items[u]
+            assert same.all() or np.allclose(one_en[0][~same], en[u][~same], atol=1e-5)
 
     def test_deterministic_with_seed(self, board):
         a = self.make_model().fit(board.train).energies(board.train)

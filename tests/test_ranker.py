@@ -18,11 +18,13 @@ from recsys_ebm.config import Config
 from recsys_ebm.data.dataset import Dataset
 from recsys_ebm.data.prepare import prepare_dataset
 from recsys_ebm.data.synthetic import checkerboard, planted_communities
+from recsys_ebm.diagnostics import ConfigError
 from recsys_ebm.evaluation.protocol import evaluate_ranking
 from recsys_ebm.models import Recommender, load_model
 from recsys_ebm.models.ease import EASE
+from recsys_ebm.models.implicit_adapter import ALS
 from recsys_ebm.models.popularity import Popularity
-from recsys_ebm.ranking import Ranker, blend, zscore
+from recsys_ebm.ranking import Blender, Ranker, blend, zscore
 from tests.recommender_mixin import RecommenderTestMixin
 
 FAST = {"ease": {"l2": 10.0, "l2_grid": [], "device": "cpu"}}
@@ -277,3 +279,155 @@ def test_components_of_another_item_vocabulary_are_refused(dataset, tmp_path):
         load_model(saved)
     comp.write_text(json.dumps([str(x) for x in dataset.item_ids]))
     assert load_model(saved).n_items == dataset.n_items  # the same ids (as text) load
+
+
+# ---------------------------------------------------------------- the ranker composes public parts
+@pytest.fixture(scope="module")
+def three(dataset):
+    """Three fitted models whose learned blend is not a corner of the simplex."""
+    return [
+        Popularity().fit(dataset.train),
+        EASE(**FAST["ease"]).fit(dataset.train),
+        ALS(factors=4, epochs=2, seed=0, num_threads=1).fit(dataset.train),
+    ]
+
+
+def test_blender_fitted_on_its_own_learns_the_rankers_weights(dataset, three):
+    hist, valid = dataset.history("valid"), dataset.valid
+    ranker = Ranker.from_fitted(three, hist, valid, device="cpu")
+    # the ranker tunes on the users with a validation target and a history
+    rows = np.flatnonzero((valid.getnnz(axis=1) > 0) & (hist.getnnz(axis=1) > 0))
+    h = hist[rows]
+    blender = Blender()  # no Ranker: the models' public energies and the targets
+    # users: the training rows, so ALS uses its trained user factors as the ranker does
+    w = blender.fit([m.energies(h, users=rows) for m in three], valid[rows], seen=h)
+    assert 0 < ranker.fit_info["weights"][2] < 1  # a real blend, not a single model
+    np.testing.assert_array_equal(torch.as_tensor(w, dtype=torch.float32), ranker.weights)
+    torch.testing.assert_close(blender.weights, ranker.weights, rtol=0, atol=0)
+    assert blender.valid_ndcg == ranker.fit_info["valid_ndcg_at_10"]
+    # its figures per round, as the ranker's callback reports them
+    seen_rounds = []
+    Blender(step=0.5, rounds=1).fit(
+        [m.energies(h) for m in three],
+        valid[rows],
+        seen=h,
+        callback=lambda r, f: seen_rounds.append((r, sorted(f))),
+    )
+    assert seen_rounds[0] == (0, ["valid_ndcg@10", "w0", "w1", "w2"])
+
+
+def test_ranker_energies_are_the_composition_of_public_energies(dataset, three):
+    hist, valid = dataset.history("valid"), dataset.valid
+    ranker = Ranker.from_fitted(three, hist, valid, device="cpu")
+    h = dataset.history("test")[:40]
+    h = sp.vstack([h, sp.csr_matrix((1, dataset.n_items), dtype=np.float32)]).tocsr()  # + empty
+    w = ranker.weights.numpy().astype(np.float64)
+    # by hand: z-score each model's public energies per user over the unseen items, weight, sum
+    expected = np.zeros((h.shape[0] - 1, h.shape[1]), np.float64)
+    unseen = h[:-1].toarray() == 0
+    for wk, m in zip(w, three, strict=True):
+        e = m.energies(h[:-1]).astype(np.float64)
+        mean = np.array([row[u].mean() for row, u in zip(e, unseen, strict=True)])[:, None]
+        std = np.array([row[u].std() for row, u in zip(e, unseen, strict=True)])[:, None]
+        expected += wk * (e - mean) / std
+    got = ranker.energies(h)
+    np.testing.assert_allclose(got[:-1], expected, rtol=1e-4, atol=1e-4)
+    # the same composition through the public Blender is exact
+    blended = Blender(ranker.weights).blend([m.energies(h) for m in three], seen=h)
+    np.testing.assert_array_equal(got[:-1], blended[:-1])
+    # an empty history gets the popularity fallback, -log(1 + count) over train + valid
+    counts = np.asarray((hist + valid).sum(axis=0)).ravel()
+    np.testing.assert_allclose(got[-1], -np.log1p(counts), rtol=1e-6)
+
+
+def test_blender_takes_a_retrievers_candidates_as_the_ranker_does():
+    a, b = np.array([0.0, 1.0, 2.0, 3.0]), np.array([3.0, 2.0, 1.0, 0.0])
+    hist = sp.csr_matrix(np.array([[1.0, 0, 0, 0], [0, 0, 0, 1.0]], np.float32))
+    train = sp.csr_matrix(np.ones((2, 4), np.float32))
+    retr = FixedRetriever(b, np.array([3, 2, 1]))
+    r = Ranker.from_fitted(
+        [Fixed(a), retr], train, weights=(0.6, 0.4), candidates="retriever", device="cpu"
+    )
+    cands = retr.retrieve(hist, 3)
+    e = Blender((0.6, 0.4)).blend(
+        [a[None].repeat(2, 0), b[None].repeat(2, 0)], seen=hist, candidates=cands
+    )
+    np.testing.assert_allclose(r.energies(hist), e, rtol=1e-6)
+    # the retriever is found by its capability (a CandidateRetriever), else a clear error
+    bad = Ranker.from_fitted([Fixed(a), Fixed(b)], train, candidates="retriever", device="cpu")
+    with pytest.raises(ConfigError, match="'retriever' needs a component with retrieve"):
+        bad.energies(hist)
+
+
+def test_blender_input_checks_name_the_argument(dataset):
+    h = dataset.history("valid")[:5]
+    e = np.zeros(h.shape, np.float32)
+    with pytest.raises(ValueError, match=r"energies: expected a \(5, 100\) array.*component 1"):
+        Blender().fit([e, e[:, :50]], dataset.valid[:5], seen=h)
+    with pytest.raises(ValueError, match=r"targets: expected shape \(5, 100\)"):
+        Blender().fit([e], dataset.valid[:4], seen=h)
+    with pytest.raises(ValueError, match="weights: this Blender has none"):
+        Blender().blend([e], seen=h)
+    with pytest.raises(ValueError, match=r"energies: expected 2 components \(one per weight\)"):
+        Blender((0.5, 0.5)).blend([e], seen=h)
+    with pytest.raises(ValueError, match="weights: expected weights >= 0"):
+        Blender((-1.0, 2.0))
+    with pytest.raises(ValueError, match=r"candidates: item indices must lie in \[0, 100\)"):
+        Blender((1.0,)).blend([e], seen=h, candidates=np.full((5, 3), 100))
+
+
+def _files(path):
+    return {
+        str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()
+    }
+
+
+def test_save_does_not_change_the_components(dataset, tmp_path):
+    ease = EASE(**FAST["ease"]).fit(dataset.train)
+    ease.item_ids = dataset.item_ids
+    ease_dir = ease.save(tmp_path / "ease")
+    ease_files = _files(ease_dir)
+    pop = Popularity().fit(dataset.train)  # fitted on a bare matrix: no item ids
+    ranker = Ranker.from_fitted([pop, load_model(ease_dir)], dataset.train, device="cpu")
+    assert ranker.item_ids is not None and pop.item_ids is None
+    h = dataset.history("test")[:10]
+
+    def state():
+        return [
+            (m.item_ids, m.user_ids, m.n_items, json.dumps(m.fit_info), m.energies(h))
+            for m in ranker.components
+        ]
+
+    before = state()
+    path = ranker.save(tmp_path / "ranker")
+    assert pop.item_ids is None  # saving once wrote the ranker's ids into the component
+    for (ids0, users0, n0, info0, e0), (ids1, users1, n1, info1, e1) in zip(
+        before, state(), strict=True
+    ):
+        assert (ids0 is None) == (ids1 is None) and (ids0 is None or list(ids0) == list(ids1))
+        assert (users0 is None) == (users1 is None) and (n0, info0) == (n1, info1)
+        np.testing.assert_array_equal(e0, e1)
+    # the saved copy still carries the ranker's vocabulary (the saved format is unchanged)
+    saved_pop = load_model(path / "components" / "0-popularity")
+    assert [str(x) for x in saved_pop.item_ids] == [str(x) for x in dataset.item_ids]
+    # a component given as a directory: the ranker's fit and save leave its files as they were
+    r2 = Ranker(components=("popularity", str(ease_dir)), device="cpu").fit_dataset(dataset)
+    r2.save(tmp_path / "ranker2")
+    assert _files(ease_dir) == ease_files
+    np.testing.assert_array_equal(load_model(tmp_path / "ranker2").energies(h), r2.energies(h))
+
+
+def test_ranker_passes_each_components_input_check_on(dataset):
+    """A component of another width is refused with its own clear error (the ranker used to
+    call its private scoring hook, which skipped the check)."""
+    ranker = Ranker.from_fitted(
+        [Popularity().fit(dataset.train), EASE(**FAST["ease"]).fit(dataset.train)],
+        dataset.train,
+        device="cpu",
+    )
+    ranker.components[1] = EASE(**FAST["ease"]).fit(dataset.train[:, :50])
+    h = dataset.history("test")[:3]
+    with pytest.raises(ValueError, match=r"user_items: expected 50 columns .*got shape \(3, 100\)"):
+        ranker.energies(h)
+    with pytest.raises(ValueError, match=r"user_items: expected 50 columns"):
+        ranker.recommend(h, n=5)

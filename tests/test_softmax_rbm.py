@@ -65,7 +65,8 @@ def rating_checkerboard(seed: int = 3) -> Checkerboard:
 )
 class TestSoftmaxRBM(RecommenderTestMixin):
     @pytest.fixture(scope="class")
-    def board(self):
+    @classmethod
+    def board(cls):
         return rating_checkerboard()
 
     def make_model(self):

@@ -7,9 +7,11 @@ import pytest
 import scipy.sparse as sp
 import torch
 
+from recsys_ebm.anomalies import anomaly_scores
 from recsys_ebm.diagnostics import ConfigError
 from recsys_ebm.models import load_model
-from recsys_ebm.models.softmax_rbm import SoftmaxRBM
+from recsys_ebm.models.capabilities import FreeEnergyModel
+from recsys_ebm.models.softmax_rbm import ItemSoftmaxRBM, SoftmaxRBM
 from tests.recommender_mixin import RecommenderTestMixin
 from tests.test_softmax_rbm import planted_ratings, rating_checkerboard, small, unnormalised_p
 
@@ -22,7 +24,8 @@ class TestSoftmaxRBMItemOriented(RecommenderTestMixin):
     history passed at call time: the checkerboard's known top-1 tests the fold-in."""
 
     @pytest.fixture(scope="class")
-    def board(self):
+    @classmethod
+    def board(cls):
         return rating_checkerboard()
 
     def make_model(self):
@@ -111,11 +114,35 @@ def test_save_load_keeps_the_context(tmp_path):
 def test_item_orientation_errors_name_the_argument():
     train, _ = planted_ratings()
     m = small(orientation="item", epochs=1).fit(train)
-    with pytest.raises(ValueError, match="free_energy: .*orientation 'item'"):
-        m.free_energy(train)
+    # items are the cases: a user's ratings have no free energy, so the class has none
+    assert isinstance(m, ItemSoftmaxRBM) and not isinstance(m, FreeEnergyModel)
+    with pytest.raises(TypeError, match="model: expected a model with a free energy.*'user'"):
+        anomaly_scores(m, train)
     with pytest.raises(ValueError, match="users: expected 2 integer"):
         m.predict_ratings(train[:2], [0], [1], users=np.array([0]))
     with pytest.raises(ConfigError, match="orientation: expected 'user' or 'item'"):
         SoftmaxRBM(orientation="items")
     with pytest.raises(ConfigError, match="fold_in_"):
         SoftmaxRBM(fold_in_lr=0.0)
+
+
+def test_orientation_picks_the_class_and_saved_directories_load_into_it(tmp_path):
+    """``SoftmaxRBM`` (the CLI's ``softmax-rbm``) builds the class of ``orientation``; a saved
+    directory loads into the same class (through the class and the registry)."""
+    from recsys_ebm.models import get_model_class
+    from recsys_ebm.models.softmax_rbm import SoftmaxRBMConfig, UserSoftmaxRBM
+
+    assert type(SoftmaxRBM()) is ItemSoftmaxRBM  # the default orientation
+    assert type(SoftmaxRBM(orientation="user")) is UserSoftmaxRBM
+    assert type(SoftmaxRBM(SoftmaxRBMConfig(orientation="user"))) is UserSoftmaxRBM
+    assert type(get_model_class("softmax-rbm")(orientation="item")) is ItemSoftmaxRBM
+    assert UserSoftmaxRBM().config.orientation == "user"
+    with pytest.raises(ValueError, match="config.orientation: UserSoftmaxRBM has orientation"):
+        UserSoftmaxRBM(orientation="item")
+    train, _ = planted_ratings()
+    for orientation, cls in (("user", UserSoftmaxRBM), ("item", ItemSoftmaxRBM)):
+        m = small(orientation=orientation, epochs=1).fit(train)
+        m.save(tmp_path / orientation)
+        assert type(load_model(tmp_path / orientation)) is cls
+        assert type(SoftmaxRBM.load(tmp_path / orientation)) is cls
+        assert isinstance(m, FreeEnergyModel) == (orientation == "user")

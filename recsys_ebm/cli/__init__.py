@@ -9,7 +9,9 @@ import argparse
 import importlib
 import sys
 
-__all__ = ["build_parser", "main"]
+from recsys_ebm.jobs._base import os_error_message
+
+__all__ = ["build_parser", "main", "os_error_message"]
 
 #: subcommand -> module under recsys_ebm.cli; each defines add_parser(subparsers) and run(args).
 SUBCOMMANDS = [
@@ -53,6 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     import os
 
+    from recsys_ebm.cli.common import translate
+    from recsys_ebm.jobs import BAD_INPUT, error_message
+
     # MLflow's per-file artifact progress bars flood logs of batch jobs and pipelines; a user
     # who wants them sets the variable to true
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
@@ -60,31 +65,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (ValueError, TypeError, FileNotFoundError, FileExistsError, KeyError) as exc:
-        msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+    except BAD_INPUT as exc:  # bad input; OSError: read-only or full disk, ...
+        # the jobs name their Python arguments (out: ...); the user typed flags (--out: ...)
+        msg = translate(error_message(exc), args)
         print(f"recsys-ebm {args.command}: error: {msg}", file=sys.stderr)
         return 2
-    except OSError as exc:  # read-only or full disk, a directory where a file goes, ...
-        print(f"recsys-ebm {args.command}: error: {os_error_message(exc)}", file=sys.stderr)
-        return 2
-
-
-def os_error_message(exc: OSError) -> str:
-    """One line naming the path and the cause: 'cannot write /x/y: No space left on device'."""
-    import errno
-
-    hint = {
-        errno.ENOSPC: " (free some space or choose another --out)",
-        errno.EDQUOT: " (disk quota exceeded: free some space or choose another --out)",
-        errno.EROFS: " (read-only file system: choose another --out)",
-        errno.EACCES: " (permission denied: choose a writable --out)",
-        errno.EPERM: " (not permitted: choose a writable --out)",
-    }.get(exc.errno or 0, "")
-    where = exc.filename if exc.filename is not None else ""
-    if exc.filename2 is not None:
-        where = f"{where} -> {exc.filename2}"
-    reason = exc.strerror or str(exc)
-    return f"{where}: {reason}{hint}" if where else f"{reason}{hint}"
 
 
 if __name__ == "__main__":  # pragma: no cover

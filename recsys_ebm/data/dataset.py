@@ -27,6 +27,8 @@ import numpy as np
 import polars as pl
 import scipy.sparse as sp
 
+from recsys_ebm.data.vocab import Vocabulary
+
 __all__ = ["DATASET_FORMAT_VERSION", "SPLIT_NAMES", "Dataset"]
 
 DATASET_FORMAT_VERSION = 1
@@ -56,38 +58,46 @@ class Dataset:
     def n_items(self) -> int:
         return self.items.height
 
+    @cached_property
+    def user_vocab(self) -> Vocabulary:
+        """The user :class:`~recsys_ebm.data.vocab.Vocabulary` (raw id <-> row index)."""
+        return Vocabulary(self.users["user_id"], name="user")
+
+    @cached_property
+    def item_vocab(self) -> Vocabulary:
+        """The item :class:`~recsys_ebm.data.vocab.Vocabulary` (raw id <-> column index)."""
+        return Vocabulary(self.items["item_id"], name="item")
+
     @property
     def user_ids(self) -> np.ndarray:
-        """(U,) raw user id of each index."""
-        return self.users["user_id"].to_numpy().astype(object)
+        """(U,) raw user id of each index (read-only object array)."""
+        return self.user_vocab.ids
 
     @property
     def item_ids(self) -> np.ndarray:
-        """(I,) raw item id of each index."""
-        return self.items["item_id"].to_numpy().astype(object)
+        """(I,) raw item id of each index (read-only object array)."""
+        return self.item_vocab.ids
 
     @property
     def fingerprint(self) -> str:
         return str(self.manifest.get("fingerprint", ""))
 
-    @cached_property
-    def _user_lookup(self) -> dict[Any, int]:
-        return {u: i for i, u in enumerate(self.users["user_id"].to_list())}
+    def user_index(
+        self, raw_ids: Any, *, unknown: str = "missing", argument: str = "raw_ids"
+    ) -> np.ndarray:
+        """Raw user ids -> (n,) int64 row indices, under the vocabulary's id rule.
 
-    @cached_property
-    def _item_lookup(self) -> dict[Any, int]:
-        return {u: i for i, u in enumerate(self.items["item_id"].to_list())}
-
-    def user_index(self, raw_ids: Any) -> np.ndarray:
-        """Raw user ids -> indices; unknown ids map to -1 (documented policy, never IndexError).
-
-        String and integer spellings of the same id match ("42" finds 42).
+        ``"42"`` finds 42 and 42 finds ``"42"``, but ``"042"`` does not find 42 (see
+        :mod:`recsys_ebm.data.vocab`). Unknown ids map to -1 (``unknown="missing"``, the
+        default) or raise a ValueError naming ``argument`` (``unknown="raise"``).
         """
-        return _lookup(self._user_lookup, raw_ids, self.users["user_id"].dtype)
+        return self.user_vocab.index(raw_ids, unknown=unknown, argument=argument)
 
-    def item_index(self, raw_ids: Any) -> np.ndarray:
-        """Raw item ids -> indices; unknown ids map to -1."""
-        return _lookup(self._item_lookup, raw_ids, self.items["item_id"].dtype)
+    def item_index(
+        self, raw_ids: Any, *, unknown: str = "missing", argument: str = "raw_ids"
+    ) -> np.ndarray:
+        """Raw item ids -> (n,) int64 column indices; the policies of :meth:`user_index`."""
+        return self.item_vocab.index(raw_ids, unknown=unknown, argument=argument)
 
     # ------------------------------------------------------------------ matrices
     @property
@@ -242,21 +252,3 @@ def build_csr(
     m.sort_indices()
     return m
 
-
-def _lookup(table: dict[Any, int], raw_ids: Any, dtype: pl.DataType) -> np.ndarray:
-    arr = np.atleast_1d(np.asarray(raw_ids, dtype=object))
-    out = np.full(arr.shape[0], -1, dtype=np.int64)
-    is_int = dtype.is_integer()
-    for k, rid in enumerate(arr):
-        key = rid
-        if is_int and isinstance(rid, str):
-            try:
-                key = int(rid)
-            except ValueError:
-                continue
-        elif not is_int and not isinstance(rid, str):
-            key = str(rid.item() if isinstance(rid, np.generic) else rid)
-        elif isinstance(rid, np.generic):
-            key = rid.item()
-        out[k] = table.get(key, -1)
-    return out

@@ -16,10 +16,8 @@ Steps, in order (each reported in ``manifest["counts"]``):
 
 from __future__ import annotations
 
-import math
 import sys
 import time
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,65 +26,11 @@ import polars as pl
 
 from recsys_ebm.data import splits as S
 from recsys_ebm.data.dataset import DATASET_FORMAT_VERSION, Dataset
-from recsys_ebm.data.readers import FORMATS, ColumnMap, read_interactions, read_item_metadata
+from recsys_ebm.data.prepare_options import DEFAULT_INPUT, PrepareOptions
+from recsys_ebm.data.readers import read_interactions, read_item_metadata
 from recsys_ebm.diagnostics import DataError
 
 __all__ = ["DEFAULT_INPUT", "PrepareOptions", "kcore_mask", "prepare_dataset"]
-
-#: The bundled MovieLens ml-latest-small (GroupLens licence: see data/ml-latest-small/README.txt).
-DEFAULT_INPUT = Path(__file__).resolve().parents[2] / "data" / "ml-latest-small" / "ratings.csv"
-
-
-@dataclass(frozen=True)
-class PrepareOptions:
-    """Everything ``prepare`` does, as data (saved in the manifest)."""
-
-    format: str = "auto"
-    user_col: str = "user_id"
-    item_col: str = "item_id"
-    rating_col: str | None = "rating"
-    timestamp_col: str | None = "timestamp"
-    separator: str | None = None
-    min_rating: float | None = None
-    min_user_interactions: int = 1
-    min_item_interactions: int = 1
-    split: str = "random"
-    test_fraction: float = 0.2
-    valid_fraction: float = 0.1
-    leave_k: int = 1
-    valid_k: int = 1
-    fold_in_fraction: float = 0.8
-    test_file: str | None = None
-    valid_file: str | None = None
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if self.format not in FORMATS:
-            raise ValueError(f"format: expected one of {list(FORMATS)}, got {self.format!r}")
-        if self.split not in S.SPLITS:
-            raise ValueError(f"split: expected one of {list(S.SPLITS)}, got {self.split!r}")
-        for name in ("min_user_interactions", "min_item_interactions"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name}: expected >= 1, got {getattr(self, name)}")
-        if self.split == "predefined" and not self.test_file:
-            raise ValueError("test_file: the 'predefined' split needs --test FILE")
-        if self.split != "predefined" and (self.test_file or self.valid_file):
-            raise ValueError(
-                f"test_file: --test/--valid need --split predefined, got {self.split!r}"
-            )
-        if self.split in ("random", "temporal", "users"):
-            S._check_fractions(self.test_fraction, self.valid_fraction)
-        if self.min_rating is not None and not math.isfinite(self.min_rating):
-            raise ValueError(f"min_rating: expected a finite number, got {self.min_rating}")
-        if not 0 <= self.seed < 2**63:
-            raise ValueError(f"seed: expected an integer in [0, 2**63), got {self.seed}")
-        self.columns  # noqa: B018 - validates the separator
-
-    @property
-    def columns(self) -> ColumnMap:
-        return ColumnMap(
-            self.user_col, self.item_col, self.rating_col, self.timestamp_col, self.separator
-        )
 
 
 def _log(msg: str, t0: float, verbose: bool) -> None:
@@ -188,6 +132,7 @@ def prepare_dataset(
         ``min_rating``, a separator that is not one byte).
     """
     opts = PrepareOptions(**options)
+    opts.check_fractions()
     t0 = time.perf_counter()
     path = Path(input) if input is not None else DEFAULT_INPUT
     df, fmt = read_interactions(path, opts.format, opts.columns)
@@ -316,7 +261,7 @@ def prepare_dataset(
     manifest = {
         "format_version": DATASET_FORMAT_VERSION,
         "source": {"path": str(path.resolve()), "format": fmt},
-        "options": asdict(opts),
+        "options": opts.to_dict(),
         "counts": {**counts, "dropped_unknown": dropped},
         "n_users": users_df.height,
         "n_items": items_df.height,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -21,10 +21,24 @@ from recsys_ebm.evaluation.metrics import (
     recall_by_popularity,
 )
 from recsys_ebm.evaluation.stats import bootstrap_ci, paired_test
+from recsys_ebm.models.capabilities import RatingPredictor
 
-__all__ = ["BASELINES", "EvaluationResult", "ModelResult", "evaluate_models"]
+if TYPE_CHECKING:
+    from recsys_ebm.data.dataset import Dataset
+    from recsys_ebm.models.base import Recommender
 
-BASELINES = ("popularity", "ease", "als", "bpr")
+__all__ = ["EvaluationResult", "ModelResult", "evaluate_models"]
+
+
+def __getattr__(name: str) -> Any:
+    # BASELINES: the registry's baseline models (``is_baseline``), read on first use (PEP 562)
+    if name == "BASELINES":
+        from recsys_ebm.models import baseline_names
+
+        return baseline_names()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 _BLOCK_USERS = 4096  # users ranked per progress step
 
 
@@ -42,6 +56,8 @@ class ModelResult:
     energies_rand: np.ndarray
     seconds: float
     extra: dict[str, float] = field(default_factory=dict)
+    #: the model is a baseline (``Recommender.is_baseline``): the best one is the reference
+    baseline: bool = False
 
 
 @dataclass
@@ -60,14 +76,14 @@ class EvaluationResult:
         return [{"model": m.name, **m.means, **m.beyond, **m.extra} for m in self.models]
 
 
-def _wants_ratings(model: Any) -> bool:
+def _wants_ratings(model: Recommender) -> bool:
     """Rating models (``history_values = "rating"``) rank from the rating-valued history."""
     return model.history_values == "rating"
 
 
 def evaluate_models(
-    dataset: Any,
-    models: dict[str, Any],
+    dataset: Dataset,
+    models: dict[str, Recommender],
     ks: tuple[int, ...] = (10, 20, 50),
     *,
     split: str = "test",
@@ -112,7 +128,7 @@ def evaluate_models(
     primary = f"ndcg@{ks[0]}"
     rating_rows = None  # rating-valued history, built once if a model asks for it
     if dataset.has_ratings and any(
-        _wants_ratings(m) or hasattr(m, "predict_ratings") for m in models.values()
+        _wants_ratings(m) or isinstance(m, RatingPredictor) for m in models.values()
     ):
         rating_rows = dataset.history(split, values="rating")[rows]
     results = []
@@ -147,7 +163,7 @@ def evaluate_models(
         pos = en[t_s.row, t_s.col]
         rand = en[rng.integers(0, len(sample), pos.size), rng.integers(0, en.shape[1], pos.size)]
         extra = {}
-        if hasattr(model, "predict_ratings") and rating_rows is not None:
+        if isinstance(model, RatingPredictor) and rating_rows is not None:
             # predicted from the rating history (train [+ valid]); the target split only scores
             coo = dataset.ratings(split)[rows].tocoo()
             pred = model.predict_ratings(rating_rows, coo.row, coo.col, users=rows)
@@ -155,7 +171,7 @@ def evaluate_models(
         results.append(
             ModelResult(
                 name,
-                getattr(model, "name", type(model).__name__),
+                model.name or type(model).__name__,
                 model.config.to_dict(),
                 per_user,
                 means,
@@ -166,11 +182,12 @@ def evaluate_models(
                 rand,
                 seconds,
                 extra,
+                bool(model.is_baseline),
             )
         )
         bar.update(1, model=name, **{primary: means[primary]})
     bar.close()
-    baselines = [r for r in results if r.kind in BASELINES]
+    baselines = [r for r in results if r.baseline]
     best = max(baselines, key=lambda r: r.means[primary]) if baselines else None
     significance = {}
     if best is not None:

@@ -15,6 +15,8 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
+from recsys_ebm.models.validation import hits_matrix, ranking_metrics
+
 __all__ = [
     "beyond_accuracy",
     "hits_matrix",
@@ -22,77 +24,6 @@ __all__ = [
     "rating_errors",
     "recall_by_popularity",
 ]
-
-
-def hits_matrix(rec_items: np.ndarray, target: sp.csr_matrix) -> np.ndarray:
-    """(U, K) bool: whether each recommended item is in the user's target row (-1 never hits)."""
-    target = sp.csr_matrix(target)
-    n_rows, k = rec_items.shape
-    if target.shape[0] != n_rows:
-        raise ValueError(
-            f"target: expected {n_rows} rows (one per recommendation list), got {target.shape[0]}"
-        )
-    # Row-wise membership through a sorted key search: key = row * n_items + item.
-    n_items = target.shape[1]
-    coo = target.tocoo()
-    keys = np.sort(coo.row.astype(np.int64) * n_items + coo.col.astype(np.int64))
-    rows = np.repeat(np.arange(n_rows, dtype=np.int64), k)
-    cand = rows * n_items + np.where(rec_items.ravel() < 0, -1 - rows * n_items, rec_items.ravel())
-    pos = np.searchsorted(keys, cand)
-    pos = np.minimum(pos, max(0, len(keys) - 1))
-    hit = (len(keys) > 0) & (keys[pos] == cand) if len(keys) else np.zeros_like(cand, dtype=bool)
-    return np.asarray(hit, dtype=bool).reshape(n_rows, k)
-
-
-def ranking_metrics(
-    rec_items: np.ndarray,
-    target: sp.csr_matrix,
-    ks: tuple[int, ...] | list[int] = (10,),
-    *,
-    recall_denominator: str = "relevant",
-) -> dict[str, np.ndarray]:
-    """Per-user metric values for each K.
-
-    Args:
-        rec_items: (U, Kmax) recommended item indices, best first (-1 = padding).
-        target: (U, I) CSR of held-out relevant items, one row per list.
-        ks: cut-offs, each <= Kmax.
-        recall_denominator: ``"relevant"`` (|rel|) or ``"min"`` (min(K, |rel|)).
-
-    Returns:
-        ``{"recall@10": (U,), "ndcg@10": (U,), ..., "mrr": (U,)}``; users with no relevant items
-        get NaN (callers should evaluate only users with targets).
-    """
-    if recall_denominator not in ("relevant", "min"):
-        raise ValueError(
-            f"recall_denominator: expected 'relevant' or 'min', got {recall_denominator!r}"
-        )
-    kmax = rec_items.shape[1]
-    for k in ks:
-        if k <= 0 or k > kmax:
-            raise ValueError(f"ks: each K must lie in [1, {kmax}], got {k}")
-    hits = hits_matrix(rec_items, target).astype(np.float64)  # (U, Kmax)
-    n_rel = np.asarray(target.getnnz(axis=1), dtype=np.float64)  # (U,)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        valid = np.where(n_rel > 0, 1.0, np.nan)
-        discount = 1.0 / np.log2(np.arange(2, kmax + 2))  # (Kmax,)
-        cum_hits = np.cumsum(hits, axis=1)
-        out: dict[str, np.ndarray] = {}
-        for k in ks:
-            h = cum_hits[:, k - 1]
-            denom = n_rel if recall_denominator == "relevant" else np.minimum(k, n_rel)
-            out[f"recall@{k}"] = h / denom * valid
-            out[f"precision@{k}"] = h / k * valid
-            out[f"hitrate@{k}"] = (h > 0).astype(np.float64) * valid
-            dcg = hits[:, :k] @ discount[:k]
-            ideal = np.cumsum(discount[:k])
-            idcg = ideal[np.clip(np.minimum(k, n_rel).astype(int) - 1, 0, k - 1)]
-            out[f"ndcg@{k}"] = dcg / idcg * valid
-            prec_at_r = cum_hits[:, :k] / np.arange(1, k + 1)
-            out[f"map@{k}"] = (prec_at_r * hits[:, :k]).sum(axis=1) / np.minimum(k, n_rel) * valid
-        first = np.where(hits.any(axis=1), hits.argmax(axis=1) + 1, np.inf)
-        out["mrr"] = (1.0 / first) * valid
-    return out
 
 
 def beyond_accuracy(

@@ -9,7 +9,14 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from recsys_ebm.models.base import Recommender, as_user_items
 
-__all__ = ["MODEL_PATHS", "Recommender", "as_user_items", "get_model_class", "load_model"]
+__all__ = [
+    "MODEL_PATHS",
+    "Recommender",
+    "as_user_items",
+    "baseline_names",
+    "get_model_class",
+    "load_model",
+]
 
 #: ``--model NAME`` -> "module:Class". Every entry passes tests/recommender_mixin.py.
 MODEL_PATHS: dict[str, str] = {
@@ -34,6 +41,15 @@ def get_model_class(name: str) -> type[Recommender]:
         raise ValueError(f"model: expected one of {sorted(MODEL_PATHS)}, got {name!r}")
     module, cls = MODEL_PATHS[name].split(":")
     return getattr(importlib.import_module(module), cls)
+
+
+def baseline_names() -> tuple[str, ...]:
+    """Registry names of the baseline models (classes with ``is_baseline = True``), in order."""
+    return tuple(
+        name
+        for name, path in MODEL_PATHS.items()
+        if path.startswith("recsys_ebm.models.") and get_model_class(name).is_baseline
+    )
 
 
 def load_model(path: str | Path, *, device: str = "cpu") -> Recommender:

@@ -141,12 +141,13 @@ class TwoTower(nn.Module):
             v = v + self.item_features @ self.meta_proj  # (I, G) @ (G, D)
         return v
 
-    def _norm(self, x: torch.Tensor) -> torch.Tensor:
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        """Unit-norm rows for cosine similarity; unchanged for dot products."""
         return nn.functional.normalize(x, dim=-1) if self.similarity == "cosine" else x
 
     def item_vectors(self, id_drop: torch.Tensor | None = None) -> torch.Tensor:
         """(I, D) candidate vectors, unit-norm for cosine similarity."""
-        return self._norm(self.item_table(which="out", id_drop=id_drop))
+        return self.normalize(self.item_table(which="out", id_drop=id_drop))
 
     # ------------------------------------------------------------------ user tower
     def encode(
@@ -176,7 +177,7 @@ class TwoTower(nn.Module):
             uid = lookup(self.user_emb, users.clamp_min(0)) * known[:, None].to(h.dtype)
             h = h + uid
         h = h + torch.relu(h @ self.w1 + self.b1) @ self.w2 + self.b2  # residual MLP
-        return self._norm(h)
+        return self.normalize(h)
 
     # ------------------------------------------------------------------ energy
     def tau(self) -> torch.Tensor:

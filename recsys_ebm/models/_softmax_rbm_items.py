@@ -25,7 +25,7 @@ model's own likelihood.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import scipy.sparse as sp
@@ -39,17 +39,20 @@ from recsys_ebm.models._softmax_rbm_math import (
     pair_logits,
 )
 
+if TYPE_CHECKING:
+    from recsys_ebm.models.softmax_rbm import ItemSoftmaxRBM
+
 __all__ = ["fold_in", "item_energies", "item_hidden", "item_pair_probs", "level_prior"]
 
 
-def item_hidden(model: Any) -> torch.Tensor:
+def item_hidden(model: ItemSoftmaxRBM) -> torch.Tensor:
     """(I, H) hidden input x_i of every item case from the training ratings (the context)."""
     ctx = model.context  # (I, U) CSR, data = level index + 1
     rows, units, levels = model._tensors(ctx)
     return hidden_input(rows, units, levels, ctx.shape[0], model.W, model.c)
 
 
-def level_prior(model: Any) -> torch.Tensor:
+def level_prior(model: ItemSoftmaxRBM) -> torch.Tensor:
     """(K,) log of the smoothed global rating-level frequencies of the training ratings: the
     visible biases a folded-in user starts from."""
     n_k = model.W.shape[1]
@@ -57,7 +60,9 @@ def level_prior(model: Any) -> torch.Tensor:
     return torch.as_tensor(np.log((counts + 1.0) / (counts.sum() + n_k)), dtype=model.W.dtype)
 
 
-def fold_in(model: Any, x: torch.Tensor, codes: sp.csr_matrix) -> tuple[torch.Tensor, torch.Tensor]:
+def fold_in(
+    model: ItemSoftmaxRBM, x: torch.Tensor, codes: sp.csr_matrix
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Weights (B, K, H) and biases (B, K) for the B rows of ``codes`` (level codes of users
     not seen in training), with the item cases' hidden inputs ``x`` (I, H) fixed."""
     cfg = model.config
@@ -87,7 +92,7 @@ def fold_in(model: Any, x: torch.Tensor, codes: sp.csr_matrix) -> tuple[torch.Te
 
 
 def _user_params(
-    model: Any, x: torch.Tensor, codes: sp.csr_matrix, users: np.ndarray | None
+    model: ItemSoftmaxRBM, x: torch.Tensor, codes: sp.csr_matrix, users: np.ndarray | None
 ) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
     """(B, K, H) weights, (B, K) biases of each history row, and the (B,) training index of
     each row (-1 = folded in from the row's ratings)."""
@@ -108,7 +113,9 @@ def _user_params(
     return w, bias, idx
 
 
-def _own_levels(model: Any, idx: np.ndarray, rows: np.ndarray, items: np.ndarray) -> np.ndarray:
+def _own_levels(
+    model: ItemSoftmaxRBM, idx: np.ndarray, rows: np.ndarray, items: np.ndarray
+) -> np.ndarray:
     """(P,) level index each pair's user gave the item in the context, -1 when none (or when
     the user was folded in, so is not in the context)."""
     own = np.full(rows.size, -1, dtype=np.int64)
@@ -120,7 +127,7 @@ def _own_levels(model: Any, idx: np.ndarray, rows: np.ndarray, items: np.ndarray
 
 
 def item_pair_probs(
-    model: Any,
+    model: ItemSoftmaxRBM,
     codes: sp.csr_matrix,
     rows: np.ndarray,
     cols: np.ndarray,
@@ -144,7 +151,7 @@ def item_pair_probs(
 
 
 def item_energies(
-    model: Any, codes: sp.csr_matrix, users: np.ndarray | None, items: np.ndarray | None
+    model: ItemSoftmaxRBM, codes: sp.csr_matrix, users: np.ndarray | None, items: np.ndarray | None
 ) -> torch.Tensor:
     """(B, I') -E[r_ui | item i's training ratings by other users] for a block of users."""
     dev = model.device

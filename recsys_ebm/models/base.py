@@ -25,6 +25,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from recsys_ebm.config import Config
+from recsys_ebm.data.vocab import Vocabulary
 from recsys_ebm.diagnostics import DataWarning, ModelFileError, NotFittedError
 from recsys_ebm.io import atomic_dir
 
@@ -143,6 +144,9 @@ class Recommender(abc.ABC):
     #: True when an empty history is served by a deliberate fallback (the ranker's popularity
     #: list): batch jobs then serve requested users who have no history at all.
     has_fallback: ClassVar[bool] = False
+    #: True for the reference models (popularity, EASE, ALS, BPR): the evaluation report
+    #: compares every other model with the best of them.
+    is_baseline: ClassVar[bool] = False
     #: "binary": histories are 0/1 interaction rows; "rating": their values are ratings (the
     #: softmax RBM). Evaluation and batch jobs pass ``dataset.history(split, values=...)``.
     history_values: ClassVar[str] = "binary"
@@ -158,9 +162,31 @@ class Recommender(abc.ABC):
             )
         self.config = config
         self.n_items: int | None = None
-        self.item_ids: np.ndarray | None = None
-        self.user_ids: np.ndarray | None = None
+        #: raw item ids <-> indices (saved as items.json); None when the model was fitted on a
+        #: bare matrix. ``item_ids`` / ``user_ids`` are views of these vocabularies.
+        self.item_vocab: Vocabulary | None = None
+        #: raw user ids of the training rows (saved as users.json), or None
+        self.user_vocab: Vocabulary | None = None
         self.fit_info: dict[str, Any] = {}
+
+    @property
+    def item_ids(self) -> np.ndarray | None:
+        """(I,) raw item id of each index (read-only object array), or None; set it with any
+        sequence of ids (or a Vocabulary) to replace :attr:`item_vocab`."""
+        return None if self.item_vocab is None else self.item_vocab.ids
+
+    @item_ids.setter
+    def item_ids(self, ids: Any) -> None:
+        self.item_vocab = None if ids is None else Vocabulary(ids, name="item")
+
+    @property
+    def user_ids(self) -> np.ndarray | None:
+        """(U,) raw user id of each training row (read-only object array), or None."""
+        return None if self.user_vocab is None else self.user_vocab.ids
+
+    @user_ids.setter
+    def user_ids(self, ids: Any) -> None:
+        self.user_vocab = None if ids is None else Vocabulary(ids, name="user")
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.config!r})"
@@ -194,8 +220,7 @@ class Recommender(abc.ABC):
         metadata override this. The test split is never passed.
         """
         self.fit(dataset.train, dataset.valid, callback=callback)
-        self.item_ids = dataset.item_ids
-        self.user_ids = dataset.user_ids
+        self.item_vocab, self.user_vocab = dataset.item_vocab, dataset.user_vocab
         return self
 
     def _state_tensors(self) -> dict[str, torch.Tensor]:
@@ -389,12 +414,16 @@ class Recommender(abc.ABC):
         }
         with atomic_dir(path, overwrite=overwrite) as tmp:
             (tmp / "model.json").write_text(json.dumps(meta, indent=2, default=_json_default))
-            tensors = {k: v.detach().cpu().contiguous() for k, v in self._state_tensors().items()}
-            save_file(tensors, str(tmp / "weights.safetensors"))
-            for key, ids in (("items", self.item_ids), ("users", self.user_ids)):
-                if ids is not None:
-                    (tmp / f"{key}.json").write_text(json.dumps([_py(x) for x in ids]))
+            save_file(self.state_tensors(), str(tmp / "weights.safetensors"))
+            for key, vocab in (("items", self.item_vocab), ("users", self.user_vocab)):
+                if vocab is not None:
+                    vocab.save(tmp / f"{key}.json")
         return Path(path)
+
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        """The fitted state as saved: name -> CPU, contiguous tensor (``weights.safetensors``)."""
+        self._check_fitted()
+        return {k: v.detach().cpu().contiguous() for k, v in self._state_tensors().items()}
 
     @classmethod
     def load(cls, path: str | Path, *, device: str = "cpu") -> Self:
@@ -444,7 +473,13 @@ class Recommender(abc.ABC):
                         f"{f}: {_RETRAIN.format(what='corrupt id list')}: expected a JSON list, "
                         f"got {type(ids).__name__}"
                     )
-                setattr(model, f"{key[:-1]}_ids", np.asarray(ids, dtype=object))
+                try:
+                    vocab = Vocabulary(ids, name=key[:-1])
+                except (TypeError, ValueError) as exc:
+                    raise ModelFileError(
+                        f"{f}: {_RETRAIN.format(what='corrupt id list')}: {exc}"
+                    ) from exc
+                setattr(model, f"{key[:-1]}_vocab", vocab)
         try:
             model._load_state(tensors, meta.get("extra", {}))
         except KeyError as exc:
@@ -500,10 +535,6 @@ def read_model_json(path: str | Path) -> dict[str, Any]:
             f"{path}: 'config' is not an object; {_RETRAIN.format(what='corrupt model metadata')}"
         )
     return meta
-
-
-def _py(x: Any) -> Any:
-    return x.item() if isinstance(x, np.generic) else x
 
 
 def _json_default(x: Any) -> Any:

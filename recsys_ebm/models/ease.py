@@ -58,6 +58,7 @@ class EASEConfig(Config):
 
 class EASE(Recommender):
     name = "ease"
+    is_baseline = True
     config_class = EASEConfig
 
     def __init__(self, config: EASEConfig | None = None, **overrides: Any) -> None:
@@ -115,7 +116,7 @@ class EASE(Recommender):
         bar.update(1)
         self.fit_info = {"l2": self.config.l2}
         if grid:
-            from recsys_ebm.evaluation.protocol import evaluate_ranking
+            from recsys_ebm.models.validation import evaluate_ranking
 
             valid = as_user_items(valid, self.n_items, "valid")
             scores = {}

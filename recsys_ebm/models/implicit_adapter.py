@@ -127,7 +127,7 @@ class _FactorModel(Recommender):
         yf = y[:, : y.shape[1] - nb]  # (I, F') factor part
         f = yf.shape[1]
         c = self._confidence
-        reg = float(getattr(self.config, "regularization", 0.01))
+        reg = float(self.config.regularization)  # both configs define it
         x = csr_to_torch(user_items, torch.device("cpu"))  # (B, I)
         yty = yf.T @ yf + reg * torch.eye(f)  # (F', F')
         outer = (yf[:, :, None] * yf[:, None, :]).reshape(len(yf), f * f)  # (I, F'^2)
@@ -168,6 +168,7 @@ class _FactorModel(Recommender):
 
 class ALS(_FactorModel):
     name = "als"
+    is_baseline = True
     config_class = ALSConfig
 
     @property
@@ -199,6 +200,7 @@ class BPR(_FactorModel):
     """
 
     name = "bpr"
+    is_baseline = True
     config_class = BPRConfig
     _bias_cols = 1  # implicit's BPR keeps an item bias as the last factor column
 

@@ -24,6 +24,7 @@ class Popularity(Recommender):
     """Ranks items by training interaction count (the same list for every user)."""
 
     name = "popularity"
+    is_baseline = True
     config_class = PopularityConfig
 
     def __init__(self, config: PopularityConfig | None = None, **overrides: Any) -> None:

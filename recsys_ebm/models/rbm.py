@@ -124,11 +124,12 @@ class RBM(Recommender):
         user_items = as_user_items(user_items, self.n_items)
         out = []
         for s in range(0, user_items.shape[0], 1024):
-            v = self._dense(user_items[s : s + 1024])
+            v = self.visible(user_items[s : s + 1024])
             out.append(free_energy(v, self.W, self.b, self.c).cpu().numpy())
         return np.concatenate(out) if out else np.zeros(0, np.float32)
 
-    def _dense(self, m: sp.csr_matrix) -> torch.Tensor:
+    def visible(self, m: sp.csr_matrix) -> torch.Tensor:
+        """(B, I) float 0/1 visible vectors of CSR history rows, on the model's device."""
         v = torch.from_numpy(m.toarray()).to(self.device)
         return (v > 0).float()  # (B, I) binary visible vectors
 
@@ -136,7 +137,7 @@ class RBM(Recommender):
         self, user_items: sp.csr_matrix, users: np.ndarray | None, items: np.ndarray | None
     ) -> torch.Tensor:
         assert self.W is not None
-        v = self._dense(user_items)
+        v = self.visible(user_items)
         idx = None if items is None else torch.as_tensor(items, device=self.device)
         with torch.no_grad():
             return free_energy_delta(v, self.W, self.b, self.c, idx)  # (B, I)
@@ -150,12 +151,37 @@ class RBM(Recommender):
         callback: EpochCallback | None = None,
     ) -> Self:
         from recsys_ebm.models._rbm_train import train_rbm
+        from recsys_ebm.models.validation import ndcg_monitor
 
         train, valid = check_fit_inputs(train, valid)
         show = self.config.progress  # recsys_ebm.progress: a bar on a TTY, else log lines
         ckpt = Path(self.config.checkpoint_dir) if self.config.checkpoint_dir else None
-        train_rbm(self, train, valid, callback=callback, progress=show, checkpoint_dir=ckpt)
+        monitor = ndcg_monitor(self, train, valid, progress_desc="validate rbm" if show else None)
+        result = train_rbm(
+            self,
+            train,
+            valid,
+            monitor=monitor,
+            callback=callback,
+            progress=show,
+            checkpoint_dir=ckpt,
+        )
+        self.fit_info = {
+            "history": result.history,
+            "epochs_run": result.epochs_run,
+            "best_valid_ndcg@10": result.best_score,
+        }
         return self
+
+    # ------------------------------------------------------------------ training state hooks
+    def parameters(self) -> dict[str, torch.Tensor]:
+        """The fitted tensors by name: ``W`` (I, H), ``b`` (I,), ``c`` (H,) (not copies)."""
+        assert self.W is not None and self.b is not None and self.c is not None
+        return {"W": self.W, "b": self.b, "c": self.c}
+
+    def set_parameters(self, params: dict[str, torch.Tensor]) -> None:
+        """Replace ``W``, ``b`` and ``c`` (the tensors are used as given)."""
+        self.W, self.b, self.c = params["W"], params["b"], params["c"]
 
     # ------------------------------------------------------------------ persistence
     def _state_tensors(self) -> dict[str, torch.Tensor]:

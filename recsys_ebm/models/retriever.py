@@ -33,6 +33,7 @@ import scipy.sparse as sp
 import torch
 
 from recsys_ebm.config import Config
+from recsys_ebm.data.vocab import Vocabulary
 from recsys_ebm.device import resolve_device
 from recsys_ebm.diagnostics import ConfigError, DataWarning
 from recsys_ebm.models._retriever_towers import TwoTower, sparse_history
@@ -350,10 +351,12 @@ class Retriever(Recommender):
         *,
         on_unknown: Literal["drop", "raise"] = "drop",
     ) -> sp.csr_matrix:
-        """(U, I) CSR from per-user lists of raw item ids (the model's ``item_ids``).
+        """(U, I) CSR from per-user lists of raw item ids (the model's ``item_vocab``).
 
-        Unknown raw ids are dropped with a :class:`DataWarning` (``on_unknown="drop"``) or raise
-        ``ValueError`` (``"raise"``). Without ``item_ids`` the ids are read as item indices.
+        Ids match under the :class:`~recsys_ebm.data.vocab.Vocabulary` rule (42 and "42" are
+        the same id, "042" is not). Unknown raw ids are dropped with a :class:`DataWarning`
+        (``on_unknown="drop"``) or raise ``ValueError`` (``"raise"``). Without ``item_ids`` the
+        ids are read as item indices.
         """
         n_items = self._check_fitted()
         if on_unknown not in ("drop", "raise"):
@@ -362,22 +365,19 @@ class Retriever(Recommender):
             raise TypeError(
                 f"histories: expected a sequence of item-id lists, got {type(histories).__name__}"
             )
-        lookup = (
-            {v: i for i, v in enumerate(self.item_ids)}
-            if self.item_ids is not None
-            else {i: i for i in range(n_items)}
-        )
-        rows, cols, unknown = [], [], []
-        for r, hist in enumerate(histories):
-            for raw in hist:
-                key = raw.item() if isinstance(raw, np.generic) else raw
-                if key in lookup:
-                    rows.append(r)
-                    cols.append(lookup[key])
-                else:
-                    unknown.append(raw)
+        vocab = self.item_vocab
+        if vocab is None:
+            vocab = Vocabulary(np.arange(n_items), name="item index")
+        flat = [raw for hist in histories for raw in hist]
+        found = vocab.index(flat, unknown="missing")  # (N,) -1 = unknown
+        rows_all = np.repeat(np.arange(len(histories)), [len(h) for h in histories])
+        rows, cols = rows_all[found >= 0], found[found >= 0]
+        unknown = [flat[k] for k in np.flatnonzero(found < 0)]
         if unknown:
-            msg = f"histories: {len(unknown)} item id(s) unknown to the model, e.g. {unknown[:5]}"
+            msg = (
+                f"histories: {len(unknown)} item id(s) unknown to the model, e.g. {unknown[:5]} "
+                "(ids match as an int or its decimal string: 42 or '42', not '042')"
+            )
             if on_unknown == "raise":
                 raise ValueError(msg)
             warnings.warn(msg + "; dropped", DataWarning, stacklevel=2)

@@ -13,13 +13,18 @@ in its CSR data, never ones. A value that is not one of the model's rating level
 is raised when a history of 20+ entries is all ones. Use ``Dataset.history(split,
 values="rating")``; ``fit_dataset`` and ``evaluate_models`` do (``history_values = "rating"``).
 
-**Orientation.** ``orientation = "user"`` is the paper's model: a user is a training case whose
+**Orientation: two classes over one maths module.** ``orientation = "user"``
+(:class:`UserSoftmaxRBM`) is the paper's model: a user is a training case whose
 visible layer holds their ratings, and p(r_ui | u's other ratings) conditions on the user's own
 history. ``orientation = "item"`` (the default) transposes it, after Georgiev & Nakov (ICML
 2013): an item is a case whose visible units are the users who rated it, and p(r_ui | the item's
 ratings by other users) uses user u's learned weights; users unseen in training are folded in
-from the ratings passed at call time (see :mod:`recsys_ebm.models._softmax_rbm_items`). On
-MovieLens 100K the item orientation is the better rating predictor (benchmarks/README.md).
+from the ratings passed at call time (see :mod:`recsys_ebm.models._softmax_rbm_items`); that is
+:class:`ItemSoftmaxRBM`. On MovieLens 100K the item orientation is the better rating predictor
+(benchmarks/README.md). ``SoftmaxRBM(config)`` (the ``softmax-rbm`` of the CLI, config files and
+saved model directories) builds the class of ``config.orientation``; both subclass it. Only the
+user orientation has a free energy of a user's ratings (its cases are users), so only
+:class:`UserSoftmaxRBM` is a :class:`~recsys_ebm.models.capabilities.FreeEnergyModel`.
 
 **Ranking energy.** energy(u, i) = -E[r_ui | ...], the exact expected rating of item i under the
 model's conditional (paper sec. 2.2), so the top of the list is what the user would rate highest.
@@ -32,7 +37,7 @@ from __future__ import annotations
 import dataclasses
 import warnings
 from pathlib import Path
-from typing import Any, Self
+from typing import Any, ClassVar, Self
 
 import numpy as np
 import scipy.sparse as sp
@@ -52,7 +57,7 @@ from recsys_ebm.models._softmax_rbm_math import (
 )
 from recsys_ebm.models.base import EpochCallback, Recommender, as_user_items, check_fit_inputs
 
-__all__ = ["SoftmaxRBM", "SoftmaxRBMConfig"]
+__all__ = ["ItemSoftmaxRBM", "SoftmaxRBM", "SoftmaxRBMConfig", "UserSoftmaxRBM"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -120,35 +125,50 @@ class SoftmaxRBMConfig(CDSchedule, Config):
 
 
 class SoftmaxRBM(Recommender):
-    """Softmax-visible RBM over ratings; energy(u, i) = -E[r_i | u's ratings]."""
+    """Softmax-visible RBM over ratings; energy(u, i) = -E[r_i | ...] (module docstring).
+
+    ``SoftmaxRBM(...)`` returns a :class:`UserSoftmaxRBM` or an :class:`ItemSoftmaxRBM`, after
+    the config's ``orientation`` (default "item"); this class holds what both share.
+    """
 
     name = "softmax-rbm"
     config_class = SoftmaxRBMConfig
     #: evaluation and batch jobs pass rating-valued histories to models that declare this
     history_values = "rating"
+    #: the subclasses' orientation ("user" or "item"); None on this dispatching class
+    orientation: ClassVar[str | None] = None
+    #: True when the training cases are items (orientation "item")
+    item_cases: ClassVar[bool] = False
+
+    def __new__(cls, config: SoftmaxRBMConfig | None = None, **overrides: Any) -> SoftmaxRBM:
+        if cls is SoftmaxRBM:  # dispatch on the orientation the config will have
+            if config is not None:
+                own = config.orientation if isinstance(config, SoftmaxRBMConfig) else None
+                orientation = overrides.get("orientation", own)
+            else:
+                orientation = overrides.get("orientation", SoftmaxRBMConfig.orientation)
+            sub = _BY_ORIENTATION.get(orientation) if isinstance(orientation, str) else None
+            if sub is not None:
+                return super().__new__(sub)
+            # anything else: __init__ raises the config's own error
+        return super().__new__(cls)
 
     def __init__(self, config: SoftmaxRBMConfig | None = None, **overrides: Any) -> None:
+        own = type(self).orientation
+        if own is not None and config is None and "orientation" not in overrides:
+            overrides["orientation"] = own  # UserSoftmaxRBM() is user-oriented
         super().__init__(config, **overrides)
+        if own is not None and self.config.orientation != own:
+            raise ValueError(
+                f"config.orientation: {type(self).__name__} has orientation {own!r}, got "
+                f"{self.config.orientation!r} (SoftmaxRBM(config) picks the class for you)"
+            )
         self.device = resolve_device(self.config.device)
         self.rating_levels: np.ndarray | None = None  # (K,) float64, ascending
         # orientation "user": visible units are items (V = I); "item": users (V = U)
         self.W: torch.Tensor | None = None  # (V, K, H)
         self.b: torch.Tensor | None = None  # (V, K) visible biases
         self.c: torch.Tensor | None = None  # (H,) hidden biases
-        self.context: sp.csr_matrix | None = None  # "item": (I, U) training level codes
-        self._by_user: sp.csr_matrix | None = None
-
-    @property
-    def item_cases(self) -> bool:
-        return self.config.orientation == "item"
-
-    @property
-    def context_by_user(self) -> sp.csr_matrix:
-        """(U, I) level codes of the training ratings (orientation "item"), cached."""
-        assert self.context is not None
-        if self._by_user is None:
-            self._by_user = self.context.T.tocsr()
-        return self._by_user
 
     # ------------------------------------------------------------------ ratings <-> levels
     def _codes(self, m: sp.csr_matrix, name: str) -> sp.csr_matrix:
@@ -268,9 +288,11 @@ class SoftmaxRBM(Recommender):
             )
             return torch.softmax(logits, dim=1).cpu().numpy()
 
-    def _predict_from_codes(
+    def predict_from_codes(
         self, codes: sp.csr_matrix, rows: np.ndarray, cols: np.ndarray
     ) -> np.ndarray:
+        """(P,) expected rating of (case row, unit) pairs of a level-code matrix (cases x units,
+        data = level index + 1), conditioned on the row's other ratings: the training monitor."""
         return self._pair_probs(codes, rows, cols) @ self.rating_levels
 
     # ------------------------------------------------------------------ public prediction API
@@ -320,11 +342,12 @@ class SoftmaxRBM(Recommender):
         """
         codes, rows, cols = self._check_pairs(history, rows, cols)
         users = self._check_users(users, codes.shape[0])
-        if self.item_cases:
-            from recsys_ebm.models._softmax_rbm_items import item_pair_probs
+        return self._distribution(codes, rows, cols, users)
 
-            return item_pair_probs(self, codes, rows, cols, users)
-        return self._pair_probs(codes, rows, cols)
+    def _distribution(
+        self, codes: sp.csr_matrix, rows: np.ndarray, cols: np.ndarray, users: np.ndarray | None
+    ) -> np.ndarray:
+        raise NotImplementedError
 
     def predict_ratings(
         self, history: sp.csr_matrix, rows: Any, cols: Any, *, users: Any = None
@@ -335,21 +358,15 @@ class SoftmaxRBM(Recommender):
         """
         return self.rating_distribution(history, rows, cols, users=users) @ self.rating_levels
 
-    def free_energy(self, user_items: sp.csr_matrix) -> np.ndarray:
-        """(U,) F(V) of each rating row (lower = a more plausible set of ratings).
+    # ------------------------------------------------------------------ training state hooks
+    def parameters(self) -> dict[str, torch.Tensor]:
+        """The fitted tensors by name: ``W`` (V, K, H), ``b`` (V, K), ``c`` (H,) (not copies)."""
+        assert self.W is not None and self.b is not None and self.c is not None
+        return {"W": self.W, "b": self.b, "c": self.c}
 
-        Raises:
-            ValueError: the model is item-oriented (its cases are items, not user profiles).
-        """
-        if self.item_cases:
-            raise ValueError(
-                "free_energy: this softmax RBM has orientation 'item' (its training cases are "
-                "items), so a user's ratings have no free energy; train with orientation='user'"
-            )
-        codes = self._codes(as_user_items(user_items, self._check_fitted()), "user_items")
-        with torch.no_grad():
-            r, i, lv = self._tensors(codes)
-            return free_energy(r, i, lv, codes.shape[0], self.W, self.b, self.c).cpu().numpy()
+    def set_parameters(self, params: dict[str, torch.Tensor]) -> None:
+        """Replace ``W``, ``b`` and ``c`` (the tensors are used as given)."""
+        self.W, self.b, self.c = params["W"], params["b"], params["c"]
 
     def _block_rows(self, n_cols: int, batch_size: int | None) -> int:
         # a scoring block holds (B, I', K) level logits: bound it like the base's (B, I') block
@@ -360,27 +377,12 @@ class SoftmaxRBM(Recommender):
         self, user_items: sp.csr_matrix, users: np.ndarray | None, items: np.ndarray | None
     ) -> torch.Tensor:
         assert self.W is not None and self.rating_levels is not None
-        codes = self._codes(user_items, "user_items")
-        if self.item_cases:
-            from recsys_ebm.models._softmax_rbm_items import item_energies
+        return self._energies_codes(self._codes(user_items, "user_items"), users, items)
 
-            return item_energies(self, codes, users, items)
-        levels = torch.as_tensor(self.rating_levels, dtype=self.W.dtype, device=self.device)
-        with torch.no_grad():
-            x = self._hidden_x(codes)  # (B, H)
-            idx = None if items is None else torch.as_tensor(items, device=self.device)
-            logits = conditional_logits(x, self.W, self.b, idx)  # (B, I', K)
-            if codes.nnz:  # rated items: the exact leave-one-out conditional instead
-                coo = codes.tocoo()
-                keep, pos = column_positions(coo.col, items, self.n_items)
-                r, q, own = coo.row[keep], coo.col[keep], coo.data[keep] - 1
-                if len(r):
-                    t = [torch.as_tensor(a.astype(np.int64), device=self.device) for a in (r, q)]
-                    lo = torch.as_tensor(own.astype(np.int64), device=self.device)
-                    logits[t[0], torch.as_tensor(pos, device=self.device)] = pair_logits(
-                        x, self.W, self.b, t[0], t[1], lo
-                    )
-            return -(torch.softmax(logits, dim=2) @ levels)  # (B, I'): -E[rating]
+    def _energies_codes(
+        self, codes: sp.csr_matrix, users: np.ndarray | None, items: np.ndarray | None
+    ) -> torch.Tensor:
+        raise NotImplementedError
 
     # ------------------------------------------------------------------ training
     def fit(
@@ -420,18 +422,28 @@ class SoftmaxRBM(Recommender):
             self._codes(valid, "valid")  # same level check
         show = self.config.progress  # recsys_ebm.progress: a bar on a TTY, else log lines
         ckpt = Path(self.config.checkpoint_dir) if self.config.checkpoint_dir else None
-        self.context = self._by_user = None
-        cases, vcases = codes, valid
-        if self.item_cases:  # items are the cases: train on the transposed matrices
-            cases = codes.T.tocsr()
-            cases.sort_indices()
-            vcases = None if valid is None else valid.T.tocsr()
-        train_softmax_rbm(
+        cases, vcases = self._cases(codes, valid)
+        result = train_softmax_rbm(
             self, cases, vcases, callback=callback, progress=show, checkpoint_dir=ckpt
         )
-        if self.item_cases:
-            self.context, self.n_items = cases, codes.shape[1]
+        self.fit_info = {
+            "history": result.history,
+            "epochs_run": result.epochs_run,
+            "best_valid_rmse": result.best_score,
+            "best_epoch": result.best_epoch,
+            "n_levels": int(self.W.shape[1]),
+        }
+        self._after_fit(cases, codes)
         return self
+
+    def _cases(
+        self, codes: sp.csr_matrix, valid: sp.csr_matrix | None
+    ) -> tuple[sp.csr_matrix, sp.csr_matrix | None]:
+        """The training cases (level codes) and validation ratings, cases x units."""
+        return codes, valid
+
+    def _after_fit(self, cases: sp.csr_matrix, codes: sp.csr_matrix) -> None:
+        return None
 
     def fit_dataset(self, dataset: Any, *, callback: EpochCallback | None = None) -> Self:
         """Train on ``dataset.ratings("train")``, early-stopping on ``ratings("valid")``.
@@ -453,13 +465,7 @@ class SoftmaxRBM(Recommender):
     # ------------------------------------------------------------------ persistence
     def _state_tensors(self) -> dict[str, torch.Tensor]:
         assert self.W is not None
-        out = {"W": self.W, "b": self.b, "c": self.c}
-        if self.context is not None:  # orientation "item": the item cases' training ratings
-            ctx = self.context
-            out["context_indptr"] = torch.as_tensor(ctx.indptr.astype(np.int64))
-            out["context_indices"] = torch.as_tensor(ctx.indices.astype(np.int64))
-            out["context_levels"] = torch.as_tensor(ctx.data.astype(np.int64))
-        return out
+        return {"W": self.W, "b": self.b, "c": self.c}
 
     def _extra_meta(self) -> dict[str, Any]:
         assert self.rating_levels is not None
@@ -470,13 +476,115 @@ class SoftmaxRBM(Recommender):
         self.W = tensors["W"].to(self.device)
         self.b = tensors["b"].to(self.device)
         self.c = tensors["c"].to(self.device)
+
+
+class UserSoftmaxRBM(SoftmaxRBM):
+    """The paper's softmax RBM (``orientation = "user"``): a user is a training case whose
+    visible layer holds their ratings; p(r_ui | ...) conditions on u's own other ratings."""
+
+    orientation = "user"
+    item_cases = False
+
+    def _distribution(
+        self, codes: sp.csr_matrix, rows: np.ndarray, cols: np.ndarray, users: np.ndarray | None
+    ) -> np.ndarray:
+        return self._pair_probs(codes, rows, cols)
+
+    def free_energy(self, user_items: sp.csr_matrix) -> np.ndarray:
+        """(U,) F(V) of each rating row (lower = a more plausible set of ratings)."""
+        codes = self._codes(as_user_items(user_items, self._check_fitted()), "user_items")
+        with torch.no_grad():
+            r, i, lv = self._tensors(codes)
+            return free_energy(r, i, lv, codes.shape[0], self.W, self.b, self.c).cpu().numpy()
+
+    def _energies_codes(
+        self, codes: sp.csr_matrix, users: np.ndarray | None, items: np.ndarray | None
+    ) -> torch.Tensor:
+        levels = torch.as_tensor(self.rating_levels, dtype=self.W.dtype, device=self.device)
+        with torch.no_grad():
+            x = self._hidden_x(codes)  # (B, H)
+            idx = None if items is None else torch.as_tensor(items, device=self.device)
+            logits = conditional_logits(x, self.W, self.b, idx)  # (B, I', K)
+            if codes.nnz:  # rated items: the exact leave-one-out conditional instead
+                coo = codes.tocoo()
+                keep, pos = column_positions(coo.col, items, self.n_items)
+                r, q, own = coo.row[keep], coo.col[keep], coo.data[keep] - 1
+                if len(r):
+                    t = [torch.as_tensor(a.astype(np.int64), device=self.device) for a in (r, q)]
+                    lo = torch.as_tensor(own.astype(np.int64), device=self.device)
+                    logits[t[0], torch.as_tensor(pos, device=self.device)] = pair_logits(
+                        x, self.W, self.b, t[0], t[1], lo
+                    )
+            return -(torch.softmax(logits, dim=2) @ levels)  # (B, I'): -E[rating]
+
+
+class ItemSoftmaxRBM(SoftmaxRBM):
+    """The item-oriented softmax RBM (``orientation = "item"``, Georgiev & Nakov 2013): an item
+    is a training case whose visible units are the users who rated it; unseen users are folded
+    in (:mod:`recsys_ebm.models._softmax_rbm_items`). It has no free energy of a user's ratings.
+    """
+
+    orientation = "item"
+    item_cases = True
+
+    def __init__(self, config: SoftmaxRBMConfig | None = None, **overrides: Any) -> None:
+        super().__init__(config, **overrides)
+        self.context: sp.csr_matrix | None = None  # (I, U) training level codes
+        self._by_user: sp.csr_matrix | None = None
+
+    @property
+    def context_by_user(self) -> sp.csr_matrix:
+        """(U, I) level codes of the training ratings, cached."""
+        assert self.context is not None
+        if self._by_user is None:
+            self._by_user = self.context.T.tocsr()
+        return self._by_user
+
+    def _distribution(
+        self, codes: sp.csr_matrix, rows: np.ndarray, cols: np.ndarray, users: np.ndarray | None
+    ) -> np.ndarray:
+        from recsys_ebm.models._softmax_rbm_items import item_pair_probs
+
+        return item_pair_probs(self, codes, rows, cols, users)
+
+    def _energies_codes(
+        self, codes: sp.csr_matrix, users: np.ndarray | None, items: np.ndarray | None
+    ) -> torch.Tensor:
+        from recsys_ebm.models._softmax_rbm_items import item_energies
+
+        return item_energies(self, codes, users, items)
+
+    def _cases(
+        self, codes: sp.csr_matrix, valid: sp.csr_matrix | None
+    ) -> tuple[sp.csr_matrix, sp.csr_matrix | None]:
         self.context = self._by_user = None
-        if "context_indptr" in tensors:
-            self.context = sp.csr_matrix(
-                (
-                    tensors["context_levels"].numpy(),
-                    tensors["context_indices"].numpy(),
-                    tensors["context_indptr"].numpy(),
-                ),
-                shape=(len(tensors["context_indptr"]) - 1, int(self.W.shape[0])),
-            )
+        cases = codes.T.tocsr()  # items are the cases: train on the transposed matrices
+        cases.sort_indices()
+        return cases, None if valid is None else valid.T.tocsr()
+
+    def _after_fit(self, cases: sp.csr_matrix, codes: sp.csr_matrix) -> None:
+        self.context, self.n_items = cases, codes.shape[1]
+
+    def _state_tensors(self) -> dict[str, torch.Tensor]:
+        out = super()._state_tensors()
+        ctx = self.context  # the item cases' training ratings
+        assert ctx is not None
+        out["context_indptr"] = torch.as_tensor(ctx.indptr.astype(np.int64))
+        out["context_indices"] = torch.as_tensor(ctx.indices.astype(np.int64))
+        out["context_levels"] = torch.as_tensor(ctx.data.astype(np.int64))
+        return out
+
+    def _load_state(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+        super()._load_state(tensors, meta)
+        self.context = sp.csr_matrix(
+            (
+                tensors["context_levels"].numpy(),
+                tensors["context_indices"].numpy(),
+                tensors["context_indptr"].numpy(),
+            ),
+            shape=(len(tensors["context_indptr"]) - 1, int(self.W.shape[0])),
+        )
+        self._by_user = None
+
+
+_BY_ORIENTATION: dict[str, type[SoftmaxRBM]] = {"user": UserSoftmaxRBM, "item": ItemSoftmaxRBM}

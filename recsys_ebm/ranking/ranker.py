@@ -4,10 +4,12 @@ A :class:`Ranker` is itself a :class:`~recsys_ebm.models.base.Recommender`. Pipe
 
 1. **history**: the row passed at call time (known users: their stored history, see
    :meth:`Ranker.history_of`; new users: the request's history).
-2. **candidates**: the whole catalogue (``candidates="all"``) or the contrastive retriever's
-   ``retrieve(user_items, n_candidates)`` (``candidates="retriever"``).
-3. **scoring**: each component's energies, z-scored per user over the candidates, summed with
-   weights learned on the validation split (:mod:`recsys_ebm.ranking._blend`).
+2. **candidates**: the whole catalogue (``candidates="all"``) or the public
+   ``retrieve(user_items, n_candidates)`` of a component that is a
+   :class:`~recsys_ebm.models.capabilities.CandidateRetriever` (``candidates="retriever"``).
+3. **scoring**: each component's public ``energies`` (with its own input checks), z-scored per
+   user over the candidates and summed with weights learned on the validation split by a
+   :class:`~recsys_ebm.ranking.blender.Blender` (usable on its own).
 4. **filters**: seen items, an exclude list, an allow list, genre predicates (item metadata kept
    with the ranker) - applied in :meth:`Ranker.recommend`, so they are never violated.
 5. **fallback**: a user with an empty history gets popularity energies, -log(1 + count).
@@ -23,10 +25,12 @@ directory), ``history.npz`` (known users' history, scipy npz) and ``item_genres.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Literal, Self
+from typing import TYPE_CHECKING, Any, Literal, Self
 
 import numpy as np
 import polars as pl
@@ -34,6 +38,7 @@ import scipy.sparse as sp
 import torch
 
 from recsys_ebm.config import Config
+from recsys_ebm.data.vocab import Vocabulary
 from recsys_ebm.device import resolve_device
 from recsys_ebm.diagnostics import ConfigError
 from recsys_ebm.io import atomic_dir
@@ -43,9 +48,12 @@ from recsys_ebm.models.base import (
     as_user_items,
     check_exclude,
     check_fit_inputs,
-    csr_to_torch,
 )
-from recsys_ebm.ranking._blend import blend, search_weights, zscore
+from recsys_ebm.models.capabilities import CandidateRetriever
+from recsys_ebm.ranking.blender import Blender
+
+if TYPE_CHECKING:
+    from recsys_ebm.data.dataset import Dataset
 
 __all__ = ["Ranker", "RankerConfig"]
 
@@ -117,7 +125,7 @@ class Ranker(Recommender):
 
     # ------------------------------------------------------------------ components
     def _build_components(
-        self, n_items: int | None = None, dataset: Any = None
+        self, n_items: int | None = None, dataset: Dataset | None = None
     ) -> list[tuple[Recommender, bool]]:
         """(model, trainable) per configured component: names are built, directories loaded.
 
@@ -160,7 +168,7 @@ class Ranker(Recommender):
                     "models that rank from interaction histories"
                 )
         if self.config.candidates == "retriever" and not any(
-            hasattr(m, "retrieve") for m, _ in out
+            isinstance(m, CandidateRetriever) for m, _ in out
         ):
             raise ConfigError(
                 "RankerConfig.candidates: 'retriever' needs a component with retrieve() "
@@ -188,15 +196,9 @@ class Ranker(Recommender):
             if trainable:
                 m.fit(train, valid, callback=self._callback(k, m, callback))
         full = train if valid is None else _binary(train + valid)
-        refit = None
-        if valid is not None and self.config.refit:
-
-            def refit() -> None:
-                for m, trainable in built:
-                    if trainable and m.name in self.config.refit:
-                        m.fit(full)
-
-        self._finish(built, train, valid, np.arange(train.shape[0]), full, callback, refit)
+        self._finish(
+            built, train, valid, np.arange(train.shape[0]), full, callback, lambda m: m.fit(full)
+        )
         return self
 
     @classmethod
@@ -224,12 +226,12 @@ class Ranker(Recommender):
         built = [(m, False) for m in models]
         ranker._finish(built, train, valid, np.arange(train.shape[0]), full, callback, None)
         # the blended vocabulary (checked equal above), so serving can check it against data
-        ranker.item_ids = next(
-            (ids for m in models if (ids := getattr(m, "item_ids", None)) is not None), None
+        ranker.item_vocab = next(
+            (v for m in models if (v := getattr(m, "item_vocab", None)) is not None), None
         )
         return ranker
 
-    def fit_dataset(self, dataset: Any, *, callback: EpochCallback | None = None) -> Self:
+    def fit_dataset(self, dataset: Dataset, *, callback: EpochCallback | None = None) -> Self:
         """Fit components on the dataset (so ratings/metadata-aware ones get theirs), learn the
         weights on its validation split, refit on train + valid, keep item genres."""
         built = self._build_components(dataset.n_items, dataset)
@@ -237,15 +239,7 @@ class Ranker(Recommender):
             if trainable:
                 m.fit_dataset(dataset, callback=self._callback(k, m, callback))
         valid = dataset.valid if dataset.valid is not None and dataset.valid.nnz else None
-        refit = None
-        if valid is not None and self.config.refit:
-            merged = _merge_valid(dataset)
-
-            def refit() -> None:
-                for m, trainable in built:
-                    if trainable and m.name in self.config.refit:
-                        m.fit_dataset(merged)
-
+        merged = _merge_valid(dataset) if valid is not None and self.config.refit else None
         self._finish(
             built,
             dataset.history("valid"),
@@ -253,13 +247,25 @@ class Ranker(Recommender):
             np.arange(dataset.n_users),
             dataset.history("test"),
             callback,
-            refit,
+            lambda m: m.fit_dataset(merged),
         )
-        self.item_ids, self.user_ids = dataset.item_ids, dataset.user_ids
+        self.item_vocab, self.user_vocab = dataset.item_vocab, dataset.user_vocab
         self.item_genres = _genres(dataset)
         return self
 
-    def _finish(self, built, history, valid, users, full, callback, refit) -> None:  # noqa: ANN001
+    def _finish(
+        self,
+        built: list[tuple[Recommender, bool]],
+        history: sp.csr_matrix,
+        valid: sp.csr_matrix | None,
+        users: np.ndarray,
+        full: sp.csr_matrix,
+        callback: EpochCallback | None,
+        refit: Callable[[Recommender], Any] | None,
+    ) -> None:
+        """Keep the components, learn the weights on ``valid`` (history ``history``), then
+        refit the trainable components named in config ``refit`` with ``refit(model)`` (on
+        train + valid; the weights are kept)."""
         self.components = [m for m, _ in built]
         self.n_items = history.shape[1]
         self.history = full
@@ -277,65 +283,84 @@ class Ranker(Recommender):
         self.weights = torch.as_tensor(w / w.sum(), dtype=torch.float32)
         info["weights"] = [float(x) for x in self.weights]
         self.fit_info = info
-        if refit is not None:
-            refit()
-            info["refit_on_train_valid"] = [
-                m.name for m, t in built if t and m.name in self.config.refit
-            ]
+        if refit is not None and valid is not None and self.config.refit:
+            again = [m for m, t in built if t and m.name in self.config.refit]
+            for m in again:
+                refit(m)
+            info["refit_on_train_valid"] = [m.name for m in again]
 
-    def _learn_weights(self, history, valid, users, callback) -> tuple[np.ndarray, float]:  # noqa: ANN001
+    def _learn_weights(
+        self,
+        history: sp.csr_matrix,
+        valid: sp.csr_matrix,
+        users: np.ndarray,
+        callback: EpochCallback | None,
+    ) -> tuple[np.ndarray, float]:
+        """Fit a :class:`Blender` on (a seeded sample of) the validation users."""
         rows = np.flatnonzero((valid.getnnz(axis=1) > 0) & (history.getnnz(axis=1) > 0))
         if rows.size > self.config.max_tune_users:
             rng = np.random.default_rng(self.config.seed)
             rows = np.sort(rng.choice(rows, self.config.max_tune_users, replace=False))
         ui = history[rows]
-        z, seen, cand = self._standardised(ui, users[rows])
-        return search_weights(
-            z,
-            seen,
-            cand,
+        blender = self._blender()
+        w = blender.fit(
+            self._component_energies(ui, users[rows]),
             valid[rows],
-            step=self.config.weight_step,
-            rounds=self.config.search_rounds,
+            seen=ui,
+            candidates=self._candidates(ui, users[rows]),
             callback=None
             if callback is None
             else (lambda r, m: callback(r, {f"ranker.{k}": v for k, v in m.items()})),
         )
+        assert blender.valid_ndcg is not None
+        return w, blender.valid_ndcg
 
     # ------------------------------------------------------------------ scoring
-    def _standardised(
+    # A block of users goes through public stages only: candidates (``_candidates``) -> each
+    # component's public ``energies`` (``_component_energies``) -> per-user standardisation and
+    # the weighted blend (a :class:`Blender`) -> business filters and top-N (``recommend``).
+    def _blender(self, weights: torch.Tensor | None = None) -> Blender:
+        """The blend stage: with this ranker's weights, or none (to learn them)."""
+        return Blender(
+            weights,
+            step=self.config.weight_step,
+            rounds=self.config.search_rounds,
+            device=self.device,
+        )
+
+    def _candidates(self, user_items: sp.csr_matrix, users: np.ndarray | None) -> Any:
+        """The candidate stage: None (the whole catalogue) or the retriever component's
+        (B, C) top-C item indices, from its public ``retrieve``."""
+        if self.config.candidates != "retriever":
+            return None
+        retr = next((m for m in self.components if isinstance(m, CandidateRetriever)), None)
+        if retr is None:
+            raise ConfigError(
+                "RankerConfig.candidates: 'retriever' needs a component with retrieve() "
+                f"(components: {[m.name for m in self.components]})"
+            )
+        return np.asarray(retr.retrieve(user_items, self.config.n_candidates, users=users))
+
+    def _component_energies(
         self, user_items: sp.csr_matrix, users: np.ndarray | None
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(K, B, I) z-scored energies, (B, I) seen mask, (B, I) candidate mask."""
-        b, n_items = user_items.shape
-        seen = csr_to_torch(user_items, self.device).to_dense() > 0  # (B, I)
-        cand = torch.ones(b, n_items, dtype=torch.bool, device=self.device)
-        if self.config.candidates == "retriever":
-            retr = next(m for m in self.components if hasattr(m, "retrieve"))
-            ids = np.asarray(retr.retrieve(user_items, self.config.n_candidates, users=users))
-            ids_t = torch.as_tensor(ids, dtype=torch.long, device=self.device)  # (B, C)
-            cand = torch.zeros_like(cand)
-            rows = torch.arange(b, device=self.device)[:, None].expand_as(ids_t)
-            ok = ids_t >= 0
-            cand[rows[ok], ids_t[ok]] = True
-        stats = cand & ~seen
-        z = torch.stack(
-            [
-                zscore(
-                    torch.as_tensor(m._energies_block(user_items, users, None)).to(self.device),
-                    stats,
-                )
-                for m in self.components
-            ]
-        )  # (K, B, I)
-        return z, seen, cand
+    ) -> Iterator[np.ndarray]:
+        """The scoring stage: each component's public ``energies`` of the rows, one component
+        at a time, all rows in one block (the ranker already bounds its blocks), with the
+        component's own input checks."""
+        rows = max(1, user_items.shape[0])
+        return (m.energies(user_items, users=users, batch_size=rows) for m in self.components)
 
     def _energies_block(
         self, user_items: sp.csr_matrix, users: np.ndarray | None, items: np.ndarray | None
     ) -> torch.Tensor:
         assert self.weights is not None and self.pop_energy is not None
-        z, _, cand = self._standardised(user_items, users)
-        e = blend(z, self.weights.to(self.device), cand)  # (B, I)
+        blender = self._blender(self.weights)
+        z, _, cand = blender.standardise(
+            self._component_energies(user_items, users),
+            seen=user_items,
+            candidates=self._candidates(user_items, users),
+        )  # (K, B, I), (B, I)
+        e = blender.combine(z, cand)  # (B, I)
         empty = torch.as_tensor(user_items.getnnz(axis=1) == 0, device=self.device)
         if bool(empty.any()):  # popularity fallback for users with no history at all
             e[empty] = self.pop_energy.to(self.device)
@@ -345,12 +370,18 @@ class Ranker(Recommender):
         """(U,) bool: rows served by the popularity fallback (empty history)."""
         return np.asarray(user_items.getnnz(axis=1) == 0)
 
-    def history_of(self, user_ids: Any) -> tuple[sp.csr_matrix, np.ndarray]:
-        """Stored history rows and training-row indices for raw user ids (-1 / empty if unknown)."""
-        if self.history is None or self.user_ids is None:
+    def history_of(
+        self, user_ids: Any, *, unknown: str = "missing"
+    ) -> tuple[sp.csr_matrix, np.ndarray]:
+        """Stored history rows and training-row indices for raw user ids.
+
+        Ids match under the :class:`~recsys_ebm.data.vocab.Vocabulary` rule (42 and "42" are
+        one user, "042" is another). Unknown users get an empty row and index -1
+        (``unknown="missing"``) or raise ValueError naming them (``unknown="raise"``).
+        """
+        if self.history is None or self.user_vocab is None:
             raise ValueError("user_ids: this ranker stores no user vocabulary/history")
-        lookup = {str(u): k for k, u in enumerate(self.user_ids)}
-        idx = np.array([lookup.get(str(u), -1) for u in np.atleast_1d(user_ids)], np.int64)
+        idx = self.user_vocab.index(user_ids, unknown=unknown, argument="user_ids")
         rows = sp.diags((idx >= 0).astype(np.float32)) @ self.history[np.clip(idx, 0, None)]
         rows = sp.csr_matrix(rows, dtype=np.float32)
         rows.eliminate_zeros()  # unknown users: empty rows
@@ -400,11 +431,13 @@ class Ranker(Recommender):
         ok = np.ones(n_items, dtype=bool)
         cfg = self.config
         if cfg.exclude_items or cfg.allow_items:
-            idx = {str(x): k for k, x in enumerate(self._raw_items())}
-            ok[[idx[str(x)] for x in cfg.exclude_items if str(x) in idx]] = False
+            vocab = self._item_vocabulary()  # unknown config ids match nothing
+            excl = vocab.index(list(cfg.exclude_items), unknown="missing")
+            ok[excl[excl >= 0]] = False
             if cfg.allow_items:
                 keep = np.zeros(n_items, dtype=bool)
-                keep[[idx[str(x)] for x in cfg.allow_items if str(x) in idx]] = True
+                allow_idx = vocab.index(list(cfg.allow_items), unknown="missing")
+                keep[allow_idx[allow_idx >= 0]] = True
                 ok &= keep
         if allow is not None:
             a = np.asarray(allow, dtype=np.int64).ravel()
@@ -423,9 +456,11 @@ class Ranker(Recommender):
             ok &= np.array([bool(wanted & set(g)) for g in self.item_genres], dtype=bool)
         return ok
 
-    def _raw_items(self) -> np.ndarray:
-        ids = self.item_ids
-        return np.arange(int(self.n_items)).astype(object) if ids is None else np.asarray(ids)
+    def _item_vocabulary(self) -> Vocabulary:
+        """The item vocabulary, or item indices as ids when the ranker saved none."""
+        if self.item_vocab is not None:
+            return self.item_vocab
+        return Vocabulary(np.arange(int(self.n_items)), name="item")
 
     # ------------------------------------------------------------------ persistence
     def _state_tensors(self) -> dict[str, torch.Tensor]:
@@ -445,7 +480,11 @@ class Ranker(Recommender):
                 f.rename(tmp / f.name)
             core.rmdir()
             for k, m in enumerate(self.components):
-                m.item_ids = m.item_ids if m.item_ids is not None else self.item_ids
+                if m.item_vocab is None and self.item_vocab is not None:
+                    # saved with the ranker's (checked equal) item ids, through a shallow copy:
+                    # saving never changes the component itself
+                    m = copy.copy(m)
+                    m.item_vocab = self.item_vocab
                 m.save(tmp / "components" / f"{k}-{m.name}")
             if self.history is not None:
                 sp.save_npz(tmp / "history.npz", sp.csr_matrix(self.history))
@@ -485,26 +524,21 @@ def check_same_items(
     Saved item ids are compared where a model has them (same raw ids in the same order); a model
     without ids is compared by the fingerprint of the dataset it was trained on, if any.
     """
-    want = None if ref_ids is None else [str(x) for x in np.asarray(ref_ids, dtype=object)]
+    want = None if ref_ids is None else Vocabulary(ref_ids, name="item")
     fps: dict[str, str] = {}  # dataset fingerprint -> first model trained on it
     for k, m in enumerate(models):
         who = f"{argument}[{k}] ({getattr(m, 'name', None) or type(m).__name__})"
-        ids = getattr(m, "item_ids", None)
-        if ids is None:
+        mine = getattr(m, "item_vocab", None)
+        if mine is None:
             fp = (getattr(m, "fit_info", None) or {}).get("dataset_fingerprint")
             if fp is not None:
                 fps.setdefault(fp, who)
             continue
-        mine = [str(x) for x in np.asarray(ids, dtype=object)]
         if want is None:
             want, ref = mine, who
-        elif mine != want:
-            diff = next(
-                (j for j, (a, b) in enumerate(zip(mine, want, strict=False)) if a != b),
-                min(len(mine), len(want)),
-            )
-            got = mine[diff] if diff < len(mine) else "(none)"
-            exp = want[diff] if diff < len(want) else "(none)"
+        elif (diff := mine.first_difference(want)) is not None:  # the Vocabulary id rule
+            got = mine.ids[diff] if diff < len(mine) else "(none)"
+            exp = want.ids[diff] if diff < len(want) else "(none)"
             raise ValueError(
                 f"{who}: its item vocabulary differs from {ref}'s (first difference at item "
                 f"index {diff}: {got!r} vs {exp!r}); a ranker blends models trained on the "
@@ -524,19 +558,24 @@ def _binary(m: sp.csr_matrix) -> sp.csr_matrix:
     return m
 
 
-def _merge_valid(dataset: Any) -> Any:
-    """The dataset with valid folded into train and no valid split (for the final refit)."""
+def _merge_valid(dataset: Dataset) -> Dataset:
+    """The dataset with valid folded into train and no valid split (for the final refit).
+
+    A new :class:`Dataset` built from the public fields (``dataclasses.replace`` runs its
+    constructor), so it caches its own matrices and shares none with ``dataset``.
+    """
     inter = dict(dataset.interactions)
     inter["train"] = pl.concat([inter["train"], inter.pop("valid")], how="vertical_relaxed")
-    merged = dataclasses.replace(dataset, interactions=inter)
-    merged.__dict__.pop("_matrix_cache", None)
-    return merged
+    return dataclasses.replace(dataset, interactions=inter)
 
 
-def _genres(dataset: Any) -> list[list[str]] | None:
+def _genres(dataset: Dataset) -> list[list[str]] | None:
     meta = dataset.item_metadata
     if meta is None or "genres" not in meta.columns:
         return None
-    pairs = zip(meta["item_id"].to_list(), meta["genres"].to_list(), strict=True)
-    by_id = {str(i): [str(x) for x in (g or [])] for i, g in pairs}
-    return [by_id.get(str(i), []) for i in dataset.item_ids]
+    out: list[list[str]] = [[] for _ in range(dataset.n_items)]
+    pos = dataset.item_index(meta["item_id"], unknown="missing")  # -1: not in the catalogue
+    for k, g in zip(pos.tolist(), meta["genres"].to_list(), strict=True):
+        if k >= 0:
+            out[k] = [str(x) for x in (g or [])]
+    return out

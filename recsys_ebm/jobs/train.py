@@ -1,0 +1,120 @@
+"""``train``: fit any registered model on a prepared dataset and save it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from recsys_ebm.jobs._base import JobResult, TrackedJob, opt
+from recsys_ebm.models import MODEL_PATHS
+
+__all__ = ["TrainJob", "TrainResult", "train"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainJob(TrackedJob):
+    """Fit ``model`` on the train split of ``data`` (valid for early stopping); save to ``out``.
+    The test split is never read."""
+
+    KIND = "train"
+    INPUTS = ("data", "config")
+    OUTPUTS = ("out",)
+
+    data: str = opt(help="prepared dataset directory (from `prepare`)")
+    model: str = opt(help="which model to train", choices=sorted(MODEL_PATHS))
+    config: str | None = opt(
+        None,
+        metavar="FILE.toml",
+        help="TOML file of model config keys (top level, or under a [model] table)",
+    )
+    overrides: tuple[str, ...] = opt(
+        (),
+        flag="--set",
+        metavar="KEY=VALUE",
+        repeat=True,
+        help="override one config key (repeatable), e.g. --set epochs=20 --set n_hidden=200",
+    )
+    out: str = opt(help="output model directory (written atomically)")
+    overwrite: bool = opt(False, help="replace --out if it exists")
+
+    def input_paths(self) -> list[Path]:
+        """The dataset, the config file, and a ranker's component directories."""
+        from recsys_ebm.config import parse_overrides
+
+        paths = super().input_paths()
+        parts = parse_overrides(list(self.overrides)).get("components")
+        if isinstance(parts, list):
+            paths += [Path(p) for p in parts if isinstance(p, str) and p not in MODEL_PATHS]
+        return paths
+
+
+@dataclass(frozen=True)
+class TrainResult(JobResult):
+    model: str
+    out: Path
+    fit_seconds: float
+    run_id: str | None = None
+
+    def summary(self) -> str:
+        lines = [f"trained {self.model} in {self.fit_seconds:.1f}s -> {self.out}"]
+        if self.run_id is not None:
+            lines.append(f"mlflow run: {self.run_id}")
+        return "\n".join(lines)
+
+
+def train(job: TrainJob) -> TrainResult:
+    """Build the model config (``config`` file, then ``overrides``), fit, save atomically, and
+    log the run (params, dataset, per-epoch metrics, fit time, the model directory's hash).
+
+    Raises:
+        FileExistsError: ``out`` exists and ``overwrite`` is False.
+        ConfigError: a bad model config key or value.
+    """
+    import time
+
+    from recsys_ebm.data.dataset import Dataset
+    from recsys_ebm.models import get_model_class
+    from recsys_ebm.tracking import log_dataset, log_params_flat, metric_key, mlflow_run
+
+    out = Path(job.out)
+    if out.exists() and not job.overwrite:
+        raise FileExistsError(f"out: {out} exists (pass overwrite=True to replace it)")
+    dataset = Dataset.load(job.data)
+    cls = get_model_class(job.model)
+    config = cls.config_class.from_sources(job.config, list(job.overrides))
+    model = cls(config)
+    with mlflow_run(
+        f"train-{job.model}",
+        tracking_uri=job.tracking_uri,
+        experiment=job.experiment,
+        nested=True,
+        tags={"stage": "train", "model": job.model},
+        enabled=not job.no_mlflow,
+    ) as mlrun:
+        callback = None
+        if mlrun is not None:
+            import mlflow
+
+            log_params_flat({"model": job.model, **config.to_dict()})
+            log_dataset(dataset)
+
+            def callback(epoch: int, metrics: dict[str, float]) -> None:
+                mlflow.log_metrics(
+                    {metric_key(k): float(v) for k, v in metrics.items()}, step=epoch
+                )
+
+        t0 = time.perf_counter()
+        model.fit_dataset(dataset, callback=callback)
+        fit_seconds = time.perf_counter() - t0
+        model.fit_info["fit_seconds"] = fit_seconds
+        model.fit_info["dataset_fingerprint"] = dataset.fingerprint
+        model.save(out, overwrite=job.overwrite)
+        if mlrun is not None:
+            import mlflow
+
+            mlflow.log_metric("fit_seconds", fit_seconds)
+            from recsys_ebm.registry import record_trained_model
+
+            # tags model_dir + its content hash; the weights are logged once, by `register`
+            record_trained_model(out)
+    return TrainResult(job.model, out, fit_seconds, mlrun.info.run_id if mlrun else None)

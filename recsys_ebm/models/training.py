@@ -1,0 +1,249 @@
+"""The one training loop of the iterative models (binary RBM, softmax RBMs, retriever).
+
+:func:`run_training` owns what every such fit shares: the epochs, the per-epoch callback, early
+stopping on a monitor that is passed in (a callable returning the validation score, so models
+need nothing from the evaluation layer), checkpoint and resume with the fingerprint check
+(:mod:`recsys_ebm.io`), the divergence guard (:func:`check_parameters`) and progress
+(:mod:`recsys_ebm.progress`). A model supplies a :class:`~recsys_ebm.models.capabilities.Trainable`
+task: ``train_epoch`` (one pass over the data, returning that epoch's figures), ``state_dict`` /
+``load_state_dict`` (the whole training state, for checkpoints), ``snapshot`` / ``restore`` (the
+model parameters, for the best epoch) and ``parameters_to_check`` (for the guard).
+
+Per epoch, in order: ``train_epoch``; the guard over ``parameters_to_check``; the monitor (its
+score is recorded under ``monitor_name``); the history; the best epoch; the checkpoint (written
+atomically, so a kill leaves the previous one); the callback; progress; early stopping after
+``patience`` epochs without a better score. At the end the best epoch's parameters are restored.
+A checkpoint resumes to the same parameters as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from recsys_ebm.diagnostics import DivergenceError
+from recsys_ebm.io import resume_checkpoint, save_checkpoint
+from recsys_ebm.models.capabilities import Trainable
+from recsys_ebm.progress import progress as make_progress
+
+__all__ = [
+    "BestEpoch",
+    "EpochCallback",
+    "Monitor",
+    "TrainingResult",
+    "batch_progress",
+    "check_parameters",
+    "run_training",
+]
+
+#: a validation score of the model as it stands (higher or lower is better: ``maximize``)
+Monitor = Callable[[], float]
+#: ``callback(epoch, metrics)`` once per epoch, after its checkpoint is written
+EpochCallback = Callable[[int, dict[str, float]], None]
+
+
+def check_parameters(
+    params: dict[str, torch.Tensor],
+    limit: float,
+    *,
+    who: str,
+    epoch: int,
+    step: int | None = None,
+    lr: float | None = None,
+    hint: str = "",
+) -> None:
+    """Divergence guard: every tensor of ``params`` finite and within ``limit`` in absolute
+    value (one fused reduction per tensor, one host sync).
+
+    Run after every gradient step (before the next step samples from NaN probabilities, which
+    would crash inside torch) and by :func:`run_training` after every epoch.
+
+    Raises:
+        DivergenceError: naming ``who``, the epoch (1-based) and step, the first tensor out of
+            bounds, and suggesting a lower learning rate (``hint`` adds another remedy).
+    """
+    if not params:
+        return
+    names = list(params)
+    with torch.no_grad():
+        peaks = torch.stack([params[n].detach().abs().amax().float() for n in names]).cpu()
+    if bool((peaks <= limit).all()):  # False for NaN too
+        return
+    k = int((~(peaks <= limit)).nonzero()[0, 0])  # the first tensor out of bounds
+    name, big = names[k], float(peaks[k])
+    what = f"{name} has NaN/inf values" if not np.isfinite(big) else f"max |{name}| = {big:.3g}"
+    where = f"epoch {epoch + 1}" + (f", step {step + 1}" if step is not None else "")
+    now = f" (now {lr:g})" if lr is not None else ""
+    raise DivergenceError(
+        f"{who} diverged at {where}: {what} (max_abs_param={limit:g}); "
+        f"lower learning_rate{now}{hint}; nothing was saved"
+    )
+
+
+def batch_progress(
+    iterable: Iterable[Any], *, desc: str, epoch: int, epochs: int, enabled: bool
+) -> Any:
+    """The inner (per batch) progress bar of one epoch: ``"{desc} epoch e/E"``."""
+    return make_progress(
+        iterable,
+        desc=f"{desc} epoch {epoch + 1}/{epochs}",
+        unit="batch",
+        enabled=enabled,
+        leave=False,
+    )
+
+
+class BestEpoch:
+    """Early-stopping bookkeeping: the best score so far, its epoch, a snapshot of the model's
+    parameters then (whatever the task's ``snapshot`` returns), and the epochs since the score
+    last improved (``bad``)."""
+
+    def __init__(self, maximize: bool) -> None:
+        self.maximize = maximize
+        self.score: float | None = None
+        self.epoch: int | None = None
+        self.state: dict[str, Any] | None = None
+        self.bad = 0
+
+    def update(
+        self, score: float | None, epoch: int, snapshot: Callable[[], dict[str, Any]]
+    ) -> None:
+        """Record ``score`` (None: no validation this epoch, nothing changes); on a new best,
+        keep ``snapshot()``."""
+        if score is None:
+            return
+        if self.score is None or (score > self.score if self.maximize else score < self.score):
+            self.score, self.epoch, self.bad = score, epoch, 0
+            self.state = snapshot()
+        else:
+            self.bad += 1
+
+    def fields(self) -> dict[str, Any]:
+        """Checkpoint fields."""
+        return {
+            "bad": self.bad,
+            "best_score": self.score,
+            "best_epoch": self.epoch,
+            "best_state": self.state or {},
+        }
+
+    def resume(self, st: dict[str, Any]) -> None:
+        """Restore from a checkpoint's :meth:`fields` (or the RBMs' earlier layout, where the
+        best parameters were stored as ``best_W``, ``best_b``, ``best_c``)."""
+        self.bad = st["bad"]
+        state = st.get("best_state")
+        if state is None:  # checkpoints written before the shared loop (RBM family)
+            state = {
+                k[5:]: v
+                for k, v in st.items()
+                if k.startswith("best_") and isinstance(v, torch.Tensor)
+            }
+        if state:
+            self.score, self.epoch, self.state = st["best_score"], st.get("best_epoch"), state
+
+
+@dataclass
+class TrainingResult:
+    """What :func:`run_training` did: per-epoch ``history`` (each entry ``{"epoch": e, ...}``),
+    the best monitored score and its epoch (None without a monitor), and whether it stopped
+    early."""
+
+    history: list[dict[str, float]] = field(default_factory=list)
+    best_score: float | None = None
+    best_epoch: int | None = None
+    stopped_early: bool = False
+
+    @property
+    def epochs_run(self) -> int:
+        return len(self.history)
+
+
+def run_training(
+    task: Trainable,
+    *,
+    epochs: int,
+    fingerprint: str,
+    monitor: Monitor | None = None,
+    monitor_name: str = "valid_score",
+    maximize: bool = True,
+    patience: int = 0,
+    max_abs_param: float = float("inf"),
+    who: str = "model",
+    hint: str = "",
+    callback: EpochCallback | None = None,
+    checkpoint_dir: str | Path | None = None,
+    progress: bool = False,
+    desc: str = "train",
+    loss_name: str | None = None,
+) -> TrainingResult:
+    """Train ``task`` for up to ``epochs`` epochs (module docstring).
+
+    Args:
+        task: the model's epoch step and state (a ``Trainable``), freshly initialised.
+        epochs: total epochs (a resumed run continues from the checkpoint's next epoch).
+        fingerprint: what a checkpoint must match to be resumed
+            (:func:`recsys_ebm.io.checkpoint_fingerprint`).
+        monitor: the validation score after each epoch, or None (no early stopping; the last
+            epoch's parameters are kept).
+        monitor_name: the history key of the monitored score (e.g. ``"valid_ndcg@10"``).
+        maximize: whether a higher score is better.
+        patience: stop after this many epochs without a better score (0 = never).
+        max_abs_param: bound of the divergence guard run after each epoch.
+        who, hint: the model named in a divergence error, and an extra remedy it suggests.
+        callback: ``callback(epoch, metrics)`` after each epoch (metrics without ``epoch``).
+        checkpoint_dir: write a checkpoint there after each epoch and resume from it.
+        progress: show an epoch bar (a bar on a terminal, log lines otherwise).
+        desc: the bar's label (``"train rbm"``).
+        loss_name: the metric shown as ``loss`` on the bar.
+
+    Raises:
+        ValueError: the checkpoint belongs to another config or training matrix.
+        ModelFileError: the checkpoint is corrupt or unsafe.
+        DivergenceError: a checked parameter became NaN/inf or exceeded ``max_abs_param``.
+    """
+    result = TrainingResult()
+    best = BestEpoch(maximize=maximize)
+    start = 0
+    ckpt = Path(checkpoint_dir) if checkpoint_dir is not None else None
+    st = resume_checkpoint(ckpt, fingerprint)
+    if st is not None:
+        task.load_state_dict(st)
+        result.history, start = list(st["history"]), st["epoch"] + 1
+        best.resume(st)
+    bar = make_progress(epochs, desc=desc, unit="epoch", enabled=progress, initial=start)
+    for epoch in range(start, epochs):
+        metrics = dict(task.train_epoch(epoch))
+        check_parameters(task.parameters_to_check(), max_abs_param, who=who, epoch=epoch, hint=hint)
+        score = monitor() if monitor is not None else None
+        if score is not None:
+            metrics[monitor_name] = score
+        result.history.append({"epoch": epoch, **metrics})
+        best.update(score, epoch, task.snapshot)
+        if ckpt is not None:
+            state = task.state_dict()
+            state.update(
+                history=result.history, epoch=epoch, fingerprint=fingerprint, **best.fields()
+            )
+            save_checkpoint(ckpt, state)
+        if callback is not None:
+            callback(epoch, dict(metrics))
+        shown = {}
+        if loss_name is not None and loss_name in metrics:
+            shown["loss"] = metrics[loss_name]
+        if score is not None:
+            shown[monitor_name.replace("_", " ")] = score
+        bar.update(1, **shown)
+        if patience and best.bad >= patience:
+            bar.write(f"early stop at epoch {epoch + 1}: no gain in {patience} epochs")
+            result.stopped_early = True
+            break
+    bar.close()
+    if best.state:
+        task.restore(best.state)
+    result.best_score, result.best_epoch = best.score, best.epoch
+    return result

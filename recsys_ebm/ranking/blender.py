@@ -1,0 +1,252 @@
+"""The blend stage on its own: per-user standardisation, weights on the simplex, weighted sums.
+
+A :class:`Blender` needs no :class:`~recsys_ebm.ranking.ranker.Ranker`: give it each
+component's energies of the same history rows (any models' public
+:meth:`~recsys_ebm.models.base.Recommender.energies`), the rows' seen items and, to learn
+weights, their validation items::
+
+    h = dataset.history("valid")
+    blender = Blender()
+    weights = blender.fit([ease.energies(h), als.energies(h)], dataset.valid, seen=h)
+    e = blender.blend([ease.energies(h), als.energies(h)], seen=h)  # (U, I), lower = better
+
+The maths (z-scores over each user's unseen candidates, the coordinate search maximising
+NDCG@10) is in :mod:`recsys_ebm.ranking._blend`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+from recsys_ebm.models.base import csr_to_torch
+from recsys_ebm.ranking._blend import blend, search_weights, zscore
+
+__all__ = ["Blender"]
+
+
+class Blender:
+    """Blends K components' energies: E(u, i) = sum_k w_k z_k(u, i), w on the simplex.
+
+    Args:
+        weights: fixed weights, one per component (>= 0, not all 0; normalised to sum 1
+            unless they already do, to float32 precision), or None to learn them with
+            :meth:`fit`.
+        step: grid step of the coordinate search (each move tries t in {0, step, ..., 1}).
+        rounds: passes over the coordinates (the search stops early at a pass without gain).
+        device: where the (K, U, I) standardised energies are computed ("cpu", "cuda", ...).
+
+    Attributes:
+        weights: (K,) float32 tensor of the current weights (None before :meth:`fit` when none
+            were given).
+        valid_ndcg: validation NDCG@10 of the weights :meth:`fit` found (None before).
+    """
+
+    def __init__(
+        self,
+        weights: Sequence[float] | np.ndarray | torch.Tensor | None = None,
+        *,
+        step: float = 0.1,
+        rounds: int = 3,
+        device: str | torch.device = "cpu",
+    ) -> None:
+        if isinstance(step, bool) or not isinstance(step, int | float) or not step > 0:
+            raise ValueError(f"step: expected a grid step > 0, got {step!r}")
+        if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds <= 0:
+            raise ValueError(f"rounds: expected a positive int, got {rounds!r}")
+        self.step = float(step)
+        self.rounds = rounds
+        self.device = torch.device(device)
+        self.weights: torch.Tensor | None = None
+        self.valid_ndcg: float | None = None
+        if weights is not None:
+            self.weights = _simplex(weights)
+
+    def __repr__(self) -> str:
+        w = None if self.weights is None else [round(float(x), 4) for x in self.weights]
+        return f"Blender(weights={w}, step={self.step}, rounds={self.rounds})"
+
+    # ------------------------------------------------------------------ stages
+    def standardise(
+        self, energies: Any, *, seen: Any, candidates: Any = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Per-user z-scores of each component over its unseen candidates.
+
+        Args:
+            energies: K arrays or tensors (U, I), one per component (any iterable, consumed
+                one at a time, e.g. a generator calling each model's ``energies``), or one
+                (K, U, I) array.
+            seen: (U, I) CSR history (its non-zeros are the seen items) or a bool mask; it
+                fixes the shape every component's energies must have.
+            candidates: None (every item), a (U, I) bool mask, or (U, C) int item indices
+                per user padded with -1 (a retriever's output).
+
+        Returns:
+            ``(z, seen, candidates)``: (K, U, I) float32 z-scores and the (U, I) bool masks,
+            on :attr:`device`.
+
+        Raises:
+            ValueError: the shapes disagree; TypeError: an argument of the wrong kind.
+        """
+        seen_t = _mask(seen, "seen", self.device)
+        n_users, n_items = seen_t.shape
+        cand = candidate_mask(candidates, n_users, n_items, self.device)
+        stats = cand & ~seen_t
+        # one component at a time: its raw energies are freed once standardised
+        zs = [zscore(e, stats) for e in _each(energies, (n_users, n_items), self.device)]
+        if not zs:
+            raise ValueError("energies: expected at least one component's energies, got none")
+        z = torch.stack(zs)  # (K, U, I)
+        return z, seen_t, cand
+
+    def fit(
+        self,
+        energies: Any,
+        targets: sp.spmatrix,
+        *,
+        seen: Any,
+        candidates: Any = None,
+        callback: Callable[[int, dict[str, float]], None] | None = None,
+    ) -> np.ndarray:
+        """Learn the weights: coordinate search on the simplex maximising NDCG@10 on ``targets``.
+
+        The search starts from the best of equal weights and each single component, so the
+        result never scores below them on ``targets``.
+
+        Args:
+            energies: as in :meth:`standardise`, for the validation users' history rows.
+            targets: (U, I) sparse matrix of the users' validation items.
+            seen: the (U, I) history behind ``energies`` (masked, never recommended).
+            candidates: as in :meth:`standardise`.
+            callback: ``callback(round, figures)`` after the start and each round
+                (``valid_ndcg@10`` and ``w0``, ``w1``, ...).
+
+        Returns:
+            (K,) float64 weights summing to 1 (also kept in :attr:`weights` as float32, with
+            the score in :attr:`valid_ndcg`).
+        """
+        if not sp.issparse(targets):
+            raise TypeError(
+                f"targets: expected a scipy.sparse matrix (users x items), "
+                f"got {type(targets).__name__}"
+            )
+        z, seen_t, cand = self.standardise(energies, seen=seen, candidates=candidates)
+        if targets.shape != tuple(seen_t.shape):
+            raise ValueError(
+                f"targets: expected shape {tuple(seen_t.shape)} (the energies' users x items), "
+                f"got {targets.shape}"
+            )
+        w, score = search_weights(
+            z,
+            seen_t,
+            cand,
+            sp.csr_matrix(targets),
+            step=self.step,
+            rounds=self.rounds,
+            callback=callback,
+        )
+        self.weights = torch.as_tensor(w / w.sum(), dtype=torch.float32)
+        self.valid_ndcg = score
+        return w
+
+    def combine(self, z: torch.Tensor, candidates: torch.Tensor | None = None) -> torch.Tensor:
+        """(K, U, I) z-scores -> (U, I) blended energies; non-candidates rank after candidates."""
+        w = self._fitted_weights(z.shape[0])
+        return blend(z, w.to(z.device), candidates)
+
+    def blend(self, energies: Any, *, seen: Any, candidates: Any = None) -> np.ndarray:
+        """Blended energies (U, I) of raw component energies (standardised here), float32.
+
+        Arguments as in :meth:`standardise`; lower = better, as every energy.
+        """
+        z, _, cand = self.standardise(energies, seen=seen, candidates=candidates)
+        return self.combine(z, cand).cpu().numpy()
+
+    def _fitted_weights(self, k: int) -> torch.Tensor:
+        if self.weights is None:
+            raise ValueError("weights: this Blender has none; give weights or call fit() first")
+        if self.weights.numel() != k:
+            raise ValueError(
+                f"energies: expected {self.weights.numel()} components (one per weight), got {k}"
+            )
+        return self.weights
+
+
+def _simplex(weights: Any) -> torch.Tensor:
+    """(K,) float32 weights on the simplex; weights already on it are kept bit for bit."""
+    w = torch.as_tensor(weights).detach().cpu()
+    if w.ndim != 1 or not w.numel() or w.is_complex() or not bool(torch.isfinite(w).all()):
+        raise ValueError(f"weights: expected a 1-D sequence of finite numbers, got {weights!r}")
+    w64 = w.double()
+    if bool((w64 < 0).any()) or float(w64.sum()) <= 0:
+        raise ValueError(f"weights: expected weights >= 0, not all 0, got {weights!r}")
+    if w.dtype == torch.float32 and abs(float(w64.sum()) - 1.0) <= 1e-6:
+        return w.clone()
+    return torch.as_tensor((w64 / w64.sum()).numpy(), dtype=torch.float32)
+
+
+def candidate_mask(
+    candidates: Any, n_users: int, n_items: int, device: torch.device
+) -> torch.Tensor:
+    """(U, I) bool candidate mask from None (all), a bool mask, or (U, C) indices padded -1."""
+    if candidates is None:
+        return torch.ones(n_users, n_items, dtype=torch.bool, device=device)
+    c = torch.as_tensor(np.asarray(candidates) if not torch.is_tensor(candidates) else candidates)
+    if c.dtype == torch.bool:
+        return _mask(c, "candidates", device, (n_users, n_items))
+    if c.is_floating_point() or c.ndim != 2 or c.shape[0] != n_users:
+        raise ValueError(
+            f"candidates: expected a ({n_users}, {n_items}) bool mask or ({n_users}, C) int item "
+            f"indices (-1 = padding), got {c.dtype} of shape {tuple(c.shape)}"
+        )
+    ids = c.to(device=device, dtype=torch.long)  # (U, C)
+    if ids.numel() and (int(ids.max()) >= n_items or int(ids.min()) < -1):
+        raise ValueError(f"candidates: item indices must lie in [0, {n_items}) (or -1 padding)")
+    cand = torch.zeros(n_users, n_items, dtype=torch.bool, device=device)
+    rows = torch.arange(n_users, device=device)[:, None].expand_as(ids)
+    ok = ids >= 0
+    cand[rows[ok], ids[ok]] = True
+    return cand
+
+
+def _each(energies: Any, shape: tuple[int, int], device: torch.device) -> Iterator[torch.Tensor]:
+    """Each component's (U, I) energies as a tensor on ``device``, checked against ``shape``."""
+    if isinstance(energies, np.ndarray | torch.Tensor) and energies.ndim == 2:
+        energies = [energies]
+    elif isinstance(energies, str | bytes) or not isinstance(
+        energies, Iterable | np.ndarray | torch.Tensor
+    ):
+        raise TypeError(
+            "energies: expected a sequence of (users x items) arrays, one per component, "
+            f"got {type(energies).__name__}"
+        )
+    for k, e in enumerate(energies):
+        t = torch.as_tensor(e).to(device)
+        if tuple(t.shape) != shape:
+            raise ValueError(
+                f"energies: expected a {shape} array per component (users x items of seen), "
+                f"got shape {tuple(t.shape)} for component {k}"
+            )
+        yield t
+
+
+def _mask(
+    m: Any, name: str, device: torch.device, shape: tuple[int, int] | None = None
+) -> torch.Tensor:
+    """(U, I) bool tensor from a sparse matrix (its non-zeros) or a dense bool array/tensor."""
+    want = "(users x items)" if shape is None else f"{shape} (users x items)"
+    if sp.issparse(m):
+        if m.ndim != 2 or (shape is not None and m.shape != shape):
+            raise ValueError(f"{name}: expected shape {want}, got {m.shape}")
+        return csr_to_torch(sp.csr_matrix(m), device).to_dense() > 0
+    t = m if torch.is_tensor(m) else torch.as_tensor(np.asarray(m))
+    if t.dtype != torch.bool or t.ndim != 2 or (shape is not None and tuple(t.shape) != shape):
+        raise ValueError(
+            f"{name}: expected a sparse matrix or a bool mask of shape {want}, "
+            f"got {t.dtype} of shape {tuple(t.shape)}"
+        )
+    return t.to(device)
