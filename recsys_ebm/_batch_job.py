@@ -2,7 +2,7 @@
 temporary files, fingerprints and progress lines.
 
 * **Lock**: one job per output. ``OUT.lock`` beside the output is held with an exclusive
-  ``fcntl.flock`` for the whole job; a second job on the same ``--out`` fails at once with
+  ``fcntl.flock`` for the whole job; a second job on the same ``out`` fails at once with
   :class:`OutputBusyError`. The lock is re-entrant within a process (the CLI takes it before
   loading the model, :func:`~recsys_ebm.batch.run_batch` takes it again).
 * **Manifest**: ``OUT.parts/job.json`` records what the job computes (fingerprints of the model,
@@ -57,7 +57,7 @@ MANIFEST_FORMAT = 1
 
 
 class OutputBusyError(ValueError):
-    """Another job holds the lock of this output (``--out``)."""
+    """Another job holds the lock of this output (``out``)."""
 
 
 class BatchIntegrityError(RuntimeError):
@@ -70,18 +70,16 @@ _HELD: dict[str, list[int]] = {}
 
 
 def check_output_path(out: Path) -> None:
-    """Raise ValueError naming ``--out`` unless ``out`` can be created as a file."""
+    """Raise ValueError naming ``out`` unless ``out`` can be created as a file."""
     if out.is_dir():
-        raise ValueError(
-            f"--out: {out} is a directory; expected the path of a Parquet file to write"
-        )
+        raise ValueError(f"out: {out} is a directory; expected the path of a Parquet file to write")
     p = out.absolute().parent
     while not p.exists() and p != p.parent:
         p = p.parent
     if not p.is_dir():
-        raise ValueError(f"--out: {p} is not a directory, so {out} cannot be created there")
+        raise ValueError(f"out: {p} is not a directory, so {out} cannot be created there")
     if not os.access(p, os.W_OK | os.X_OK):
-        raise ValueError(f"--out: cannot write in {p} (permission denied)")
+        raise ValueError(f"out: cannot write in {p} (permission denied)")
 
 
 def _lock_file(out: Path) -> Path:
@@ -124,21 +122,21 @@ def _acquire(path: Path, out: Path) -> int:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise ValueError(f"--out: cannot create the directory of {out}: {exc}") from exc
+        raise ValueError(f"out: cannot create the directory of {out}: {exc}") from exc
     for _ in range(20):
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as exc:
             raise ValueError(
-                f"--out: cannot create files beside {out} ({exc.strerror}: {path})"
+                f"out: cannot create files beside {out} ({exc.strerror}: {path})"
             ) from exc
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
             raise OutputBusyError(
-                f"--out: another job holds {out} (lock {path}{_holder(path)}); wait for it to "
-                "finish, or choose another --out"
+                f"out: another job holds {out} (lock {path}{_holder(path)}); wait for it to "
+                "finish, or choose another `out`"
             ) from None
         try:
             same = os.stat(path).st_ino == os.fstat(fd).st_ino
@@ -149,7 +147,7 @@ def _acquire(path: Path, out: Path) -> int:
             os.write(fd, f"{os.getpid()}\n".encode())
             return fd
         os.close(fd)  # the holder released and removed it meanwhile: take the new one
-    raise OutputBusyError(f"--out: could not lock {out} ({path} keeps changing)")
+    raise OutputBusyError(f"out: could not lock {out} ({path} keeps changing)")
 
 
 def _holder(path: Path) -> str:
@@ -190,9 +188,9 @@ def read_manifest(parts: Path) -> dict[str, Any] | None:
 
 _WHAT = {
     "model": "the model",
-    "dataset": "the dataset (--data)",
-    "users": "the selected users (--users/--shard/--history)",
-    "history": "the --history file's content",
+    "dataset": "the `dataset`",
+    "users": "the selected users (`users`/`shard`/`history_file`)",
+    "history": "the `history_file` content",
 }
 
 
@@ -227,14 +225,14 @@ def open_parts(parts: Path, job: dict[str, Any], resume: bool, n_chunks: int) ->
     if prev is not None:  # no readable manifest: nothing there can be trusted, start afresh
         if prev.get("format") != MANIFEST_FORMAT or not isinstance(prev.get("job"), dict):
             raise ValueError(
-                f"--resume: {parts / MANIFEST} was written by another version of recsys-ebm; "
-                "rerun without --resume to start afresh"
+                f"resume: {parts / MANIFEST} was written by another version of recsys-ebm; "
+                "rerun without resume=True to start afresh"
             )
         changes = job_changes(prev["job"], job)
         if changes:
             raise ValueError(
-                f"--resume: {parts} holds chunks of another job: {'; '.join(changes)}. Rerun "
-                "the same command to resume it, or without --resume to start afresh (its "
+                f"resume: {parts} holds chunks of another job: {'; '.join(changes)}. Rerun "
+                "the same command to resume it, or without resume=True to start afresh (its "
                 "chunks are then discarded)"
             )
         manifest["chunks"] = _valid_chunks(parts, prev.get("chunks") or {}, n_chunks)
@@ -285,7 +283,7 @@ def merge_chunks(parts: Path, manifest: dict[str, Any], out: Path, n_users: int,
     expected = sum(int(chunks[str(k)]["rows"]) for k in range(n_chunks) if str(k) in chunks)
     if missing or users != n_users or expected > n_users * n:
         raise BatchIntegrityError(
-            f"--out: the job's chunks do not add up (chunks missing: {missing[:10]}; users "
+            f"out: the job's chunks do not add up (chunks missing: {missing[:10]}; users "
             f"{users} of {n_users}; rows {expected}, at most {n_users * n}); nothing written"
         )
     with atomic_file(out) as tmp:
@@ -294,15 +292,15 @@ def merge_chunks(parts: Path, manifest: dict[str, Any], out: Path, n_users: int,
             f = chunk_path(parts, k)
             if not f.is_file():
                 raise BatchIntegrityError(
-                    f"--out: chunk {k} of {n_chunks} ({f}) disappeared before the merge (was "
+                    f"out: chunk {k} of {n_chunks} ({f}) disappeared before the merge (was "
                     "the job's directory modified by another process?); nothing written. "
-                    "Rerun with --resume to score the missing chunks"
+                    "Rerun with resume=True to score the missing chunks"
                 )
             table = pq.read_table(f)
             if table.num_rows != int(chunks[str(k)]["rows"]):
                 raise BatchIntegrityError(
-                    f"--out: chunk {k} ({f}) holds {table.num_rows} rows, the job recorded "
-                    f"{chunks[str(k)]['rows']}; nothing written. Rerun with --resume to score "
+                    f"out: chunk {k} ({f}) holds {table.num_rows} rows, the job recorded "
+                    f"{chunks[str(k)]['rows']}; nothing written. Rerun with resume=True to score "
                     "it again"
                 )
             if writer is None:
@@ -314,7 +312,7 @@ def merge_chunks(parts: Path, manifest: dict[str, Any], out: Path, n_users: int,
         written = pq.ParquetFile(tmp).metadata.num_rows
         if written != expected:
             raise BatchIntegrityError(
-                f"--out: merged {written} rows, the job's manifest records {expected}; "
+                f"out: merged {written} rows, the job's manifest records {expected}; "
                 "nothing written"
             )
     return written

@@ -22,6 +22,7 @@ __all__ = [
     "clean_stale",
     "lock_run_dir",
     "read_stamp",
+    "stamp_path",
     "write_stamp",
 ]
 
@@ -78,6 +79,11 @@ def clean_stale(paths: Iterable[Path]) -> list[Path]:
     for p in paths:
         removed += clean_stale_temporaries(p)
     return removed
+
+
+def stamp_path(run_dir: Path, stage: str) -> Path:
+    """Where stage ``stage``'s stamp lives: ``RUN_DIR/.stages/STAGE.json``."""
+    return run_dir / ".stages" / f"{stage}.json"
 
 
 def read_stamp(path: Path) -> dict[str, Any]:

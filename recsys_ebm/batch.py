@@ -91,18 +91,18 @@ def parse_shard(text: str | None) -> tuple[int, int]:
     try:
         i, n = (int(x) for x in text.split("/"))
     except ValueError as exc:
-        raise ValueError(f"--shard: expected I/N such as 0/4, got {text!r}") from exc
+        raise ValueError(f"shard: expected I/N such as 0/4, got {text!r}") from exc
     if n <= 0 or not 0 <= i < n:
-        raise ValueError(f"--shard: expected 0 <= I < N, got {text!r}")
+        raise ValueError(f"shard: expected 0 <= I < N, got {text!r}")
     return i, n
 
 
 def check_n(n: Any, n_items: int | None = None) -> int:
     """The list length: a positive int, capped at ``n_items`` (the catalogue) when given."""
     if isinstance(n, bool) or not isinstance(n, int | np.integer):
-        raise TypeError(f"--n: expected a positive int (items per user), got {n!r}")
+        raise TypeError(f"n: expected a positive int (items per user), got {n!r}")
     if n <= 0:
-        raise ValueError(f"--n: expected a positive int (items per user), got {n}")
+        raise ValueError(f"n: expected a positive int (items per user), got {n}")
     return int(n if n_items is None else min(n, n_items))
 
 
@@ -146,8 +146,8 @@ def _read_ids(path: Path) -> list[Any]:
         if df.width == 1:
             df = df.rename({df.columns[0]: "user_id"})
         else:
-            raise ValueError(f"--users: {path} has no user_id column (columns: {df.columns})")
-    _check_not_empty(df, ["user_id"], path, "--users")
+            raise ValueError(f"users: {path} has no user_id column (columns: {df.columns})")
+    _check_not_empty(df, ["user_id"], path, "users")
     return df["user_id"].to_list()
 
 
@@ -159,7 +159,7 @@ def select_users(dataset: Any, users: str) -> tuple[np.ndarray, list[Any]]:
         return np.flatnonzero(dataset.test.getnnz(axis=1) > 0), []
     path = Path(users)
     if not path.is_file():
-        raise FileNotFoundError(f"--users: expected 'all', 'test' or a file, got {users!r}")
+        raise FileNotFoundError(f"users: expected 'all', 'test' or a file, got {users!r}")
     raw = _read_ids(path)
     idx = dataset.user_index(raw)
     unknown = list(dict.fromkeys(r for r, i in zip(raw, idx, strict=True) if i < 0))
@@ -179,8 +179,10 @@ def read_histories(
     if values == "rating" and "rating" not in df.columns:
         missing.add("rating")  # rating models read ratings, not bare interactions
     if missing:
-        raise ValueError(f"--history: {path} lacks column(s) {sorted(missing)}; has {df.columns}")
-    _check_not_empty(df, ["user_id", "item_id"], path, "--history")
+        raise ValueError(
+            f"history_file: {path} lacks column(s) {sorted(missing)}; has {df.columns}"
+        )
+    _check_not_empty(df, ["user_id", "item_id"], path, "history_file")
     if values == "rating":  # a repeated (user, item) keeps its last rating, never a sum
         df = df.unique(subset=["user_id", "item_id"], keep="last", maintain_order=True)
     items = dataset.item_index(df["item_id"].to_list())
@@ -193,7 +195,7 @@ def read_histories(
         try:
             data = df["rating"].cast(pl.Float32).to_numpy()[keep]
         except pl.exceptions.InvalidOperationError as exc:
-            raise ValueError(f"--history: {path} column rating: expected numbers") from exc
+            raise ValueError(f"history_file: {path} column rating: expected numbers") from exc
     m = sp.csr_matrix((data, (rows, items[keep])), shape=(len(order), dataset.n_items))
     m.sum_duplicates()
     if values != "rating":
@@ -253,8 +255,8 @@ def run_batch(
     """
     n = check_n(n, dataset.n_items)
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size <= 0:
-        raise ValueError(f"--chunk-size: expected a positive int, got {chunk_size!r}")
-    check_model_matches_dataset(model, dataset, argument="--model")
+        raise ValueError(f"chunk_size: expected a positive int, got {chunk_size!r}")
+    check_model_matches_dataset(model, dataset, argument="model")
     out = Path(out)
     with output_lock(out):
         t0 = time.perf_counter()

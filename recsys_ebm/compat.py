@@ -24,7 +24,7 @@ def check_model_matches_dataset(model: Any, dataset: Any, *, argument: str = "mo
     Args:
         model: a fitted recommender (``n_items``, ``item_ids``, ``fit_info``).
         dataset: a :class:`~recsys_ebm.data.dataset.Dataset` (its ``item_vocab`` compares).
-        argument: the name the message gives the model (``--model`` in the CLI).
+        argument: the name the message gives the model: the caller's argument (``model``).
     """
     n_model, n_data = int(model.n_items), int(dataset.n_items)
     if n_model != n_data:

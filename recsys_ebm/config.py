@@ -158,11 +158,11 @@ class Config:
         if config_file is not None:
             path = Path(config_file)
             if not path.is_file():
-                raise ConfigError(f"--config: file not found: {path}")
+                raise ConfigError(f"config_file: file not found: {path}")
             try:
                 loaded = tomllib.loads(path.read_text())
             except tomllib.TOMLDecodeError as exc:
-                raise ConfigError(f"--config: {path} is not valid TOML: {exc}") from exc
+                raise ConfigError(f"config_file: {path} is not valid TOML: {exc}") from exc
             data.update(loaded.get("model", loaded))
         data.update(parse_overrides(overrides or []))
         return cls.from_dict(data)
@@ -176,11 +176,11 @@ def parse_overrides(pairs: list[str]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for pair in pairs:
         if "=" not in pair:
-            raise ConfigError(f"--set: expected key=value, got {pair!r}")
+            raise ConfigError(f"overrides: expected key=value, got {pair!r}")
         key, raw = pair.split("=", 1)
         key = key.strip()
         if not key:
-            raise ConfigError(f"--set: empty key in {pair!r}")
+            raise ConfigError(f"overrides: empty key in {pair!r}")
         try:
             out[key] = tomllib.loads(f"v = {raw}")["v"]
         except tomllib.TOMLDecodeError:

@@ -88,7 +88,9 @@ def atomic_dir(path: str | Path, *, overwrite: bool = False) -> Iterator[Path]:
     """
     path = Path(path)
     if path.exists() and not overwrite:
-        raise FileExistsError(f"output directory exists: {path} (pass overwrite / --overwrite)")
+        raise FileExistsError(
+            f"output directory exists: {path} (pass overwrite=True to replace it)"
+        )
     if path.exists() and not path.is_dir():
         raise FileExistsError(f"output directory {path} is an existing file; choose another path")
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -2,7 +2,7 @@
 
 Each model's weights are stored once in MLflow. A train run records its model directory and a
 hash of its contents (tags ``model_dir`` and ``model_version``, :func:`record_trained_model`), not
-a copy of the weights. ``register_model`` takes that run (``--run``, or ``--model-dir``: the train
+a copy of the weights. ``register_model`` takes that run (``run_id``, or ``model_dir``: the train
 run whose ``model_version`` is the directory's current hash), logs the model **once** into the run
 as a pyfunc model (:mod:`recsys_ebm.serving`; known users' histories come from the run's dataset,
 ``history("test")``, when the dataset directory is still there; run tag ``pyfunc.model_id``), and
@@ -132,14 +132,14 @@ def _find_train_run(client: Any, model_dir: Path, experiment: str) -> Any:
     runs = _train_runs(client, [exp.experiment_id], str(resolved)) if exp is not None else []
     if not runs:
         raise ValueError(
-            f"--model-dir: no train run in experiment {experiment!r} tagged model_dir="
-            f"{resolved}; train it with MLflow on, or pass --run"
+            f"model_dir: no train run in experiment {experiment!r} tagged model_dir="
+            f"{resolved}; train it with MLflow on, or pass `run_id`"
         )
     if not (model_dir / "model.json").is_file():
         raise ValueError(
-            f"--model-dir: {model_dir} holds no saved model (no model.json) any more; its latest "
+            f"model_dir: {model_dir} holds no saved model (no model.json) any more; its latest "
             f"train run is {runs[0].info.run_id}: retrain it, or register a run that logged its "
-            "model with --run"
+            "model with `run_id`"
         )
     current = model_version(model_dir)
     for run in runs:
@@ -150,10 +150,11 @@ def _find_train_run(client: Any, model_dir: Path, experiment: str) -> Any:
         return runs[0]  # trained by an older version, which logged the model as an artifact
     newest = runs[0]
     raise ValueError(
-        f"--model-dir: {model_dir} now holds {current}, which none of its {len(runs)} train "
+        f"model_dir: {model_dir} now holds {current}, which none of its {len(runs)} train "
         f"run(s) trained (the newest, {newest.info.run_id}, trained "
         f"{newest.data.tags.get(MODEL_VERSION_TAG, '?')}): it was changed or retrained without "
-        "MLflow (--no-mlflow) since; retrain it with MLflow on, or register a run with --run"
+        "MLflow (no_mlflow=True) since; retrain it with MLflow on, or register a run with "
+        "`run_id`"
     )
 
 
@@ -217,22 +218,22 @@ def register_model(
     from mlflow.exceptions import MlflowException
 
     if (run_id is None) == (model_dir is None):
-        raise ValueError("register: expected exactly one of --run RUN_ID and --model-dir DIR")
+        raise ValueError("run_id: give exactly one of `run_id` and `model_dir`")
     if not name:
-        raise ValueError("--name: expected a registered model name, got an empty string")
+        raise ValueError("name: expected a registered model name, got an empty string")
     client = _client(tracking_uri)
     if run_id is not None:
         try:
             run = client.get_run(run_id)
         except MlflowException as exc:
             raise ValueError(
-                f"--run: no run {run_id!r} in the tracking store {client.tracking_uri} "
+                f"run_id: no run {run_id!r} in the tracking store {client.tracking_uri} "
                 f"({exc.message.splitlines()[0]})"
             ) from exc
         stage = run.data.tags.get("stage")
         if stage != "train":
             raise ValueError(
-                f"--run: run {run_id} is not a `recsys-ebm train` run (its stage tag is "
+                f"run_id: run {run_id} is not a `recsys-ebm train` run (its stage tag is "
                 f"{stage!r}, expected 'train'); pass the run id that `recsys-ebm train` printed"
             )
     else:
@@ -248,7 +249,8 @@ def register_model(
         value, source = metric_for_run(client, run, promote_if_better)
         if value is None:
             raise ValueError(
-                f"--promote-if-better: run {run_id} has no metric {metric_key(promote_if_better)!r}"
+                f"promote_if_better: run {run_id} has no metric "
+                f"{metric_key(promote_if_better)!r}"
                 " and no evaluate run scored its model; run `recsys-ebm evaluate` first"
             )
         tags[f"metric.{metric_key(promote_if_better)}"] = repr(value)
@@ -326,7 +328,7 @@ def _changed_message(
     run_id = run.info.run_id
     if expected is None:
         return (
-            f"--run: run {run_id} recorded no model hash and logged no model, so its model "
+            f"run_id: run {run_id} recorded no model hash and logged no model, so its model "
             f"cannot be told apart from what {model_dir} holds now; retrain with MLflow on"
         )
     if have is None:
@@ -340,7 +342,7 @@ def _changed_message(
         else:
             now += " (changed or retrained without MLflow since)"
     return (
-        f"--run: run {run_id} trained {expected} into {model_dir}, which {now}; the run's own "
+        f"run_id: run {run_id} trained {expected} into {model_dir}, which {now}; the run's own "
         "model is no longer on disk and was never logged, so registering it would register "
         "another model; retrain to register this configuration"
     )
@@ -410,8 +412,8 @@ def parse_model_uri(uri: str) -> tuple[str, str | None, str | None]:
         if name and version.isdigit():
             return name, None, version
         if name and version:
-            raise ValueError(f"--model: {form} (VERSION a number), got {uri}")
-    raise ValueError(f"--model: {form}, got {uri}")
+            raise ValueError(f"uri: {form} (VERSION a number), got {uri}")
+    raise ValueError(f"uri: {form}, got {uri}")
 
 
 def _registered_names(client: Any, limit: int = 20) -> str:
@@ -447,15 +449,14 @@ def resolve_version(uri: str, tracking_uri: str | None) -> tuple[str, str]:
         if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
             raise
         raise ValueError(
-            f"--model: {uri}: no registered model {name!r} in {store}; "
-            f"{_registered_names(client)}"
+            f"uri: {uri}: no registered model {name!r} in {store}; {_registered_names(client)}"
         ) from exc
     aliases = dict(model.aliases or {})
     if alias is not None:
         if alias not in aliases:
             have = ", ".join(f"@{a} (version {v})" for a, v in sorted(aliases.items()))
             raise ValueError(
-                f"--model: {uri}: model {name!r} has no alias {alias!r}; its aliases: "
+                f"uri: {uri}: model {name!r} has no alias {alias!r}; its aliases: "
                 f"{have or 'none'}; its versions: {_versions_of(client, name)}"
             )
         return name, str(aliases[alias])
@@ -465,7 +466,7 @@ def resolve_version(uri: str, tracking_uri: str | None) -> tuple[str, str]:
         if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
             raise
         raise ValueError(
-            f"--model: {uri}: model {name!r} has no version {version}; its versions: "
+            f"uri: {uri}: model {name!r} has no version {version}; its versions: "
             f"{_versions_of(client, name)}"
         ) from exc
     return name, str(version)
@@ -488,5 +489,5 @@ def resolve_model_uri(uri: str, tracking_uri: str | None, dst: str | Path) -> tu
     )
     model_dir = local / "artifacts" / "bundle" / "model"
     if not (model_dir / "model.json").is_file():
-        raise ValueError(f"--model: {uri} is not a recsys-ebm pyfunc model (no bundle/model)")
+        raise ValueError(f"uri: {uri} is not a recsys-ebm pyfunc model (no bundle/model)")
     return model_dir, f"{name}/v{version}"

@@ -86,7 +86,7 @@ def _shared_store_hint(uri: str) -> str:
         f"the SQLite tracking store {uri} is busy (database is locked): SQLite serves one writer "
         "at a time, so a store that several processes or machines use at once should be a "
         f"tracking server: `mlflow server --backend-store-uri {uri} --host 127.0.0.1 --port "
-        "5000`, then pass --tracking-uri http://127.0.0.1:5000 (or set MLFLOW_TRACKING_URI)"
+        "5000`, then pass http://127.0.0.1:5000 as `tracking_uri` (or set MLFLOW_TRACKING_URI)"
     )
 
 
@@ -107,8 +107,8 @@ def prepare_store(uri: str | None = None) -> str:
         return uri
     if not db.parent.is_dir():
         raise TrackingStoreError(
-            f"--tracking-uri: the directory of the SQLite store {uri} does not exist "
-            f"({db.parent}); create it or pass another --tracking-uri"
+            f"tracking_uri: the directory of the SQLite store {uri} does not exist "
+            f"({db.parent}); create it or pass another `tracking_uri`"
         )
     import fcntl
 

@@ -102,7 +102,7 @@ def test_resume_after_kill_has_no_duplicates_or_gaps(setup, tmp_path):
 def test_parse_shard_errors():
     assert parse_shard("1/4") == (1, 4)
     for bad in ("4/4", "x", "1/0"):
-        with pytest.raises(ValueError, match="--shard"):
+        with pytest.raises(ValueError, match="shard: expected"):
             parse_shard(bad)
 
 

@@ -99,7 +99,7 @@ def test_adjacency_blank_lines_and_spaces_keep_line_numbers(tmp_path):
 )
 def test_zero_byte_files_are_refused(tmp_path, name, fmt):
     f = write(tmp_path / name, "")
-    with pytest.raises(DataError, match=rf"--input: .*{name} is an empty file \(0 bytes\)"):
+    with pytest.raises(DataError, match=rf"path: .*{name} is an empty file \(0 bytes\)"):
         read_interactions(f, fmt)
 
 
@@ -134,7 +134,7 @@ def test_byte_order_mark_does_not_hide_the_ml_latest_header(tmp_path):
 
 
 def test_separator_must_be_one_byte():
-    with pytest.raises(DataError, match=r"--separator: expected one single-byte character"):
+    with pytest.raises(DataError, match=r"separator: expected one single-byte character"):
         ColumnMap(separator="::")
 
 
@@ -156,7 +156,7 @@ def test_predefined_unparseable_id_is_refused_with_line(tmp_path):
 
 def test_predefined_missing_file_names_its_option(tmp_path):
     train = write(tmp_path / "train.txt", "0 1 2\n")
-    with pytest.raises(FileNotFoundError, match=r"--valid: file not found: .*nope.txt"):
+    with pytest.raises(FileNotFoundError, match=r"valid_file: file not found: .*nope.txt"):
         prepare_dataset(
             train, split="predefined", test_file=str(train), valid_file=str(tmp_path / "nope.txt")
         )
@@ -188,7 +188,7 @@ def test_save_refuses_to_replace_its_input(tmp_path, small_ds):
     log = tmp_path / "logs" / "ratings.csv"
     before = log.read_text()
     for out in (log.parent, tmp_path):
-        with pytest.raises(OutputError, match=r"--out: .* contains the --input path"):
+        with pytest.raises(OutputError, match=r"path: .* contains the `input` path"):
             small_ds.save(out, overwrite=True)
     assert log.read_text() == before
 

@@ -171,7 +171,7 @@ def test_stage_hash_follows_config_and_input_content(tmp_path):
     changed = digests("prepare.seed=1")
     assert changed["prepare"] != first["prepare"]
     assert changed["train.ease"] != first["train.ease"]  # downstream of a changed stage
-    model_toml.write_text("l2 = 2500.0\n")  # the config file is an input (size, mtime)
+    model_toml.write_text("l2 = 2500.0\n")  # the config file is an input (its content)
     after = digests()
     assert after["prepare"] == first["prepare"]
     assert after["train.ease"] != first["train.ease"]

@@ -38,6 +38,9 @@ LAYERS: dict[str, tuple[int, str]] = {
     "cli": (5, "cli/pipelines"),
     "pipeline": (5, "cli/pipelines"),
     "_pipeline_checks": (5, "cli/pipelines"),
+    "_pipeline_exec": (5, "cli/pipelines"),
+    "_pipeline_graph": (5, "cli/pipelines"),
+    "_pipeline_hash": (5, "cli/pipelines"),
     "_pipeline_run": (5, "cli/pipelines"),
     "__main__": (5, "cli/pipelines"),
 }

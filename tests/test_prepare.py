@@ -179,7 +179,7 @@ def test_kcore_through_prepare(log_path):
 def test_empty_after_filtering(log_path):
     with pytest.raises(DataError, match="no interactions left after k-core"):
         prepare_dataset(log_path, min_user_interactions=10_000)
-    with pytest.raises(DataError, match="no interactions left after --min-rating"):
+    with pytest.raises(DataError, match="no interactions left after `min_rating` 99"):
         prepare_dataset(log_path, min_rating=99)
 
 

@@ -153,14 +153,14 @@ def test_unknown_format(tmp_path):
     f = write(tmp_path / "weird.bin", "hello world\n")
     with pytest.raises(DataError, match="cannot detect the format of .*weird.bin"):
         read_interactions(f)
-    with pytest.raises(DataError, match="--format: expected one of"):
+    with pytest.raises(DataError, match="fmt: expected one of"):
         read_interactions(f, "excel")
 
 
 def test_missing_column_is_named(tmp_path):
     f = write(tmp_path / "log.csv", "user,item\n1,2\n")
     with pytest.raises(
-        DataError, match=r"column 'user_id' .*--user-col.* columns are \['user', 'item'\]"
+        DataError, match=r"column 'user_id' .*`user_col`.* columns are \['user', 'item'\]"
     ):
         read_interactions(f)
 

@@ -70,7 +70,7 @@ def test_register_run_of_a_retrained_dir_is_refused_and_weights_are_stored_once(
     assert _weights(tmp_path / "art") == []
     second = _train_ease(data, model, store, 500.0)  # retrained into the same directory
     kw = dict(tracking_uri=store, experiment="e")
-    with pytest.raises(ValueError, match=f"--run: run {first} trained .* now holds") as err:
+    with pytest.raises(ValueError, match=f"run_id: run {first} trained .* now holds") as err:
         register_model("ease", run_id=first, **kw)
     assert f"trained by run {second}: register that one" in str(err.value)
     assert client.search_registered_models() == []
@@ -100,9 +100,9 @@ def test_register_model_dir_changed_without_mlflow_is_refused(data, store, tmp_p
     model = tmp_path / "ease"
     run = _train_ease(data, model, store, 10.0)
     _train_ease(data, model, store, 300.0, "--no-mlflow")
-    with pytest.raises(ValueError, match="--model-dir: .* which none of its 1 train run") as err:
+    with pytest.raises(ValueError, match="model_dir: .* which none of its 1 train run") as err:
         register_model("ease", model_dir=model, tracking_uri=store, experiment="e")
-    assert run in str(err.value) and "--no-mlflow" in str(err.value)
+    assert run in str(err.value) and "no_mlflow=True" in str(err.value)
 
 
 def test_unknown_models_aliases_and_versions_are_named(data, store, tmp_path):
@@ -120,7 +120,7 @@ def test_unknown_models_aliases_and_versions_are_named(data, store, tmp_path):
     with pytest.raises(ValueError, match="VERSION a number"):
         resolve_version("models:/recs/latest", store)
     assert resolve_version("models:/recs@staging", store) == ("recs", "1")
-    with pytest.raises(ValueError, match="--run: no run 'deadbeef'"):
+    with pytest.raises(ValueError, match="run_id: no run 'deadbeef'"):
         register_model("recs", run_id="deadbeef", tracking_uri=store)
 
 

@@ -387,7 +387,7 @@ def test_batch_job_scores_from_ratings_and_rating_histories(dataset, tmp_path):
     assert got == list(dataset.item_ids[items[0]])
     a, b = dataset.item_ids[0], dataset.item_ids[1]
     (tmp_path / "h.csv").write_text(f"user_id,item_id\nnew,{a}\n")
-    with pytest.raises(ValueError, match=r"--history: .* lacks column\(s\) \['rating'\]"):
+    with pytest.raises(ValueError, match=r"history_file: .* lacks column\(s\) \['rating'\]"):
         run_batch(m, dataset, tmp_path / "x.parquet", history_file=tmp_path / "h.csv")
     (tmp_path / "h.csv").write_text(f"user_id,item_id,rating\nnew,{a},5\nnew,{b},1\n")
     run_batch(

@@ -98,7 +98,7 @@ def add_job_options(
         _add_field(target, f, hints[name], (parse or {}).get(name))
     if tracking:
         add_tracking_options(p, cls)
-    p.set_defaults(job_class=cls, flags=cls.flags())
+    p.set_defaults(job_class=cls, flags=cls.message_flags())
 
 
 def add_tracking_options(p: argparse.ArgumentParser, cls: type[Any] = TrackedJob) -> None:

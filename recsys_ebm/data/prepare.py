@@ -47,7 +47,7 @@ def _clean(
     counts[f"{tag}duplicate_events_dropped"] = n0 - df.height
     if opts.min_rating is not None:
         if df["rating"].null_count() == df.height:
-            raise DataError(f"--min-rating: the {tag or 'input'} log has no rating column")
+            raise DataError(f"min_rating: the {tag or 'input'} log has no rating column")
         n1 = df.height
         df = df.filter(pl.col("rating") >= opts.min_rating)
         counts[f"{tag}below_min_rating_dropped"] = n1 - df.height
@@ -135,12 +135,12 @@ def prepare_dataset(
     opts.check_fractions()
     t0 = time.perf_counter()
     path = Path(input) if input is not None else DEFAULT_INPUT
-    df, fmt = read_interactions(path, opts.format, opts.columns)
+    df, fmt = read_interactions(path, opts.format, opts.columns, option="input")
     counts: dict[str, int] = {"raw_events": df.height}
     _log(f"read {df.height:,} events ({fmt}) from {path}", t0, verbose)
     df = _clean(df, opts, counts, "")
     if df.height == 0:
-        raise DataError(f"{path}: no interactions left after --min-rating {opts.min_rating}")
+        raise DataError(f"{path}: no interactions left after `min_rating` {opts.min_rating}")
 
     # 5. k-core on integer codes
     ucodes, icodes = _codes(df["user_id"]), _codes(df["item_id"])
@@ -151,8 +151,8 @@ def prepare_dataset(
     if df.height == 0:
         raise DataError(
             f"{path}: no interactions left after k-core filtering "
-            f"(--min-user-interactions {opts.min_user_interactions}, "
-            f"--min-item-interactions {opts.min_item_interactions})"
+            f"(`min_user_interactions` {opts.min_user_interactions}, "
+            f"`min_item_interactions` {opts.min_item_interactions})"
         )
     _log(f"cleaned and filtered to {df.height:,} pairs ({iters} k-core iterations)", t0, verbose)
 
@@ -162,7 +162,7 @@ def prepare_dataset(
     keys = S.pair_keys(users, icodes[mask], opts.seed)
     ts = df["timestamp"]
     if opts.split in ("temporal", "leave-last-k") and ts.null_count():
-        raise DataError(f"--split {opts.split}: needs timestamps, but {path} has none")
+        raise DataError(f"split: {opts.split!r} needs timestamps, but {path} has none")
     if opts.split == "random":
         part = S.random_split(users, keys, opts.test_fraction, opts.valid_fraction)
     elif opts.split == "temporal":
@@ -185,8 +185,8 @@ def prepare_dataset(
     extra = []
     if opts.split == "predefined":
         for code, f, option in (
-            (S.TEST, opts.test_file, "--test"),
-            (S.VALID, opts.valid_file, "--valid"),
+            (S.TEST, opts.test_file, "test_file"),
+            (S.VALID, opts.valid_file, "valid_file"),
         ):
             if f:
                 other, _ = read_interactions(f, fmt, opts.columns, option=option)
@@ -246,7 +246,7 @@ def prepare_dataset(
     if interactions["test"].height == 0:
         raise DataError(
             f"{path}: the {opts.split} split left no test interactions; lower the filters or "
-            "raise --test-fraction"
+            "raise `test_fraction`"
         )
 
     metadata = read_item_metadata(path, fmt)

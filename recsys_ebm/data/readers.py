@@ -91,11 +91,11 @@ class ColumnMap:
         sep = self.separator
         if sep is not None and (len(sep) != 1 or len(sep.encode()) != 1 or sep in '\r\n"'):
             raise DataError(
-                f"--separator: expected one single-byte character (e.g. ',' or a tab), got {sep!r}"
+                f"separator: expected one single-byte character (e.g. ',' or a tab), got {sep!r}"
             )
 
 
-def detect_format(path: str | Path, *, option: str = "--input") -> tuple[str, Path]:
+def detect_format(path: str | Path, *, option: str = "path") -> tuple[str, Path]:
     """Guess the format from the file name and first line; returns ``(format, file)``.
 
     A directory is searched for ``u.data``, ``ratings.dat``, ``ratings.csv``, ``train.txt``.
@@ -113,7 +113,7 @@ def detect_format(path: str | Path, *, option: str = "--input") -> tuple[str, Pa
                 return detect_format(path / name, option=option)
         raise DataError(
             f"{option}: cannot detect a dataset in directory {path}: expected u.data, "
-            "ratings.dat, ratings.csv, ratings.parquet or train.txt; pass a file and --format"
+            "ratings.dat, ratings.csv, ratings.parquet or train.txt; pass a file and `format`"
         )
     _check_not_empty(path, "auto", option)
     name = path.name.lower()
@@ -134,7 +134,7 @@ def detect_format(path: str | Path, *, option: str = "--input") -> tuple[str, Pa
         return "adjacency", path
     raise DataError(
         f"{option}: cannot detect the format of {path} (first line {first[:60]!r}); "
-        f"pass --format, one of {list(FORMATS[1:])}"
+        f"pass `format`, one of {list(FORMATS[1:])}"
     )
 
 
@@ -202,7 +202,7 @@ def _scan(path: Path, fmt: str, columns: ColumnMap) -> tuple[pl.LazyFrame, int, 
             raise DataError(
                 f"{path}: column {missing[0]!r} not found: the ml-latest format needs the header "
                 f"userId,movieId,rating,timestamp, got {available}; for another layout pass "
-                "--format csv with --user-col / --item-col / --rating-col / --timestamp-col"
+                "`format` csv with `user_col` / `item_col` / `rating_col` / `timestamp_col`"
             )
         lf = lf.select(pl.col(k).alias(v) for k, v in _ML_LATEST.items())
         return lf, 1, {v: k for k, v in _ML_LATEST.items()}
@@ -250,12 +250,12 @@ def _scan(path: Path, fmt: str, columns: ColumnMap) -> tuple[pl.LazyFrame, int, 
                 mapping[key] = col
             elif col is not None and col not in ("rating", "timestamp"):
                 raise DataError(
-                    f"{path}: column {col!r} (--{key}-col) not found; columns are {available}"
+                    f"{path}: column {col!r} (`{key}_col`) not found; columns are {available}"
                 )
         for key in ("user_id", "item_id"):
             if mapping[key] not in available:
                 raise DataError(
-                    f"{path}: column {mapping[key]!r} (--{key.split('_')[0]}-col) not found; "
+                    f"{path}: column {mapping[key]!r} (`{key.split('_')[0]}_col`) not found; "
                     f"columns are {available}"
                 )
         exprs = [pl.col(v).alias(k) for k, v in mapping.items()]
@@ -263,7 +263,7 @@ def _scan(path: Path, fmt: str, columns: ColumnMap) -> tuple[pl.LazyFrame, int, 
             if key not in mapping:
                 exprs.append(pl.lit(None, pl.String).alias(key))
         return lf.select(exprs), header, mapping
-    raise DataError(f"--format: expected one of {list(FORMATS)}, got {fmt!r}")
+    raise DataError(f"fmt: expected one of {list(FORMATS)}, got {fmt!r}")
 
 
 def read_interactions(
@@ -271,7 +271,7 @@ def read_interactions(
     fmt: str = "auto",
     columns: ColumnMap | None = None,
     *,
-    option: str = "--input",
+    option: str = "path",
 ) -> tuple[pl.DataFrame, str]:
     """Read one interaction log (lazily, collected once) and normalise it.
 
@@ -279,8 +279,9 @@ def read_interactions(
         path: the log file, or a directory holding one.
         fmt: one of :data:`FORMATS`.
         columns: column names of generic csv/tsv/parquet input.
-        option: the command-line option that named ``path`` (for messages: ``--input``,
-            ``--test``, ``--valid``).
+        option: the caller's argument that named ``path`` (for messages: ``path``, or
+            ``input``, ``test_file``, ``valid_file`` of
+            :func:`~recsys_ebm.data.prepare.prepare_dataset`).
 
     Returns:
         ``(frame, format)``: user_id, item_id, rating (Float64), timestamp (Int64), _line.
@@ -294,7 +295,7 @@ def read_interactions(
     """
     path = Path(path)
     if fmt not in FORMATS:
-        raise DataError(f"--format: expected one of {list(FORMATS)}, got {fmt!r}")
+        raise DataError(f"fmt: expected one of {list(FORMATS)}, got {fmt!r}")
     if not path.exists():
         raise FileNotFoundError(f"{option}: file not found: {path}")
     if fmt == "auto":

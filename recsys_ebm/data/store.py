@@ -55,16 +55,17 @@ def check_output_dir(
     inputs: Mapping[str, str | Path | None] = {},  # noqa: B006 - read only
     *,
     overwrite: bool = False,
-    option: str = "--out",
+    option: str = "out",
 ) -> Path:
     """Refuse an output directory that cannot be written safely, before any work is done.
 
-    ``inputs`` maps an option name (``--input``, ``--test``, ``--valid``) to the path it names.
+    ``inputs`` maps an argument name (``input``, ``test_file``, ``valid_file``) to the path it
+    names; ``option`` is the caller's argument that names ``out`` (for messages).
 
     Raises:
         OutputError: ``out`` is the current directory or one of its ancestors; ``out`` is an
-            input or contains one (``--overwrite`` would delete it); ``out`` is an existing file
-            or symlink to one; a parent of ``out`` is a file; ``--overwrite`` would replace a
+            input or contains one (``overwrite`` would delete it); ``out`` is an existing file
+            or symlink to one; a parent of ``out`` is a file; ``overwrite`` would replace a
             non-empty directory that is not a prepared dataset (no ``manifest.json``).
         FileExistsError: ``out`` exists and ``overwrite`` is False.
     """
@@ -72,13 +73,13 @@ def check_output_dir(
     if _within(Path.cwd(), out):
         raise OutputError(
             f"{option}: {out} is the current directory or one of its parents; a dataset written "
-            f"there would replace it: name a new subdirectory, e.g. {option} data"
+            "there would replace it: name a new subdirectory (e.g. data)"
         )
     for name, p in inputs.items():
         if p is not None and _within(Path(p), out):
             raise OutputError(
-                f"{option}: {out} contains the {name} path {p}; writing the dataset there would "
-                f"delete its own input: choose an {option} outside it"
+                f"{option}: {out} contains the `{name}` path {p}; writing the dataset there "
+                f"would delete its own input: choose an `{option}` outside it"
             )
     if out.exists() or out.is_symlink():
         if not out.is_dir():
@@ -86,11 +87,11 @@ def check_output_dir(
                 f"{option}: {out} is an existing file, not a dataset directory; choose another path"
             )
         if not overwrite:
-            raise FileExistsError(f"{option}: {out} exists (pass --overwrite to replace it)")
+            raise FileExistsError(f"{option}: {out} exists (pass overwrite=True to replace it)")
         if not (out / "manifest.json").is_file() and any(out.iterdir()):
             raise OutputError(
                 f"{option}: {out} is a non-empty directory that is not a prepared dataset (no "
-                "manifest.json); --overwrite only replaces a dataset: choose another path"
+                "manifest.json); overwrite=True only replaces a dataset: choose another path"
             )
     else:
         parent = Path(os.path.abspath(out)).parent
@@ -117,11 +118,11 @@ def save_dataset(ds: Dataset, path: str | Path, *, overwrite: bool = False) -> P
     path = Path(path)
     opts = ds.manifest.get("options", {})
     inputs = {
-        "--input": ds.manifest.get("source", {}).get("path"),
-        "--test": opts.get("test_file"),
-        "--valid": opts.get("valid_file"),
+        "input": ds.manifest.get("source", {}).get("path"),
+        "test_file": opts.get("test_file"),
+        "valid_file": opts.get("valid_file"),
     }
-    check_output_dir(path, inputs, overwrite=overwrite)
+    check_output_dir(path, inputs, overwrite=overwrite, option="path")
     manifest = dict(ds.manifest)
     manifest.setdefault("format_version", 1)
     manifest.setdefault("fingerprint", fingerprint(ds))
@@ -134,24 +135,25 @@ def save_dataset(ds: Dataset, path: str | Path, *, overwrite: bool = False) -> P
         raise
     except (OSError, pl.exceptions.PolarsError) as exc:
         raise OutputError(
-            f"--out: could not write the dataset to {path}: {_reason(exc)}; nothing was written"
+            f"path: could not write the dataset to {path}: {_reason(exc, 'path')}; nothing was "
+            "written"
         ) from exc
     ds.manifest = manifest
     ds.path = path
     return path
 
 
-_HINTS = {
-    errno.ENOSPC: "free some space or choose another --out",
-    errno.EDQUOT: "free some space or choose another --out",
+_HINTS = {  # {option}: the argument that names the output
+    errno.ENOSPC: "free some space or choose another `{option}`",
+    errno.EDQUOT: "free some space or choose another `{option}`",
     errno.EFBIG: "the file size limit (ulimit -f) is too low for the dataset",
-    errno.EROFS: "choose another --out",
-    errno.EACCES: "choose a writable --out",
-    errno.EPERM: "choose a writable --out",
+    errno.EROFS: "choose another `{option}`",
+    errno.EACCES: "choose a writable `{option}`",
+    errno.EPERM: "choose a writable `{option}`",
 }
 
 
-def _reason(exc: BaseException) -> str:
+def _reason(exc: BaseException, option: str = "out") -> str:
     """The OS cause of a failed write, also when polars wraps it ("... (os error 28)")."""
     if isinstance(exc, OSError) and exc.errno is not None:
         code = exc.errno
@@ -160,7 +162,7 @@ def _reason(exc: BaseException) -> str:
         if m is None:
             return str(exc)
         code = int(m.group(1))
-    hint = _HINTS.get(code)
+    hint = _HINTS.get(code, "").format(option=option)
     text = os.strerror(code)
     return f"{text} ({hint})" if hint else text
 

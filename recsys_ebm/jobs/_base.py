@@ -89,6 +89,10 @@ class JobConfig(Config):
     INPUTS: ClassVar[tuple[str, ...]] = ()
     #: fields holding paths the job writes
     OUTPUTS: ClassVar[tuple[str, ...]] = ()
+    #: Python arguments of the library functions the job calls whose names differ from the
+    #: fields they come from (argument -> field): their messages name the argument, the CLI
+    #: shows the field's flag
+    ARGUMENTS: ClassVar[dict[str, str]] = {}
 
     def validate(self) -> None:
         for f in dataclasses.fields(self):
@@ -178,6 +182,14 @@ class JobConfig(Config):
         """Field name -> command-line option."""
         return {f.name: flag_of(f) for f in dataclasses.fields(cls)}
 
+    @classmethod
+    def message_flags(cls) -> dict[str, str]:
+        """Every name a message of this job may give an option (its fields, and the Python
+        arguments of :attr:`ARGUMENTS`) -> the command-line option (what :func:`to_flags`
+        reads)."""
+        flags = cls.flags()
+        return {**{a: flags[f] for a, f in cls.ARGUMENTS.items()}, **flags}
+
 
 _TRACKING_GROUP = "MLflow tracking"
 
@@ -237,13 +249,17 @@ def os_error_message(exc: OSError) -> str:
 
 _LEADING_NAME = re.compile(r"^(?:[A-Z]\w*\.)?([a-z_][a-z0-9_]*):")
 _SWITCH = re.compile(r"\b([a-z_][a-z0-9_]*)=True\b")
+_QUOTED = re.compile(r"`([a-z_][a-z0-9_]*)`")
 
 
 def to_flags(message: str, flags: dict[str, str]) -> str:
     """Translate Python argument names in a message to command-line options: the argument it
-    starts with (``out: ...`` or ``TrainJob.out: ...`` -> ``--out: ...``) and a switch it
-    suggests (``overwrite=True`` -> ``--overwrite``). Other text is left as it is."""
+    starts with (``out: ...`` or ``TrainJob.out: ...`` -> ``--out: ...``), a switch it
+    suggests (``overwrite=True`` -> ``--overwrite``) and an argument it names in backquotes
+    (```out``` -> ``--out``). Names that are not keys of ``flags`` and other text are left
+    as they are."""
     m = _LEADING_NAME.match(message)
     if m and m.group(1) in flags:
         message = flags[m.group(1)] + ":" + message[m.end() :]
-    return _SWITCH.sub(lambda s: flags.get(s.group(1), s.group(0)), message)
+    message = _SWITCH.sub(lambda s: flags.get(s.group(1), s.group(0)), message)
+    return _QUOTED.sub(lambda s: flags.get(s.group(1), s.group(0)), message)

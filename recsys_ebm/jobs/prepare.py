@@ -19,6 +19,8 @@ class PrepareJob(PrepareOptions, JobConfig):
     KIND = "prepare"
     INPUTS = ("input", "test_file", "valid_file")
     OUTPUTS = ("out",)
+    # save_dataset's argument (Dataset.save) named in its messages
+    ARGUMENTS = {"path": "out"}
 
     input: str | None = opt(
         None, help="log file or directory (default: bundled data/ml-latest-small/ratings.csv)"
@@ -70,9 +72,9 @@ def prepare(job: PrepareJob) -> PrepareResult:
 
     out = Path(job.out)
     inputs = {
-        "--input": job.input if job.input is not None else DEFAULT_INPUT,
-        "--test": job.test_file,
-        "--valid": job.valid_file,
+        "input": job.input if job.input is not None else DEFAULT_INPUT,
+        "test_file": job.test_file,
+        "valid_file": job.valid_file,
     }
     check_output_dir(out, inputs, overwrite=job.overwrite)
     job.check_fractions()

@@ -19,6 +19,9 @@ class RecommendJob(TrackedJob):
     KIND = "recommend"
     INPUTS = ("model", "data", "users", "history")
     OUTPUTS = ("out",)
+    # arguments of run_batch (dataset, history_file) and resolve_model_uri (uri) named in
+    # their messages
+    ARGUMENTS = {"dataset": "data", "history_file": "history", "uri": "model"}
 
     model: str = opt(
         help="saved model directory, or a registered model: models:/NAME@ALIAS "

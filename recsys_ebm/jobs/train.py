@@ -19,6 +19,8 @@ class TrainJob(TrackedJob):
     KIND = "train"
     INPUTS = ("data", "config")
     OUTPUTS = ("out",)
+    # Config.from_sources's argument named in its messages
+    ARGUMENTS = {"config_file": "config"}
 
     data: str = opt(help="prepared dataset directory (from `prepare`)")
     model: str = opt(help="which model to train", choices=sorted(MODEL_PATHS))

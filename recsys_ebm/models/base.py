@@ -6,15 +6,15 @@ is a score s report energy -s. Everything that ranks can therefore be mixed by t
 
 Subclasses implement :meth:`fit`, :meth:`_energies_block` and the two persistence hooks
 :meth:`_state_tensors` / :meth:`_load_state`; :meth:`recommend`, :meth:`energies`, input checks,
-seen-item masking, chunking and saving are shared here.
+seen-item masking, chunking and saving are shared here. The input checks live in
+:mod:`recsys_ebm.models._checks` and the model-file helpers in :mod:`recsys_ebm.models._persist`;
+both are re-exported from this module.
 """
 
 from __future__ import annotations
 
 import abc
 import json
-import shutil
-import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar, Self
@@ -26,103 +26,40 @@ from safetensors.torch import load_file, save_file
 
 from recsys_ebm.config import Config
 from recsys_ebm.data.vocab import Vocabulary
-from recsys_ebm.diagnostics import DataWarning, ModelFileError, NotFittedError
+from recsys_ebm.diagnostics import ModelFileError, NotFittedError
 from recsys_ebm.io import atomic_dir
+from recsys_ebm.models._checks import (
+    as_user_items,
+    check_exclude,
+    check_fit_inputs,
+    csr_to_torch,
+)
+from recsys_ebm.models._persist import (
+    _RETRAIN,
+    _RETRAIN_HINT,
+    FORMAT_VERSION,
+    _json_default,
+    _read_json,
+    copy_model_dir,
+    read_model_json,
+)
 
 __all__ = [
     "FORMAT_VERSION",
     "EpochCallback",
     "Recommender",
     "as_user_items",
+    "check_exclude",
     "check_fit_inputs",
+    "copy_model_dir",
     "csr_to_torch",
+    "read_model_json",
 ]
 
-FORMAT_VERSION = 1
 #: ``callback(epoch, metrics)`` is called once per training epoch with that epoch's figures.
 EpochCallback = Callable[[int, dict[str, float]], None]
 # Upper bound on floats held per scoring block (users x items): 2**25 floats = 128 MiB.
 _BLOCK_FLOATS = 2**25
-
-
-def as_user_items(user_items: Any, n_items: int, name: str = "user_items") -> sp.csr_matrix:
-    """Validate a user-by-item history matrix and return it as float32 CSR.
-
-    Non-CSR sparse input is converted with a :class:`DataWarning` (as implicit does).
-
-    Raises:
-        TypeError: not a scipy sparse matrix / numpy array.
-        ValueError: wrong number of columns.
-    """
-    if isinstance(user_items, np.ndarray):
-        if user_items.ndim == 1:
-            user_items = user_items[None, :]
-        user_items = sp.csr_matrix(user_items)
-    elif sp.issparse(user_items):
-        if not isinstance(user_items, sp.csr_matrix | sp.csr_array):
-            warnings.warn(
-                f"{name}: converting {type(user_items).__name__} to CSR; pass a csr_matrix",
-                DataWarning,
-                stacklevel=3,
-            )
-        user_items = sp.csr_matrix(user_items)
-    else:
-        raise TypeError(
-            f"{name}: expected a scipy.sparse CSR matrix (users x items), "
-            f"got {type(user_items).__name__}"
-        )
-    if user_items.ndim != 2 or user_items.shape[1] != n_items:
-        raise ValueError(
-            f"{name}: expected {n_items} columns (one per item of the catalogue), "
-            f"got shape {user_items.shape}"
-        )
-    if user_items.dtype != np.float32:
-        user_items = user_items.astype(np.float32)
-    return user_items
-
-
-def check_exclude(exclude: Any, n_items: int) -> np.ndarray:
-    """``exclude`` as a flat int64 array of item indices in [0, n_items).
-
-    Raises:
-        ValueError: an index lies outside the catalogue.
-    """
-    excl = np.asarray(exclude, dtype=np.int64).ravel()
-    if excl.size and (excl.min() < 0 or excl.max() >= n_items):
-        raise ValueError(f"exclude: item indices must lie in [0, {n_items}), got {excl}")
-    return excl
-
-
-def check_fit_inputs(train: Any, valid: Any = None) -> tuple[sp.csr_matrix, sp.csr_matrix | None]:
-    """Validate ``fit``'s arguments: ``train`` a users x items sparse matrix (any width), ``valid``
-    None or the same width. Both come back as float32 CSR.
-
-    Raises:
-        TypeError: ``train`` is not a scipy sparse matrix.
-        ValueError: ``valid`` has another number of columns.
-    """
-    if not sp.issparse(train):
-        raise TypeError(
-            f"train: expected a scipy.sparse CSR matrix (users x items), got {type(train).__name__}"
-        )
-    train = as_user_items(train, train.shape[1], "train")
-    if valid is not None:
-        valid = as_user_items(valid, train.shape[1], "valid")
-    return train, valid
-
-
-def csr_to_torch(m: sp.csr_matrix, device: torch.device, *, binary: bool = True) -> torch.Tensor:
-    """(B, I) scipy CSR -> torch sparse CSR tensor on ``device`` (float32; ones if ``binary``)."""
-    data = np.ones(m.nnz, np.float32) if binary else m.data.astype(np.float32)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
-        return torch.sparse_csr_tensor(
-            torch.from_numpy(m.indptr.astype(np.int64)),
-            torch.from_numpy(m.indices.astype(np.int64)),
-            torch.from_numpy(data),
-            size=m.shape,
-            check_invariants=False,  # scipy CSR is already valid
-        ).to(device)
 
 
 class Recommender(abc.ABC):
@@ -492,59 +429,3 @@ class Recommender(abc.ABC):
                 f"{weights}: {_RETRAIN.format(what='tensors do not fit the model')}: {exc}"
             ) from exc
         return model
-
-
-_RETRAIN_HINT = (
-    "retrain the model (recsys-ebm train ... --overwrite) or restore the directory from a copy"
-)
-_RETRAIN = "{what}; " + _RETRAIN_HINT
-
-
-def _read_json(path: Path) -> Any:
-    """A JSON file of a model directory; corrupt bytes raise ModelFileError naming the file."""
-    try:
-        return json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ModelFileError(f"{path}: {_RETRAIN.format(what='corrupt JSON')} ({exc})") from exc
-
-
-def read_model_json(path: str | Path) -> dict[str, Any]:
-    """A model directory's ``model.json``, checked for the keys every loader reads.
-
-    Raises:
-        ModelFileError: not JSON, not an object, or a required key is missing.
-    """
-    path = Path(path)
-    meta = _read_json(path)
-    if not isinstance(meta, dict):
-        raise ModelFileError(
-            f"{path}: {_RETRAIN.format(what='corrupt model metadata')}: expected a JSON object, "
-            f"got {type(meta).__name__}"
-        )
-    missing = [k for k in ("format_version", "model", "config", "n_items") if k not in meta]
-    if missing and "format_version" in meta and meta["format_version"] == FORMAT_VERSION:
-        raise ModelFileError(
-            f"{path}: missing key(s) {missing}; {_RETRAIN.format(what='corrupt model metadata')}"
-        )
-    if "model" not in meta:
-        raise ModelFileError(
-            f"{path}: missing key 'model'; {_RETRAIN.format(what='corrupt model metadata')}"
-        )
-    if not isinstance(meta.get("config", {}), dict):
-        raise ModelFileError(
-            f"{path}: 'config' is not an object; {_RETRAIN.format(what='corrupt model metadata')}"
-        )
-    return meta
-
-
-def _json_default(x: Any) -> Any:
-    if isinstance(x, np.generic):
-        return x.item()
-    if isinstance(x, np.ndarray):
-        return x.tolist()
-    raise TypeError(f"not JSON serialisable: {type(x).__name__}")
-
-
-def copy_model_dir(src: str | Path, dst: str | Path) -> None:
-    """Copy a saved model directory (used when logging artifacts)."""
-    shutil.copytree(src, dst)

@@ -4,6 +4,9 @@ Collaborative Filtering", ICML 2007 (https://doi.org/10.1145/1273496.1273596), i
 Every user is an RBM whose visible layer is a K-way softmax per item they rated (K = the rating
 levels, e.g. 1..5 or 0.5..5 in half stars); missing ratings are absent, not zero. All users share
 W (I, K, H), b (I, K) and c (H,). Maths and shapes: :mod:`recsys_ebm.models._softmax_rbm_math`.
+Rating values <-> level codes: :mod:`~recsys_ebm.models._softmax_rbm_levels`; initial parameters
+and the CD-k gradient: :mod:`~recsys_ebm.models._softmax_rbm_cd`; the user orientation's
+conditionals: :mod:`~recsys_ebm.models._softmax_rbm_user`.
 
 **Histories are ratings.** Every matrix this model reads - ``fit``'s ``train`` and ``valid``, and
 the ``user_items`` of ``energies`` / ``recommend`` / ``predict_ratings`` - carries rating values
@@ -35,7 +38,6 @@ so it does not favour popular items the way implicit-feedback models do.
 from __future__ import annotations
 
 import dataclasses
-import warnings
 from pathlib import Path
 from typing import Any, ClassVar, Self
 
@@ -45,16 +47,19 @@ import torch
 
 from recsys_ebm.config import Config
 from recsys_ebm.device import resolve_device
-from recsys_ebm.diagnostics import ConfigError, DataWarning
+from recsys_ebm.diagnostics import ConfigError
 from recsys_ebm.models._rbm_train import CDSchedule
-from recsys_ebm.models._softmax_rbm_math import (
-    column_positions,
-    conditional_logits,
-    free_energy,
-    gibbs_chain,
-    hidden_input,
-    pair_logits,
+from recsys_ebm.models._softmax_rbm_cd import cd_gradients, initial_params
+from recsys_ebm.models._softmax_rbm_levels import (
+    check_pair_indices,
+    codes_from_tensors,
+    codes_to_tensors,
+    level_tensors,
+    rating_codes,
+    training_levels,
 )
+from recsys_ebm.models._softmax_rbm_math import free_energy, hidden_input
+from recsys_ebm.models._softmax_rbm_user import pair_probs, user_energies
 from recsys_ebm.models.base import EpochCallback, Recommender, as_user_items, check_fit_inputs
 
 __all__ = ["ItemSoftmaxRBM", "SoftmaxRBM", "SoftmaxRBMConfig", "UserSoftmaxRBM"]
@@ -172,64 +177,30 @@ class SoftmaxRBM(Recommender):
 
     # ------------------------------------------------------------------ ratings <-> levels
     def _codes(self, m: sp.csr_matrix, name: str) -> sp.csr_matrix:
-        """Same pattern as ``m`` with data = level index + 1 (1..K), as int64 CSR.
+        """Same pattern as ``m`` with data = level index + 1 (1..K), as int64 CSR
+        (:func:`~recsys_ebm.models._softmax_rbm_levels.rating_codes`).
 
         Raises:
             ValueError: a stored value is not one of the model's rating levels.
         """
-        levels = self.rating_levels
-        assert levels is not None
-        data = m.data.astype(np.float64)
-        pos = np.clip(np.searchsorted(levels, data), 0, len(levels) - 1)
-        near = np.where(
-            (pos > 0) & (np.abs(levels[pos - 1] - data) < np.abs(levels[pos] - data)), pos - 1, pos
-        )
-        bad = ~np.isclose(levels[near], data, rtol=0, atol=1e-4)
-        if bad.any():
-            raise ValueError(
-                f"{name}: expected rating values in {levels.tolist()} (the CSR data are read as "
-                f"ratings), got {sorted(set(data[bad].tolist()))[:10]}"
-            )
-        if (
-            name == "user_items"
-            and data.size >= 20
-            and len(levels) > 2
-            and levels[0] == 1.0
-            and bool(np.all(data == 1.0))
-        ):
-            warnings.warn(
-                f"{name}: every value is 1.0, read as the lowest rating; pass rating values "
-                "(Dataset.history(split, values='rating')), not a binary interaction matrix",
-                DataWarning,
-                stacklevel=4,
-            )
-        return sp.csr_matrix((near + 1, m.indices, m.indptr), shape=m.shape, dtype=np.int64)
+        assert self.rating_levels is not None
+        return rating_codes(self.rating_levels, m, name)
 
     def _tensors(self, codes: sp.csr_matrix) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(rows, items, levels) (nnz,) int64 tensors of a level-code CSR block."""
-        rows = np.repeat(np.arange(codes.shape[0]), np.diff(codes.indptr))
-        return (
-            torch.as_tensor(rows, device=self.device),
-            torch.as_tensor(codes.indices.astype(np.int64), device=self.device),
-            torch.as_tensor(codes.data.astype(np.int64) - 1, device=self.device),
-        )
+        return level_tensors(codes, self.device)
 
     # ------------------------------------------------------------------ maths
     def init_params(self, n_items: int, generator: torch.Generator, codes: sp.csr_matrix) -> None:
         """W ~ N(0, init_std), c = 0, b_i^k = log of item i's smoothed level frequencies
-        (visible biases at the log base rates: Hinton 2010, sec. 8)."""
+        (visible biases at the log base rates: Hinton 2010, sec. 8; :func:`initial_params`)."""
         cfg = self.config
         assert self.rating_levels is not None
-        n_k = len(self.rating_levels)
         self.n_items = n_items
-        self.W = torch.randn(n_items, n_k, cfg.n_hidden, generator=generator) * cfg.init_std
-        counts = np.zeros((n_items, n_k))
-        np.add.at(counts, (codes.indices, codes.data - 1), 1.0)
-        prior = (counts.sum(0) + 1.0) / (counts.sum() + n_k)  # (K,) global level frequencies
-        freq = (counts + n_k * prior) / (counts.sum(1, keepdims=True) + n_k)  # n_k pseudo-counts
-        self.b = torch.as_tensor(np.log(freq), dtype=torch.float32)
-        self.c = torch.zeros(cfg.n_hidden)
-        self.W, self.b, self.c = (t.to(self.device) for t in (self.W, self.b, self.c))
+        params = initial_params(
+            n_items, len(self.rating_levels), cfg.n_hidden, cfg.init_std, generator, codes
+        )
+        self.W, self.b, self.c = (t.to(self.device) for t in params)
 
     def cd_step(
         self,
@@ -241,33 +212,16 @@ class SoftmaxRBM(Recommender):
         generator: torch.Generator | None,
         chain: torch.Tensor | None = None,
     ) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor | None]:
-        """CD-k (or PCD-k from ``chain`` levels) estimate of d log p(V) / d theta (paper eq. 6).
+        """CD-k (or PCD-k from ``chain`` levels) estimate of d log p(V) / d theta (paper eq. 6,
+        :func:`~recsys_ebm.models._softmax_rbm_cd.cd_gradients`).
 
         Returns (gradients averaged over the ``n_rows`` users, the chain's levels after k steps,
         the first reconstruction p(V | h) (nnz, K) or None).
         """
         assert self.W is not None and self.b is not None and self.c is not None
-        n_i, n_k, n_h = self.W.shape
-        ph0 = torch.sigmoid(hidden_input(rows, items, levels, n_rows, self.W, self.c))  # (B, H)
-        start = levels if chain is None else chain
-        lvk, phk, recon = gibbs_chain(
-            rows, items, start, n_rows, self.W, self.b, self.c, k, generator,
-            ph0 if chain is None else None,
-        )  # fmt: skip
-        f0, fk = items * n_k + levels, items * n_k + lvk  # flat (item, level) index, (nnz,)
-        # <V_i^k h_j>_data - <V_i^k h_j>_model, accumulated separately so CD-0 is exactly zero
-        size, kw = n_i * n_k, {"dtype": self.W.dtype, "device": self.W.device}
-        pos = torch.zeros(size, n_h, **kw).index_add_(0, f0, ph0[rows])  # (I*K, H)
-        neg = torch.zeros(size, n_h, **kw).index_add_(0, fk, phk[rows])
-        grads = {
-            "W": ((pos - neg) / n_rows).view(n_i, n_k, n_h),
-            "b": (torch.bincount(f0, minlength=size) - torch.bincount(fk, minlength=size))
-            .to(self.W.dtype)
-            .div(n_rows)
-            .view(n_i, n_k),
-            "c": (ph0.sum(0) - phk.sum(0)) / n_rows,
-        }
-        return grads, lvk, recon
+        return cd_gradients(
+            self.W, self.b, self.c, rows, items, levels, n_rows, k, generator, chain
+        )
 
     def _hidden_x(self, codes: sp.csr_matrix) -> torch.Tensor:
         rows, items, levels = self._tensors(codes)
@@ -275,18 +229,7 @@ class SoftmaxRBM(Recommender):
 
     def _pair_probs(self, codes: sp.csr_matrix, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
         """(P, K) p(r_col = k | the row's other ratings) for level-code histories."""
-        with torch.no_grad():
-            x = self._hidden_x(codes)
-            own = np.asarray(codes[rows, cols]).ravel().astype(np.int64) - 1  # -1 = unrated
-            logits = pair_logits(
-                x,
-                self.W,
-                self.b,
-                torch.as_tensor(rows, device=self.device),
-                torch.as_tensor(cols, device=self.device),
-                torch.as_tensor(own, device=self.device),
-            )
-            return torch.softmax(logits, dim=1).cpu().numpy()
+        return pair_probs(self, codes, rows, cols)
 
     def predict_from_codes(
         self, codes: sp.csr_matrix, rows: np.ndarray, cols: np.ndarray
@@ -301,18 +244,7 @@ class SoftmaxRBM(Recommender):
     ) -> tuple[sp.csr_matrix, np.ndarray, np.ndarray]:
         n_items = self._check_fitted()
         history = as_user_items(history, n_items, "history")
-        out = []
-        for name, arr, hi in (("rows", rows, history.shape[0]), ("cols", cols, n_items)):
-            arr = np.asarray(arr)
-            if arr.ndim != 1 or not (arr.size == 0 or np.issubdtype(arr.dtype, np.integer)):
-                raise ValueError(f"{name}: expected a 1-D integer array, got shape {arr.shape}")
-            if arr.size and (arr.min() < 0 or arr.max() >= hi):
-                raise ValueError(f"{name}: expected indices in [0, {hi}), got {arr.min()}..")
-            out.append(arr.astype(np.int64))
-        if out[0].shape != out[1].shape:
-            raise ValueError(
-                f"cols: expected as many entries as rows ({out[0].size}), got {out[1].size}"
-            )
+        out = check_pair_indices(rows, cols, history.shape[0], n_items)
         return self._codes(history, "history"), out[0], out[1]
 
     def rating_distribution(
@@ -404,18 +336,8 @@ class SoftmaxRBM(Recommender):
         from recsys_ebm.models._softmax_rbm_train import train_softmax_rbm
 
         train, valid = check_fit_inputs(train, valid)
-        values = np.unique(train.data.astype(np.float64))
-        if self.config.rating_levels:
-            self.rating_levels = np.asarray(self.config.rating_levels, dtype=np.float64)
-        elif values.size < 2:
-            raise ValueError(
-                f"train: expected rating values with at least 2 distinct levels, got "
-                f"{values.tolist()}; pass ratings (Dataset.ratings('train')), not binary "
-                "interactions"
-            )
-        else:
-            self.rating_levels = values
-        if 0.0 in values:
+        self.rating_levels = training_levels(train, self.config.rating_levels)
+        if 0.0 in train.data:
             raise ValueError("train: stored zeros are not ratings; drop them or shift the scale")
         codes = self._codes(train, "train")
         if valid is not None:
@@ -500,22 +422,7 @@ class UserSoftmaxRBM(SoftmaxRBM):
     def _energies_codes(
         self, codes: sp.csr_matrix, users: np.ndarray | None, items: np.ndarray | None
     ) -> torch.Tensor:
-        levels = torch.as_tensor(self.rating_levels, dtype=self.W.dtype, device=self.device)
-        with torch.no_grad():
-            x = self._hidden_x(codes)  # (B, H)
-            idx = None if items is None else torch.as_tensor(items, device=self.device)
-            logits = conditional_logits(x, self.W, self.b, idx)  # (B, I', K)
-            if codes.nnz:  # rated items: the exact leave-one-out conditional instead
-                coo = codes.tocoo()
-                keep, pos = column_positions(coo.col, items, self.n_items)
-                r, q, own = coo.row[keep], coo.col[keep], coo.data[keep] - 1
-                if len(r):
-                    t = [torch.as_tensor(a.astype(np.int64), device=self.device) for a in (r, q)]
-                    lo = torch.as_tensor(own.astype(np.int64), device=self.device)
-                    logits[t[0], torch.as_tensor(pos, device=self.device)] = pair_logits(
-                        x, self.W, self.b, t[0], t[1], lo
-                    )
-            return -(torch.softmax(logits, dim=2) @ levels)  # (B, I'): -E[rating]
+        return user_energies(self, codes, items)
 
 
 class ItemSoftmaxRBM(SoftmaxRBM):
@@ -569,21 +476,12 @@ class ItemSoftmaxRBM(SoftmaxRBM):
         out = super()._state_tensors()
         ctx = self.context  # the item cases' training ratings
         assert ctx is not None
-        out["context_indptr"] = torch.as_tensor(ctx.indptr.astype(np.int64))
-        out["context_indices"] = torch.as_tensor(ctx.indices.astype(np.int64))
-        out["context_levels"] = torch.as_tensor(ctx.data.astype(np.int64))
+        out.update(codes_to_tensors(ctx, "context"))
         return out
 
     def _load_state(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
         super()._load_state(tensors, meta)
-        self.context = sp.csr_matrix(
-            (
-                tensors["context_levels"].numpy(),
-                tensors["context_indices"].numpy(),
-                tensors["context_indptr"].numpy(),
-            ),
-            shape=(len(tensors["context_indptr"]) - 1, int(self.W.shape[0])),
-        )
+        self.context = codes_from_tensors(tensors, "context", int(self.W.shape[0]))
         self._by_user = None
 
 

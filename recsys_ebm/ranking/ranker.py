@@ -11,7 +11,8 @@ A :class:`Ranker` is itself a :class:`~recsys_ebm.models.base.Recommender`. Pipe
    user over the candidates and summed with weights learned on the validation split by a
    :class:`~recsys_ebm.ranking.blender.Blender` (usable on its own).
 4. **filters**: seen items, an exclude list, an allow list, genre predicates (item metadata kept
-   with the ranker) - applied in :meth:`Ranker.recommend`, so they are never violated.
+   with the ranker) - applied in :meth:`Ranker.recommend` (masks built by
+   :mod:`recsys_ebm.ranking._filters`), so they are never violated.
 5. **fallback**: a user with an empty history gets popularity energies, -log(1 + count).
 
 Components must index the same items (raw ids, in order) as each other and as the ranker's
@@ -33,7 +34,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Self
 
 import numpy as np
-import polars as pl
 import scipy.sparse as sp
 import torch
 
@@ -50,12 +50,19 @@ from recsys_ebm.models.base import (
     check_fit_inputs,
 )
 from recsys_ebm.models.capabilities import CandidateRetriever
+from recsys_ebm.ranking._filters import allowed_mask, genres_of, item_vocabulary
+from recsys_ebm.ranking._ranker_data import (
+    binary,
+    build_components,
+    check_same_items,
+    merge_valid,
+)
 from recsys_ebm.ranking.blender import Blender
 
 if TYPE_CHECKING:
     from recsys_ebm.data.dataset import Dataset
 
-__all__ = ["Ranker", "RankerConfig"]
+__all__ = ["Ranker", "RankerConfig", "check_same_items"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,7 +70,7 @@ class RankerConfig(Config):
     #: registry names (trained by the ranker) or saved model directories (used as they are).
     #: EASE + ALS + RBM + retriever: four strong single models with different inductive biases
     #: (item-item regression, low-rank factors, an energy-based latent model, a contrastive
-    #: two-tower EBM). On ML-100K test NDCG@10 this blend gives 0.4588 against 0.4527 without
+    #: two-tower EBM). On ML-100K test NDCG@10 this blend gives 0.4579 against 0.4527 without
     #: the retriever and 0.4443 for the best single model, EASE (benchmarks/README.md).
     components: tuple[str, ...] = ("ease", "als", "rbm", "retriever")
     #: per-component config overrides by registry name, e.g. {als = {factors = 32}}. The ALS
@@ -127,54 +134,8 @@ class Ranker(Recommender):
     def _build_components(
         self, n_items: int | None = None, dataset: Dataset | None = None
     ) -> list[tuple[Recommender, bool]]:
-        """(model, trainable) per configured component: names are built, directories loaded.
-
-        A loaded directory must index the items of ``dataset`` (when given, see
-        :func:`recsys_ebm.compat.check_model_matches_dataset`), else ``n_items`` of them, and
-        the loaded directories the same items as each other.
-        """
-        from recsys_ebm.compat import check_model_matches_dataset
-        from recsys_ebm.models import MODEL_PATHS, get_model_class, load_model
-
-        out = []
-        overrides = self.config.component_config or {}
-        for k, ref in enumerate(self.config.components):
-            if ref in MODEL_PATHS:
-                if ref == self.name:
-                    raise ConfigError("RankerConfig.components: a ranker cannot contain a ranker")
-                cls = get_model_class(ref)
-                out.append((cls(**overrides.get(ref, {})), True))
-            elif (Path(ref) / "model.json").is_file():
-                m = load_model(ref, device=self.config.device)
-                if dataset is not None:
-                    check_model_matches_dataset(
-                        m, dataset, argument=f"RankerConfig.components[{k}] ({ref})"
-                    )
-                elif n_items is not None and m.n_items != n_items:
-                    raise ValueError(
-                        f"components: {ref} was trained on {m.n_items} items, data has {n_items}"
-                    )
-                out.append((m, False))
-            else:
-                raise ConfigError(
-                    f"RankerConfig.components: {ref!r} is neither a model name "
-                    f"{sorted(MODEL_PATHS)} nor a saved model directory"
-                )
-        check_same_items([m for m, t in out if not t], "RankerConfig.components")
-        for m, _ in out:
-            if m.history_values != "binary":
-                raise ConfigError(
-                    f"RankerConfig.components: {m.name!r} ranks from ratings; the ranker blends "
-                    "models that rank from interaction histories"
-                )
-        if self.config.candidates == "retriever" and not any(
-            isinstance(m, CandidateRetriever) for m, _ in out
-        ):
-            raise ConfigError(
-                "RankerConfig.candidates: 'retriever' needs a component with retrieve() "
-                "(e.g. components = [..., 'retriever'])"
-            )
-        return out
+        """(model, trainable) per configured component (:func:`build_components`)."""
+        return build_components(self.config, self.name, n_items, dataset)
 
     def _callback(self, k: int, comp: Recommender, cb: EpochCallback | None) -> Any:
         if cb is None:
@@ -195,7 +156,7 @@ class Ranker(Recommender):
         for k, (m, trainable) in enumerate(built):
             if trainable:
                 m.fit(train, valid, callback=self._callback(k, m, callback))
-        full = train if valid is None else _binary(train + valid)
+        full = train if valid is None else binary(train + valid)
         self._finish(
             built, train, valid, np.arange(train.shape[0]), full, callback, lambda m: m.fit(full)
         )
@@ -222,7 +183,7 @@ class Ranker(Recommender):
         check_same_items(models, "models")
         if valid is not None:
             valid = as_user_items(valid, train.shape[1], "valid")
-        full = train if valid is None else _binary(train + valid)
+        full = train if valid is None else binary(train + valid)
         built = [(m, False) for m in models]
         ranker._finish(built, train, valid, np.arange(train.shape[0]), full, callback, None)
         # the blended vocabulary (checked equal above), so serving can check it against data
@@ -239,7 +200,7 @@ class Ranker(Recommender):
             if trainable:
                 m.fit_dataset(dataset, callback=self._callback(k, m, callback))
         valid = dataset.valid if dataset.valid is not None and dataset.valid.nnz else None
-        merged = _merge_valid(dataset) if valid is not None and self.config.refit else None
+        merged = merge_valid(dataset) if valid is not None and self.config.refit else None
         self._finish(
             built,
             dataset.history("valid"),
@@ -250,7 +211,7 @@ class Ranker(Recommender):
             lambda m: m.fit_dataset(merged),
         )
         self.item_vocab, self.user_vocab = dataset.item_vocab, dataset.user_vocab
-        self.item_genres = _genres(dataset)
+        self.item_genres = genres_of(dataset)
         return self
 
     def _finish(
@@ -427,40 +388,14 @@ class Ranker(Recommender):
         )
 
     def _allowed_mask(self, allow: Any, genres_any: Any) -> np.ndarray:
-        n_items = int(self.n_items)
-        ok = np.ones(n_items, dtype=bool)
-        cfg = self.config
-        if cfg.exclude_items or cfg.allow_items:
-            vocab = self._item_vocabulary()  # unknown config ids match nothing
-            excl = vocab.index(list(cfg.exclude_items), unknown="missing")
-            ok[excl[excl >= 0]] = False
-            if cfg.allow_items:
-                keep = np.zeros(n_items, dtype=bool)
-                allow_idx = vocab.index(list(cfg.allow_items), unknown="missing")
-                keep[allow_idx[allow_idx >= 0]] = True
-                ok &= keep
-        if allow is not None:
-            a = np.asarray(allow, dtype=np.int64).ravel()
-            if a.size and (a.min() < 0 or a.max() >= n_items):
-                raise ValueError(f"allow: item indices must lie in [0, {n_items}), got {a}")
-            keep = np.zeros(n_items, dtype=bool)
-            keep[a] = True
-            ok &= keep
-        wanted = set(cfg.genres_any) | set(genres_any or ())
-        if wanted:
-            if self.item_genres is None:
-                raise ValueError(
-                    "genres_any: this ranker has no item metadata (fit it with fit_dataset on a "
-                    "dataset that has genres)"
-                )
-            ok &= np.array([bool(wanted & set(g)) for g in self.item_genres], dtype=bool)
-        return ok
+        """(I,) bool: items the business filters let through (:func:`allowed_mask`)."""
+        return allowed_mask(
+            self.config, int(self.n_items), self.item_vocab, self.item_genres, allow, genres_any
+        )
 
     def _item_vocabulary(self) -> Vocabulary:
         """The item vocabulary, or item indices as ids when the ranker saved none."""
-        if self.item_vocab is not None:
-            return self.item_vocab
-        return Vocabulary(np.arange(int(self.n_items)), name="item")
+        return item_vocabulary(self.item_vocab, int(self.n_items))
 
     # ------------------------------------------------------------------ persistence
     def _state_tensors(self) -> dict[str, torch.Tensor]:
@@ -514,68 +449,3 @@ class Ranker(Recommender):
         if (path / "item_genres.json").is_file():
             model.item_genres = json.loads((path / "item_genres.json").read_text())
         return model
-
-
-def check_same_items(
-    models: list[Any], argument: str, *, ref_ids: Any = None, ref: str = ""
-) -> None:
-    """Raise ValueError unless the models index the same items (and ``ref_ids`` when given).
-
-    Saved item ids are compared where a model has them (same raw ids in the same order); a model
-    without ids is compared by the fingerprint of the dataset it was trained on, if any.
-    """
-    want = None if ref_ids is None else Vocabulary(ref_ids, name="item")
-    fps: dict[str, str] = {}  # dataset fingerprint -> first model trained on it
-    for k, m in enumerate(models):
-        who = f"{argument}[{k}] ({getattr(m, 'name', None) or type(m).__name__})"
-        mine = getattr(m, "item_vocab", None)
-        if mine is None:
-            fp = (getattr(m, "fit_info", None) or {}).get("dataset_fingerprint")
-            if fp is not None:
-                fps.setdefault(fp, who)
-            continue
-        if want is None:
-            want, ref = mine, who
-        elif (diff := mine.first_difference(want)) is not None:  # the Vocabulary id rule
-            got = mine.ids[diff] if diff < len(mine) else "(none)"
-            exp = want.ids[diff] if diff < len(want) else "(none)"
-            raise ValueError(
-                f"{who}: its item vocabulary differs from {ref}'s (first difference at item "
-                f"index {diff}: {got!r} vs {exp!r}); a ranker blends models trained on the "
-                "same items"
-            )
-    if want is None and len(fps) > 1:
-        (a, who_a), (b, who_b) = list(fps.items())[:2]
-        raise ValueError(
-            f"{who_b}: trained on dataset {b}, {who_a} on dataset {a}, and neither saved its "
-            "item ids to compare; a ranker blends models trained on the same items"
-        )
-
-
-def _binary(m: sp.csr_matrix) -> sp.csr_matrix:
-    m = sp.csr_matrix(m, dtype=np.float32)
-    m.data[:] = 1.0
-    return m
-
-
-def _merge_valid(dataset: Dataset) -> Dataset:
-    """The dataset with valid folded into train and no valid split (for the final refit).
-
-    A new :class:`Dataset` built from the public fields (``dataclasses.replace`` runs its
-    constructor), so it caches its own matrices and shares none with ``dataset``.
-    """
-    inter = dict(dataset.interactions)
-    inter["train"] = pl.concat([inter["train"], inter.pop("valid")], how="vertical_relaxed")
-    return dataclasses.replace(dataset, interactions=inter)
-
-
-def _genres(dataset: Dataset) -> list[list[str]] | None:
-    meta = dataset.item_metadata
-    if meta is None or "genres" not in meta.columns:
-        return None
-    out: list[list[str]] = [[] for _ in range(dataset.n_items)]
-    pos = dataset.item_index(meta["item_id"], unknown="missing")  # -1: not in the catalogue
-    for k, g in zip(pos.tolist(), meta["genres"].to_list(), strict=True):
-        if k >= 0:
-            out[k] = [str(x) for x in (g or [])]
-    return out
