@@ -43,45 +43,98 @@ def _recommend(
     ]
 
 
-def _interrupted_job(w: World, t: Path) -> list[str]:
-    """A job with --n 5 killed after one chunk; then resumed with --n 3."""
-    from recsys_ebm.batch import model_version, run_batch
-    from recsys_ebm.data.dataset import Dataset
-    from recsys_ebm.models import load_model
+def same_items_dataset(w: World) -> Path:
+    """:func:`dataset`'s log plus one new user of its items: the same items, other users."""
 
-    class Killed(Exception):
-        pass
+    def build(w: World) -> Path:
+        import polars as pl
 
-    class KillAfterOneChunk:
-        def __init__(self, model):
-            self.model, self.calls = model, 0
+        from recsys_ebm.data.prepare import prepare_dataset
 
-        def __getattr__(self, name):
-            return getattr(self.model, name)
+        log = pl.read_csv(log_csv(w))
+        new_user = pl.lit(999_999, dtype=log["user_id"].dtype).alias("user_id")
+        first = log.head(4).with_columns(new_user)
+        p = w.dir("logs") / "log-one-more-user.csv"
+        pl.concat([log, first.select(log.columns)]).write_csv(p)
+        out = w.root / "data-one-more-user"
+        prepare_dataset(p, seed=0).save(out)
+        return out
 
-        def recommend(self, *args, **kwargs):
-            self.calls += 1
-            if self.calls > 1:
-                raise Killed
-            return self.model.recommend(*args, **kwargs)
+    return w.get("same_items_dataset", build)
 
-    model_dir = popularity_model(w)
-    version = model_version(model_dir)
-    try:
-        run_batch(
-            KillAfterOneChunk(load_model(model_dir)),
-            Dataset.load(dataset(w)),
-            t / "recs.parquet",
-            n=5,
-            chunk_size=20,
-            version=version,
-            model_hash=version,
-            progress=False,
+
+def ease_model(w: World) -> Path:
+    """An EASE model on :func:`dataset`: another model for the same items."""
+
+    def build(w: World) -> Path:
+        from recsys_ebm.data.dataset import Dataset
+        from recsys_ebm.models.ease import EASE
+
+        ds = Dataset.load(dataset(w))
+        m = EASE(l2=10.0, l2_grid=(), device="cpu").fit(ds.train)
+        m.item_ids = ds.item_ids
+        out = w.root / "model-ease"
+        m.save(out)
+        return out
+
+    return w.get("ease_model", build)
+
+
+def _resumed(change: str):
+    """A job with --n 5 killed after one chunk, resumed with one thing changed."""
+
+    def argv(w: World, t: Path) -> list[str]:
+        from recsys_ebm.batch import model_version, run_batch
+        from recsys_ebm.data.dataset import Dataset
+        from recsys_ebm.models import load_model
+
+        class Killed(Exception):
+            pass
+
+        class KillAfterOneChunk:
+            def __init__(self, model):
+                self.model, self.calls = model, 0
+
+            def __getattr__(self, name):
+                return getattr(self.model, name)
+
+            def recommend(self, *args, **kwargs):
+                self.calls += 1
+                if self.calls > 1:
+                    raise Killed
+                return self.model.recommend(*args, **kwargs)
+
+        model_dir = popularity_model(w)
+        version = model_version(model_dir)
+        try:
+            run_batch(
+                KillAfterOneChunk(load_model(model_dir)),
+                Dataset.load(dataset(w)),
+                t / "recs.parquet",
+                n=5,
+                chunk_size=20,
+                version=version,
+                model_hash=version,
+                progress=False,
+            )
+        except Killed:
+            pass
+        assert (t / "recs.parquet.parts" / "chunk-000000.parquet").is_file()
+        args = _recommend(
+            w,
+            t,
+            "--n",
+            "3" if change == "n" else "5",
+            "--chunk-size",
+            "20",
+            "--resume",
+            data=same_items_dataset(w) if change == "data" else None,
         )
-    except Killed:
-        pass
-    assert (t / "recs.parquet.parts" / "chunk-000000.parquet").is_file()
-    return _recommend(w, t, "--n", "3", "--chunk-size", "20", "--resume")
+        if change == "model":
+            args[args.index("--model") + 1] = str(ease_model(w))
+        return args
+
+    return argv
 
 
 def _history(body: str):
@@ -140,8 +193,20 @@ CASES = [
     ),
     Case(
         id="batch-resume-after-n-changed",
-        argv=_interrupted_job,
+        argv=_resumed("n"),
         expect=("--resume", "option n changed (5 -> 3)"),
+        absent=_recs,
+    ),
+    Case(
+        id="batch-resume-after-dataset-changed",
+        argv=_resumed("data"),
+        expect=("--resume", "the --data changed"),
+        absent=_recs,
+    ),
+    Case(
+        id="batch-resume-after-model-changed",
+        argv=_resumed("model"),
+        expect=("--resume", "the model changed"),
         absent=_recs,
     ),
     Case(
