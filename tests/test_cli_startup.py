@@ -64,10 +64,13 @@ def test_package_import_is_lazy_but_complete():
 
 
 def test_prepare_choices_match_the_data_layer():
-    """cli/prepare.py copies FORMATS and SPLITS to stay light: the copies must not drift."""
+    """One definition of the formats and splits (data/prepare_options.py, light to import): the
+    readers, the splits and the CLI's --help read the same tuples, so they cannot drift."""
     from recsys_ebm.cli import prepare
+    from recsys_ebm.data import prepare_options
     from recsys_ebm.data.readers import FORMATS
     from recsys_ebm.data.splits import SPLITS
 
-    assert prepare.FORMATS == FORMATS
-    assert prepare.SPLITS == SPLITS
+    assert prepare.FORMATS is FORMATS is prepare_options.FORMATS
+    assert prepare.SPLITS is SPLITS is prepare_options.SPLITS
+    assert "adjacency" in FORMATS and "predefined" in SPLITS

@@ -16,8 +16,8 @@ __all__ = ["DEFAULT_INPUT", "FORMATS", "PrepareOptions", "SPLITS", "check_fracti
 #: The bundled MovieLens ml-latest-small (GroupLens licence: see data/ml-latest-small/README.txt).
 DEFAULT_INPUT = Path(__file__).resolve().parents[2] / "data" / "ml-latest-small" / "ratings.csv"
 
-# copies of recsys_ebm.data.readers.FORMATS and recsys_ebm.data.splits.SPLITS (those modules
-# import polars / numpy); tests/test_cli_startup.py checks that the copies match
+# the one definition of the input formats and splits (readers and splits import them from here:
+# this module imports no polars or numpy, so the CLI's --help can read them cheaply)
 FORMATS = (
     "auto",
     "ml-100k",

@@ -29,6 +29,7 @@ from pathlib import Path
 import polars as pl
 
 from recsys_ebm.data._metadata import read_item_metadata
+from recsys_ebm.data.prepare_options import FORMATS
 from recsys_ebm.diagnostics import DataError
 
 __all__ = [
@@ -40,17 +41,6 @@ __all__ = [
     "read_item_metadata",
 ]
 
-FORMATS = (
-    "auto",
-    "ml-100k",
-    "ml-1m",
-    "ml-latest",
-    "movietweetings",
-    "csv",
-    "tsv",
-    "parquet",
-    "adjacency",
-)
 _CANONICAL_INT = r"^(0|-?[1-9][0-9]{0,17})$"
 #: Largest accepted |rating|. Ratings are scores on a small scale (stars, 1-10, likes); a value
 #: beyond this is a unit or parsing error, and the softmax RBM would make it a rating level.

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from recsys_ebm.data.prepare_options import SPLITS
+
 __all__ = [
     "pair_keys",
     "FOLD_IN",
@@ -29,7 +31,6 @@ __all__ = [
 
 TRAIN, VALID, TEST, FOLD_IN = 0, 1, 2, 3
 PART_NAMES = {TRAIN: "train", VALID: "valid", TEST: "test", FOLD_IN: "fold_in"}
-SPLITS = ("random", "temporal", "leave-last-k", "users", "predefined")
 
 
 def _splitmix64(x: np.ndarray) -> np.ndarray:
