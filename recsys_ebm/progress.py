@@ -31,6 +31,7 @@ import math
 import os
 import sys
 import time
+import weakref
 from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
 from typing import IO, Any, Generic, TypeVar
@@ -41,7 +42,10 @@ T = TypeVar("T")
 
 DEFAULT_INTERVAL = 30.0  # seconds between lines in a log: frequent enough to show life, not spam
 _ENV = "RECSYS_EBM_PROGRESS_INTERVAL"
-_last_line: dict[int, float] = {}  # id(stream) -> monotonic time of the last line (shared throttle)
+# stream -> monotonic time of its last line (the shared throttle). Weak keys: a stream that is gone
+# takes its entry with it, so a new stream never inherits an old one's time through a reused id()
+_last_line: weakref.WeakKeyDictionary[Any, float] = weakref.WeakKeyDictionary()
+_last_line_by_id: dict[int, float] = {}  # streams that take no weak reference
 
 
 def _default_interval() -> float:
@@ -211,10 +215,14 @@ class Progress(Generic[T]):
 
     def _emit(self, text: str, *, force: bool) -> None:
         now = time.monotonic()
-        key = id(self.stream)
-        if not force and now - _last_line.get(key, -math.inf) < self.interval:
+        try:
+            last, table, key = _last_line.get(self.stream, -math.inf), _last_line, self.stream
+        except TypeError:  # no weak reference to this stream
+            key = id(self.stream)
+            last, table = _last_line_by_id.get(key, -math.inf), _last_line_by_id
+        if not force and now - last < self.interval:
             return
-        _last_line[key] = now
+        table[key] = now
         stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         try:
             self.stream.write(f"{stamp} recsys-ebm {self.desc}: {text}\n")

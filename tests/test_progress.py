@@ -56,7 +56,21 @@ def test_inner_bars_print_no_start_or_final_line():
         range(5), desc="validate rbm", unit="block", interval=3600, stream=out, leave=False
     ):
         pass
-    assert out.getvalue() == ""
+    lines = out.getvalue().splitlines()
+    # a fresh stream: the first update is due at once, then the hour-long interval holds
+    assert len(lines) == 1 and lines[0].endswith("validate rbm: block 1/5 eta 0s")
+    assert not any("started" in line or "done in" in line for line in lines)
+
+
+def test_the_throttle_is_per_stream_and_a_new_stream_starts_fresh():
+    """Regression: the throttle was keyed on id(stream), so a new stream that reused a freed
+    one's id inherited its last-line time and printed nothing (failed in CI, passed locally)."""
+    for _ in range(20):  # freed streams' ids are reused; each new one must still get its line
+        out = io.StringIO()
+        for _ in progress(range(3), desc="d", unit="u", interval=3600, stream=out, leave=False):
+            pass
+        assert len(out.getvalue().splitlines()) == 1
+        del out
 
 
 def test_terminal_gets_a_tqdm_bar_not_log_lines():
