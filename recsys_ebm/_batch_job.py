@@ -40,7 +40,6 @@ __all__ = [
     "Progress",
     "check_output_path",
     "chunk_path",
-    "file_sha256",
     "job_changes",
     "merge_chunks",
     "model_fingerprint",
@@ -319,14 +318,6 @@ def merge_chunks(parts: Path, manifest: dict[str, Any], out: Path, n_users: int,
 
 
 # ---------------------------------------------------------------------------------- fingerprints
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def model_fingerprint(model: Any) -> str:
     """sha256 (16 hex) over a fitted model's name, config, item count and state tensors, and its
     components' (a ranker's), for library callers that have no model directory to hash."""

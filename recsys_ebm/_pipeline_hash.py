@@ -32,10 +32,11 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from recsys_ebm.io import HASH_BLOCK, sha256_file
+
 __all__ = ["BLOCK", "CACHE_NAME", "RACY_NS", "HashCache", "input_state", "stage_digest"]
 
-#: bytes read at a time when hashing a file
-BLOCK = 1 << 20
+BLOCK = HASH_BLOCK  # bytes read at a time when hashing a file (recsys_ebm.io)
 #: the cache of input-file hashes, in ``RUN_DIR/.stages/`` beside the stage stamps
 CACHE_NAME = "input-hashes.json"
 #: files changed this recently (ns) before hashing are hashed again next time, not cached
@@ -45,15 +46,6 @@ _CACHE_VERSION = 1
 
 def _key(st: os.stat_result) -> list[int]:
     return [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev]
-
-
-def sha256_file(path: Path) -> str:
-    """The sha256 of a file's content, read in :data:`BLOCK`-byte blocks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(BLOCK):
-            h.update(block)
-    return h.hexdigest()
 
 
 class HashCache:

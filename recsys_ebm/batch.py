@@ -47,7 +47,6 @@ from recsys_ebm._batch_job import (
     OutputBusyError,
     Progress,
     chunk_path,
-    file_sha256,
     merge_chunks,
     model_fingerprint,
     open_parts,
@@ -57,7 +56,7 @@ from recsys_ebm._batch_job import (
 )
 from recsys_ebm.compat import check_model_matches_dataset
 from recsys_ebm.data.vocab import Vocabulary
-from recsys_ebm.io import atomic_file, write_parquet
+from recsys_ebm.io import atomic_file, sha256_file, update_hash, write_parquet
 
 __all__ = [
     "BatchIntegrityError",
@@ -116,7 +115,8 @@ def model_version(model_dir: Path) -> str:
     meta = read_model_json(Path(model_dir) / "model.json")
     h = hashlib.sha256()
     for f in sorted(p for p in Path(model_dir).rglob("*") if p.is_file()):
-        h.update(str(f.relative_to(model_dir)).encode() + b"\0" + f.read_bytes())
+        h.update(str(f.relative_to(model_dir)).encode() + b"\0")
+        update_hash(h, f)  # streamed: the same digest as hashing name + bytes at once
     return f"{meta['model']}-{h.hexdigest()[:12]}"
 
 
@@ -338,7 +338,7 @@ def _score(
         "model": model_hash or model_fingerprint(model),
         "dataset": dataset.fingerprint or f"unfingerprinted {dataset.n_users}x{dataset.n_items}",
         "users": hashlib.sha256(f"{user_dtype}\n{selected}".encode()).hexdigest()[:16],
-        "history": None if history_file is None else file_sha256(history_file)[:16],
+        "history": None if history_file is None else sha256_file(history_file)[:16],
         "options": {
             "n": n,
             "shard": f"{shard[0]}/{shard[1]}",

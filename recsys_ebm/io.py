@@ -20,6 +20,8 @@ __all__ = [
     "load_checkpoint",
     "resume_checkpoint",
     "save_checkpoint",
+    "sha256_file",
+    "update_hash",
     "write_parquet",
 ]
 
@@ -136,6 +138,26 @@ def atomic_file(path: str | Path, *, overwrite: bool = True) -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
         raise
     os.replace(tmp, path)
+
+
+#: bytes read at a time when hashing a file
+HASH_BLOCK = 1 << 20
+
+
+def update_hash(h: Any, path: str | Path) -> Any:
+    """Feed ``path``'s content into the hashlib object ``h`` in :data:`HASH_BLOCK`-byte blocks
+    (never the whole file in memory); returns ``h``."""
+    with open(path, "rb") as f:
+        while block := f.read(HASH_BLOCK):
+            h.update(block)
+    return h
+
+
+def sha256_file(path: str | Path) -> str:
+    """The sha256 (hex) of a file's content, streamed."""
+    import hashlib
+
+    return update_hash(hashlib.sha256(), path).hexdigest()
 
 
 def write_parquet(frame: Any, path: str | Path) -> None:
