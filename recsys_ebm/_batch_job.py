@@ -30,7 +30,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from recsys_ebm.io import atomic_file
+from recsys_ebm.io import LockHeld, acquire_lock, atomic_file
 
 __all__ = [
     "MANIFEST",
@@ -116,45 +116,20 @@ def output_lock(out: Path) -> Iterator[None]:
 
 
 def _acquire(path: Path, out: Path) -> int:
-    import fcntl
-
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise ValueError(f"out: cannot create the directory of {out}: {exc}") from exc
-    for _ in range(20):
-        try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError as exc:
-            raise ValueError(
-                f"out: cannot create files beside {out} ({exc.strerror}: {path})"
-            ) from exc
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise OutputBusyError(
-                f"out: another job holds {out} (lock {path}{_holder(path)}); wait for it to "
-                "finish, or choose another `out`"
-            ) from None
-        try:
-            same = os.stat(path).st_ino == os.fstat(fd).st_ino
-        except FileNotFoundError:
-            same = False
-        if same:
-            os.ftruncate(fd, 0)
-            os.write(fd, f"{os.getpid()}\n".encode())
-            return fd
-        os.close(fd)  # the holder released and removed it meanwhile: take the new one
-    raise OutputBusyError(f"out: could not lock {out} ({path} keeps changing)")
-
-
-def _holder(path: Path) -> str:
     try:
-        pid = path.read_text().strip()
-    except OSError:
-        return ""
-    return f", held by process {pid}" if pid.isdigit() else ""
+        return acquire_lock(path)
+    except LockHeld as exc:
+        by = f", held by process {exc.holder}" if exc.holder else ""
+        raise OutputBusyError(
+            f"out: another job holds {out} (lock {path}{by}); wait for it to "
+            "finish, or choose another `out`"
+        ) from None
+    except OSError as exc:
+        raise ValueError(f"out: cannot create files beside {out} ({exc.strerror}: {path})") from exc
 
 
 def remove_stale_temporaries(out: Path) -> list[Path]:

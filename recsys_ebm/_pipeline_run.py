@@ -8,7 +8,6 @@ outputs with the first one's. The kernel drops the lock when its holder dies, ev
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 from collections.abc import Iterable, Iterator
@@ -49,22 +48,19 @@ def lock_run_dir(run_dir: Path) -> Iterator[Path]:
         RunDirLocked: another process holds it; the message names the run directory and,
             when known, the holder's process id.
     """
+    from recsys_ebm.io import LockHeld, acquire_lock
+
     run_dir.mkdir(parents=True, exist_ok=True)
     lock = run_dir / LOCK_NAME
-    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
-            by = f" (pid {holder})" if holder.isdigit() else ""
-            raise RunDirLocked(
-                f"run directory {run_dir} is in use: another `recsys-ebm run`{by} holds its "
-                f"lock {lock}; wait for it to finish or choose another --run-dir"
-            ) from None
-        # the holder's pid, for the message above (the lock itself is the flock, not the text)
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        fd = acquire_lock(lock)  # writes our pid, for the message below
+    except LockHeld as exc:
+        by = f" (pid {exc.holder})" if exc.holder else ""
+        raise RunDirLocked(
+            f"run directory {run_dir} is in use: another `recsys-ebm run`{by} holds its "
+            f"lock {lock}; wait for it to finish or choose another --run-dir"
+        ) from None
+    try:
         yield lock
     finally:
         os.close(fd)  # releases the flock

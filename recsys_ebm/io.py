@@ -13,6 +13,8 @@ from typing import Any
 
 __all__ = [
     "CHECKPOINT",
+    "LockHeld",
+    "acquire_lock",
     "atomic_dir",
     "atomic_file",
     "checkpoint_fingerprint",
@@ -138,6 +140,48 @@ def atomic_file(path: str | Path, *, overwrite: bool = True) -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
         raise
     os.replace(tmp, path)
+
+
+class LockHeld(Exception):
+    """Another process holds the lock; ``holder`` is its process id as it wrote it ("" unknown)."""
+
+    def __init__(self, path: Path, holder: str) -> None:
+        super().__init__(f"{path} is locked" + (f" by process {holder}" if holder else ""))
+        self.path, self.holder = path, holder
+
+
+def acquire_lock(path: str | Path) -> int:
+    """Take the exclusive ``flock`` of ``path`` (created if absent) without waiting; returns the
+    open descriptor (closing it releases the lock) after writing this process's id into it.
+
+    Safe against a holder that unlinks the file as it releases it: the lock is retried until the
+    locked descriptor is the file at ``path`` (same inode).
+
+    Raises:
+        LockHeld: another process holds it (with the pid it wrote, when readable).
+        OSError: the lock file cannot be created.
+    """
+    import fcntl
+
+    path = Path(path)
+    for _ in range(20):
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)  # the umask applies
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
+            os.close(fd)
+            raise LockHeld(path, holder if holder.isdigit() else "") from None
+        try:
+            same = os.stat(path).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+            return fd
+        os.close(fd)  # the holder released and removed it meanwhile: take the new one
+    raise LockHeld(path, "")
 
 
 #: bytes read at a time when hashing a file

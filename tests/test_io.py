@@ -70,3 +70,34 @@ def test_outputs_refuse_the_wrong_kind_of_existing_path(tmp_path):
         tmp_path / "file", overwrite=True
     ):
         pass
+
+
+def test_a_lock_held_by_another_process_names_it_and_is_free_once_it_exits(tmp_path):
+    from recsys_ebm.io import LockHeld, acquire_lock
+
+    lock = tmp_path / "x.lock"
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys; from recsys_ebm.io import acquire_lock\n"
+            f"fd = acquire_lock({str(lock)!r}); print('locked', flush=True); sys.stdin.read()",
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(LockHeld) as err:
+            acquire_lock(lock)
+        assert err.value.holder == str(holder.pid)
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=60)
+        holder.stdout.close()
+    fd = acquire_lock(lock)  # released when its holder exited
+    try:
+        assert lock.read_text().strip() == str(os.getpid())
+    finally:
+        os.close(fd)
