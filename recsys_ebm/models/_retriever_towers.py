@@ -168,9 +168,11 @@ class TwoTower(nn.Module):
             w = torch.exp(s - s.max().detach())  # (I,) in (e^-2B, 1]: safe in fp32
         else:
             w = torch.ones(v.shape[0], device=v.device, dtype=v.dtype)
-        # sparse products in fp32 (no bf16 sparse kernels under autocast)
-        num = torch.sparse.mm(history, (v * w[:, None]).float())  # (B, D) sum_j w_j g_j
-        den = torch.sparse.mm(history, w[:, None].float())  # (B, 1) sum_j w_j
+        # sparse products in fp32, outside autocast: CUDA has no bf16 sparse addmm, and autocast
+        # would cast the fp32 operands back to bf16 (first CUDA run: NotImplementedError)
+        with torch.autocast(v.device.type, enabled=False):
+            num = torch.sparse.mm(history, (v * w[:, None]).float())  # (B, D) sum_j w_j g_j
+            den = torch.sparse.mm(history, w[:, None].float())  # (B, 1) sum_j w_j
         h = num / den.clamp_min(1e-12)  # empty history -> 0
         if self.user_emb is not None and users is not None:
             known = users >= 0
