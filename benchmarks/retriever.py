@@ -1,6 +1,7 @@
 """Retriever benchmark: quality on MovieLens 100K beside ALS and EASE, training and serving speed.
 
-    python benchmarks/retriever.py [--ml100k PATH] [--search] [--skip-quality] [--threads N]
+    python benchmarks/retriever.py [--ml100k PATH] [--search] [--ablation] [--skip-quality]
+        [--threads N]
 
 Quality: per-user random split (20% test, 10% valid) with seed 0, the protocol of
 ``benchmarks/rbm.py``. Every model is fitted on train (the retriever early-stops on validation
@@ -14,6 +15,13 @@ as a new user from 5 of their training items; the test split is not read).
 
 ``--threads 1`` on a shared CPU: torch's OpenMP threads spinning against other processes made an
 epoch ~10x slower there. Figures are deterministic at one thread.
+
+``--ablation``: the user-level objective's changes, one at a time, on ML-100K (when present),
+ml-latest-small and movietweetings-100k (bundled), same split. Each row early-stops on
+validation (train only), prints the best validation NDCG@10 (what chose the defaults), the best
+epoch and the fit seconds, then the test NDCG@10 of a refit on train + valid for that many epochs
+(``Retriever(epochs=best + 1, patience=0)``, the protocol of ``benchmarks/quality.py``): test is
+reported only, never used to choose. EASE (L2 chosen on validation, refitted) is the reference.
 
 Serving: users per second for full-catalogue top-100 through ``recommend`` (history encoding,
 energies, seen-item masking, top-k), on ML-100K and on a synthetic 20,000-item catalogue, and the
@@ -34,9 +42,10 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# The validation search behind RetrieverConfig's defaults, in the order it was run; each entry
-# overrides the (final) defaults. Rounds: temperature x logQ and regularisation on the earlier
-# untied D=64 model; then tied tables; then D=128. Two seed repeats gauge the noise.
+# The validation search behind RetrieverConfig's tower/tau defaults (objective="interaction",
+# B 512, lr 1e-3, 40 epochs, patience 5), in the order it was run; each entry overrides the
+# defaults. Rounds: temperature x logQ and regularisation on the earlier untied D=64 model; then
+# tied tables; then D=128. Two seed repeats gauge the noise.
 _UNTIED = {"embedding_size": 64, "tie_embeddings": False, "history_dropout": 0.0}
 _TIED64 = {"embedding_size": 64, "history_dropout": 0.0}
 SEARCH: list[dict[str, Any]] = [
@@ -61,6 +70,26 @@ SEARCH: list[dict[str, Any]] = [
     {},  # the chosen defaults: tied, D=128, tau 0.2, logQ correction, history dropout 0.5
     {"history_dropout": 0.0, "batch_size": 1024},
 ]
+
+
+# --ablation rows: (label, overrides); each row changes one thing from the row named in its label
+_OLD = {"objective": "interaction", "batch_size": 512, "learning_rate": 1e-3, "epochs": 40}
+_OLD_STOP = {"patience": 5}
+ABLATION: list[tuple[str, dict[str, Any]]] = [
+    ("interaction InfoNCE (the earlier defaults)", {**_OLD, **_OLD_STOP}),
+    (
+        "user-level catalogue softmax, one shared softmax",
+        {"target_softmax": "shared"},
+    ),
+    ("  + each target vs the non-positives = the defaults", {}),
+    ("defaults, B 256, lr 3e-3", {"batch_size": 256, "learning_rate": 3e-3}),
+    ("defaults, holdout_fraction 0.3", {"holdout_fraction": 0.3}),
+    ("defaults, temperature 0.1", {"temperature": 0.1}),
+    ("defaults, attention pooling", {"pooling": "attention"}),
+    ("defaults, no genres", {"use_metadata": False}),
+]
+DATASETS = {"ml-100k": None, "ml-latest-small": "data/ml-latest-small"}
+DATASETS["movietweetings-100k"] = "data/movietweetings-100k"
 
 
 def _dataset(ml: Path) -> Any:
@@ -103,7 +132,8 @@ def search(ml: Path) -> None:
         f"valid {ds.valid.nnz:,} NDCG@10, 40 epochs max, patience 5)"
     )
     for overrides in SEARCH:
-        model = Retriever(epochs=40, patience=5, progress=False, **overrides)
+        # the search of the interaction objective: its B, lr and epochs, whatever the defaults
+        model = Retriever(**{**_OLD, "patience": 5, "progress": False, **overrides})
         t0 = time.perf_counter()
         model.fit_dataset(ds)
         info = model.fit_info
@@ -115,6 +145,51 @@ def search(ml: Path) -> None:
             f"{overrides or 'defaults'}",
             flush=True,
         )
+
+
+def _split(path: Path) -> Any:
+    from recsys_ebm.data.prepare import prepare_dataset
+
+    return prepare_dataset(path, split="random", test_fraction=0.2, valid_fraction=0.1, seed=0)
+
+
+def ablation(ml: Path, only: list[str] | None = None) -> None:
+    """Print the ablation table (module docstring) for each dataset."""
+    from recsys_ebm.evaluation.protocol import evaluate_ranking
+    from recsys_ebm.models.ease import EASE
+    from recsys_ebm.models.retriever import Retriever
+    from recsys_ebm.ranking._ranker_data import merge_valid
+
+    for name, rel in DATASETS.items():
+        path = ml if rel is None else ROOT / rel
+        if (only and name not in only) or not path.exists():
+            continue
+        ds = _split(path)
+        full = merge_valid(ds)
+        hist = ds.history("test")
+        print(
+            f"{name}: {ds.n_users} users x {ds.n_items} items, train {ds.train.nnz:,}", flush=True
+        )
+        ease = EASE(progress=False).fit(ds.train, ds.valid)
+        l2 = ease.fit_info["l2"]
+        best_v = max(ease.fit_info["valid_ndcg@10_by_l2"].values())
+        refit = EASE(l2=l2, l2_grid=(), progress=False).fit(full.train)
+        t = evaluate_ranking(refit, hist, ds.test, (10,))["ndcg@10"]
+        print(f"  {'EASE (L2 ' + format(l2, 'g') + ')':<54} valid {best_v:.4f}  test {t:.4f}")
+        for label, overrides in ABLATION:
+            t0 = time.perf_counter()
+            model = Retriever(progress=False, **overrides).fit_dataset(ds)
+            fit_s = time.perf_counter() - t0
+            info = model.fit_info
+            ep = info["best_epoch"] + 1
+            kw = {k: v for k, v in overrides.items() if k != "patience"}
+            again = Retriever(progress=False, **{**kw, "epochs": ep, "patience": 0})
+            t = evaluate_ranking(again.fit_dataset(full), hist, ds.test, (10,))["ndcg@10"]
+            print(
+                f"  {label:<54} valid {info['best_valid_ndcg@10']:.4f}  test {t:.4f}  best "
+                f"epoch {ep:>3}/{info['epochs_run']:>3}  fit {fit_s:6.1f}s",
+                flush=True,
+            )
 
 
 def quality(ml: Path) -> Any:
@@ -213,6 +288,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--ml100k", default=str(ROOT.parent / "shared" / "data" / "ml-100k"))
     ap.add_argument("--search", action="store_true", help="run the validation search")
+    ap.add_argument("--ablation", action="store_true", help="the objective's ablation table")
+    ap.add_argument(
+        "--datasets", default="", help="comma-separated subset of the ablation's datasets"
+    )
     ap.add_argument("--skip-quality", action="store_true")
     ap.add_argument(
         "--threads",
@@ -231,6 +310,8 @@ def main() -> None:
         print(f"MovieLens 100K: skipped ({ml} not found)")
     if args.search and have_ml:
         search(ml)
+    if args.ablation:
+        ablation(ml, [d for d in args.datasets.split(",") if d] or None)
     if not args.skip_quality and have_ml:
         retriever, hist = quality(ml)
         serving("MovieLens 100K", retriever, hist)

@@ -10,6 +10,7 @@ paths (a stage runs after the stage whose output it reads). Example
     [pipeline]
     name = "quickstart"
     run_dir = "runs/quickstart"          # stage outputs live here
+    # threads = 2                        # CPU threads; default: the CPUs this process may use
 
     [prepare]
     split = "random"
@@ -112,7 +113,7 @@ __all__ = [
 ]
 
 STAGES = ("prepare", "train", "evaluate", "register", "recommend")
-_PIPELINE_KEYS = {"name", "run_dir", "tracking_uri", "experiment"}
+_PIPELINE_KEYS = {"name", "run_dir", "tracking_uri", "experiment", "threads"}
 
 
 @dataclass
@@ -137,6 +138,9 @@ class Pipeline:
     stages: list[Stage]
     #: input-file content hashes, saved for the next run by :func:`run_pipeline`
     hashes: HashCache | None = field(default=None, repr=False, compare=False)
+    #: ``[pipeline] threads``: CPU threads unless ``--threads`` / ``RECSYS_EBM_THREADS`` say
+    #: otherwise (not part of any stage's hash: results do not depend on it, BPR's aside)
+    threads: int | None = None
 
 
 def load_pipeline(
@@ -164,6 +168,14 @@ def load_pipeline(
             f"{path}: [pipeline]: unknown key(s) {bad}; known: {sorted(_PIPELINE_KEYS)}"
         )
     name = str(head.get("name", path.stem))
+    threads = head.get("threads")
+    if threads is not None and (
+        isinstance(threads, bool) or not isinstance(threads, int) or threads < 1
+    ):
+        raise ConfigError(
+            f"{path}: [pipeline]: key 'threads' expects a whole number >= 1 (CPU threads), "
+            f"got {threads!r}"
+        )
     if run_dir is None and "run_dir" not in head:
         check_pipeline_name(path, name)
     base = Path(run_dir or head.get("run_dir", Path("runs") / name))
@@ -296,21 +308,32 @@ def load_pipeline(
         head.get("experiment", "recsys-ebm"),
         stages,
         hashes,
+        threads,
     )
 
 
 def run_pipeline(
-    pipe: Pipeline, *, force: bool = False, tracking_uri: str | None = None, mlflow: bool = True
+    pipe: Pipeline,
+    *,
+    force: bool = False,
+    tracking_uri: str | None = None,
+    mlflow: bool = True,
+    threads: int | None = None,
 ) -> dict[str, str]:
     """Run every stage in order; returns ``{stage: "ran" | "skipped"}``.
 
     The run directory is locked for the whole run (``RUN_DIR/.lock``); temporaries left in it
-    by a killed run are removed first.
+    by a killed run are removed first. The process's CPU threads are set first, for every
+    stage: ``threads``, else ``$RECSYS_EBM_THREADS``, else ``[pipeline] threads``, else the
+    CPUs it may use (:func:`recsys_ebm.device.resolve_threads`).
 
     Raises:
         RunDirLocked: another run holds the run directory.
         StageFailed: a stage exited non-zero (``returncode``: 2 for bad input, else 1).
     """
+    from recsys_ebm.device import configure_threads, resolve_threads
+
+    configure_threads(resolve_threads(threads, default=pipe.threads))
     with lock_run_dir(pipe.run_dir):
         outputs = [st.output for st in pipe.stages if st.output is not None]
         stamps = [stamp_path(pipe.run_dir, st.name) for st in pipe.stages]

@@ -26,10 +26,12 @@ LAYERS: dict[str, tuple[int, str]] = {
     "compat": (0, "core"),
     "data": (1, "data"),
     "models": (2, "models"),
+    "models.distributed": (2, "models"),  # torch.distributed context (imports core only)
     "evaluation": (3, "evaluation/ranking"),
     "ranking": (3, "evaluation/ranking"),
     "anomalies": (3, "evaluation/ranking"),
     "jobs": (4, "jobs"),
+    "jobs.spark": (4, "jobs"),  # Spark batch scoring (pyspark imported lazily, `spark` extra)
     "batch": (4, "jobs"),
     "_batch_job": (4, "jobs"),
     "registry": (4, "jobs"),

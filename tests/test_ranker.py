@@ -294,16 +294,17 @@ def three(dataset):
 
 def test_blender_fitted_on_its_own_learns_the_rankers_weights(dataset, three):
     hist, valid = dataset.history("valid"), dataset.valid
-    ranker = Ranker.from_fitted(three, hist, valid, device="cpu")
+    ranker = Ranker.from_fitted(three, hist, valid, device="cpu")  # calibrated blend (default)
     # the ranker tunes on the users with a validation target and a history
     rows = np.flatnonzero((valid.getnnz(axis=1) > 0) & (hist.getnnz(axis=1) > 0))
     h = hist[rows]
-    blender = Blender()  # no Ranker: the models' public energies and the targets
+    blender = Blender(norm="calibrated")  # no Ranker: the models' public energies, the targets
     # users: the training rows, so ALS uses its trained user factors as the ranker does
     w = blender.fit([m.energies(h, users=rows) for m in three], valid[rows], seen=h)
     assert 0 < ranker.fit_info["weights"][2] < 1  # a real blend, not a single model
     np.testing.assert_array_equal(torch.as_tensor(w, dtype=torch.float32), ranker.weights)
     torch.testing.assert_close(blender.weights, ranker.weights, rtol=0, atol=0)
+    torch.testing.assert_close(blender.betas, ranker.blend_state["betas"], rtol=0, atol=0)
     assert blender.valid_ndcg == ranker.fit_info["valid_ndcg_at_10"]
     # its figures per round, as the ranker's callback reports them
     seen_rounds = []
@@ -318,7 +319,7 @@ def test_blender_fitted_on_its_own_learns_the_rankers_weights(dataset, three):
 
 def test_ranker_energies_are_the_composition_of_public_energies(dataset, three):
     hist, valid = dataset.history("valid"), dataset.valid
-    ranker = Ranker.from_fitted(three, hist, valid, device="cpu")
+    ranker = Ranker.from_fitted(three, hist, valid, blend_norm="zscore", device="cpu")
     h = dataset.history("test")[:40]
     h = sp.vstack([h, sp.csr_matrix((1, dataset.n_items), dtype=np.float32)]).tocsr()  # + empty
     w = ranker.weights.numpy().astype(np.float64)

@@ -78,11 +78,12 @@ def test_learns_planted_communities():
     """The default towers, temperature and tied tables learn the planted communities.
 
     What identifies a community is the PMI p(i|u) / p(i), which plain in-batch InfoNCE estimates
-    (in-batch negatives arrive in proportion to popularity). The logQ correction (on by default,
-    best on MovieLens) makes the model estimate p(i|u) itself instead, and the exact p(i|u) of
-    this generator puts popular out-of-community items above the rare in-community items a user
-    has not seen yet: its own top-10 is only 0.79 in-community, the PMI's 0.89. So the community
-    check runs without the correction; a second model checks what the correction does.
+    (in-batch negatives arrive in proportion to popularity; ``objective="interaction"``). Its logQ
+    correction (best on MovieLens) makes the model estimate p(i|u) itself instead, and the exact
+    p(i|u) of this generator puts popular out-of-community items above the rare in-community
+    items a user has not seen yet: its own top-10 is only 0.79 in-community, the PMI's 0.89. So
+    the community check runs without the correction; a second model, the user-level catalogue
+    softmax (``objective="user"``), checks what estimating p(i|u) does.
 
     There is no validation set to stop early on, so training runs all 30 epochs. The default
     history dropout keeps the user tower serving short histories: the brand-new 4-item users
@@ -91,16 +92,18 @@ def test_learns_planted_communities():
     from 0.84 at epoch 3 to 0.62 at epoch 15 on the training users too).
     """
     train, user_comm, item_comm = planted_matrix()
-    model = small(epochs=30, batch_size=256, embedding_size=32, logq_correction=False).fit(train)
+    pmi = dict(objective="interaction", logq_correction=False)  # in-batch InfoNCE estimates PMI
+    model = small(epochs=30, batch_size=256, embedding_size=32, **pmi).fit(train)
     items, _ = model.recommend(train, n=10)
     in_comm = (item_comm[items] == user_comm[:, None]).mean()
     pop, _ = Popularity().fit(train).recommend(train, n=10)
     pop_in = (item_comm[pop] == user_comm[:, None]).mean()
     # 80 % of the planted events are in-community; popularity ignores communities (~1/8)
     assert in_comm >= 0.8 and pop_in < 0.3, (in_comm, pop_in)
-    # with logQ correction (the default) the lists still follow the communities, and they move
-    # towards popular items, as ranking by p(i|u) rather than p(i|u) / p(i) should
-    corrected = small(epochs=30, batch_size=256, embedding_size=32).fit(train)
+    # the user-level catalogue softmax (like logQ-corrected InfoNCE) estimates p(i|u)
+    # itself: the lists still follow the communities, and they move towards popular items, as
+    # ranking by p(i|u) rather than p(i|u) / p(i) should
+    corrected = small(objective="user", epochs=30, batch_size=32, embedding_size=32).fit(train)
     c_items, _ = corrected.recommend(train, n=10)
     counts = np.asarray(train.getnnz(axis=0))
     assert (item_comm[c_items] == user_comm[:, None]).mean() >= 0.5

@@ -9,6 +9,7 @@ import argparse
 import importlib
 import sys
 
+from recsys_ebm.cli.common import add_threads_option
 from recsys_ebm.jobs._base import os_error_message
 
 __all__ = ["build_parser", "main", "os_error_message"]
@@ -45,25 +46,33 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     parser.add_argument("--version", action="version", version=f"recsys-ebm {__version__}")
+    add_threads_option(parser, None)
     sub = parser.add_subparsers(dest="command", metavar="SUBCOMMAND", required=True)
     for name in SUBCOMMANDS:
         module = importlib.import_module(f"recsys_ebm.cli.{name}")
         module.add_parser(sub)
+        # also after the subcommand; SUPPRESS: an absent flag there keeps the one before it
+        add_threads_option(sub.choices[name], argparse.SUPPRESS)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     import os
 
-    from recsys_ebm.cli.common import translate
+    from recsys_ebm.cli.common import apply_threads, translate
+    from recsys_ebm.device import prepare_openmp
     from recsys_ebm.jobs import BAD_INPUT, error_message
 
     # MLflow's per-file artifact progress bars flood logs of batch jobs and pipelines; a user
     # who wants them sets the variable to true
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    # OpenMP's idle threads sleep instead of spinning (read once, when torch loads OpenMP)
+    prepare_openmp()
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        if not getattr(args, "threads_later", False):  # `run` waits for its pipeline file
+            apply_threads(args)
         return int(args.func(args) or 0)
     except BAD_INPUT as exc:  # bad input; OSError: read-only or full disk, ...
         # the jobs name their Python arguments (out: ...); the user typed flags (--out: ...)

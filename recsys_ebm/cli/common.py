@@ -12,7 +12,14 @@ from typing import Any
 
 from recsys_ebm.jobs._base import JobConfig, TrackedJob, flag_of, to_flags
 
-__all__ = ["add_job_options", "add_tracking_options", "config_from_args", "run_job_command"]
+__all__ = [
+    "add_job_options",
+    "add_threads_option",
+    "add_tracking_options",
+    "apply_threads",
+    "config_from_args",
+    "run_job_command",
+]
 
 
 class _Verbose(argparse.Action):
@@ -132,6 +139,47 @@ def run_job_command(args: argparse.Namespace) -> int:
 
     print(run_job(config_from_args(args)).summary())
     return 0
+
+
+def _threads_arg(text: str) -> int:
+    """``--threads`` text -> a count >= 1 (argparse reports the error: exit 2)."""
+    from recsys_ebm.device import check_threads
+
+    try:
+        return check_threads(text, "--threads")
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc).removeprefix("--threads: ")) from exc
+
+
+def add_threads_option(p: argparse.ArgumentParser, default: Any) -> None:
+    """``--threads N``: CPU threads for torch, implicit and BLAS (every subcommand has it)."""
+    from recsys_ebm.device import THREADS_ENV
+
+    p.add_argument(
+        "--threads",
+        type=_threads_arg,
+        default=default,
+        metavar="N",
+        help=f"CPU threads for torch, implicit's ALS/BPR and BLAS (default: ${THREADS_ENV}, "
+        "else `run`'s [pipeline] threads, else $OMP_NUM_THREADS, else the CPUs this process "
+        "may use: its affinity mask and cgroup CPU quota; never more than those)",
+    )
+
+
+def apply_threads(args: argparse.Namespace, default: int | None = None) -> int:
+    """Resolve ``--threads`` (then the variables, then ``default``) and apply it to this
+    process; a request above the CPUs available is lowered, with a warning on stderr."""
+    import sys
+    import warnings
+
+    from recsys_ebm.device import configure_threads, resolve_threads
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", RuntimeWarning)
+        n = resolve_threads(getattr(args, "threads", None), default=default)
+    for w in caught:
+        print(f"recsys-ebm {args.command}: warning: {w.message}", file=sys.stderr)
+    return configure_threads(n)
 
 
 def translate(message: str, args: argparse.Namespace) -> str:

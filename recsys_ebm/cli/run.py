@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from recsys_ebm.cli.common import add_tracking_options
+from recsys_ebm.cli.common import add_tracking_options, apply_threads
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -31,7 +31,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--run-dir", default=None, help="override [pipeline] run_dir")
     p.add_argument("--force", action="store_true", help="rerun every stage")
     add_tracking_options(p)
-    p.set_defaults(func=run)
+    # the thread count waits for the pipeline file's [pipeline] threads (see run below)
+    p.set_defaults(func=run, threads_later=True)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -49,9 +50,14 @@ def run(args: argparse.Namespace) -> int:
     pipe = load_pipeline(args.pipeline, args.overrides, run_dir=args.run_dir)
     if args.experiment != "recsys-ebm":
         pipe.experiment = args.experiment
+    threads = apply_threads(args, default=pipe.threads)  # --threads, $RECSYS_EBM_THREADS, file
     try:
         status = run_pipeline(
-            pipe, force=args.force, tracking_uri=args.tracking_uri, mlflow=not args.no_mlflow
+            pipe,
+            force=args.force,
+            tracking_uri=args.tracking_uri,
+            mlflow=not args.no_mlflow,
+            threads=threads,
         )
     except RunDirLocked as exc:
         print(f"recsys-ebm run: error: {exc}", file=sys.stderr)

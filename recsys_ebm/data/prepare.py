@@ -2,7 +2,11 @@
 
 Steps, in order (each reported in ``manifest["counts"]``):
 
-1. read the log (one lazy scan, collected once) and, for ``predefined``, the test/valid files;
+1. read the log (one lazy scan, collected once) and, for ``predefined``, the test/valid files.
+   A directory of partitions or a glob (:mod:`recsys_ebm.data._stream`) is never collected: its
+   normalised scan goes straight into steps 2-4, run by polars' streaming engine, so only the
+   aggregated pairs, the vocabularies and the matrices are ever in memory - with the same
+   result as the in-memory path on the concatenated files (steps 2-7 are one code path);
 2. drop exact duplicate events (same user, item, rating and timestamp);
 3. ``min_rating``: keep ratings >= X as positives (default: every interaction is positive);
 4. aggregate repeated (user, item) pairs. **Rule:** the pair keeps its *most recent* rating (the
@@ -25,6 +29,7 @@ import numpy as np
 import polars as pl
 
 from recsys_ebm.data import splits as S
+from recsys_ebm.data._stream import is_partitioned, scan_partitions
 from recsys_ebm.data.dataset import DATASET_FORMAT_VERSION, Dataset
 from recsys_ebm.data.prepare_options import DEFAULT_INPUT, PrepareOptions
 from recsys_ebm.data.readers import read_interactions, read_item_metadata
@@ -38,27 +43,65 @@ def _log(msg: str, t0: float, verbose: bool) -> None:
         print(f"[prepare {time.perf_counter() - t0:6.1f}s] {msg}", file=sys.stderr, flush=True)
 
 
+#: a missing timestamp sorts after every real one (readers bound |timestamp| below 9.2e18)
+_NO_TIME = 2**63 - 1
+#: rank of an event in time: timestamp * 2**40 + line (Int128; a log has < 2**40 lines)
+_LINE_SPAN = 2**40
+_NEVER = -(2**126)
+
+
 def _clean(
-    df: pl.DataFrame, opts: PrepareOptions, counts: dict[str, int], tag: str
+    lf: pl.LazyFrame,
+    opts: PrepareOptions,
+    counts: dict[str, int],
+    tag: str,
+    *,
+    has_ratings: bool,
+    engine: str = "auto",
 ) -> pl.DataFrame:
-    """Steps 2-4: exact duplicates, min_rating, aggregation of repeated pairs."""
-    n0 = df.height
-    df = df.unique(subset=["user_id", "item_id", "rating", "timestamp"], keep="any")
-    counts[f"{tag}duplicate_events_dropped"] = n0 - df.height
-    if opts.min_rating is not None:
-        if df["rating"].null_count() == df.height:
-            raise DataError(f"min_rating: the {tag or 'input'} log has no rating column")
-        n1 = df.height
-        df = df.filter(pl.col("rating") >= opts.min_rating)
-        counts[f"{tag}below_min_rating_dropped"] = n1 - df.height
-    n2 = df.height
-    df = df.group_by(["user_id", "item_id"]).agg(
-        pl.col("rating").sort_by(["timestamp", "_line"], nulls_last=True).last(),
-        pl.col("timestamp").min(),
-        pl.len().cast(pl.Int64).alias("n_events"),
-        pl.col("_line").min(),
+    """Steps 2-4 (exact duplicates, min_rating, aggregation of repeated pairs) as one lazy query,
+    run by ``engine`` ("streaming" for partitioned input: only the pairs are ever in memory).
+
+    Two group-bys: distinct events (user, item, rating, timestamp) with their first line and
+    multiplicity, then pairs over the distinct events, where the min_rating filter is a flag
+    (``_pos``) so the counts of each step come out of the same pass. A pair's latest rating is
+    the one of its largest (timestamp, line) - one Int128 key, so ``max_by`` has no ties.
+
+    Returns the pairs: user_id, item_id, rating, timestamp, n_events, _line (first line).
+    """
+    if opts.min_rating is not None and not has_ratings:
+        raise DataError(f"min_rating: the {tag or 'input'} log has no rating column")
+    events = lf.group_by(["user_id", "item_id", "rating", "timestamp"]).agg(
+        pl.col("_line").min(), pl.len().cast(pl.Int64).alias("_raw")
     )
-    counts[f"{tag}repeated_events_aggregated"] = n2 - df.height
+    pos = pl.lit(True)
+    if opts.min_rating is not None:
+        pos = (pl.col("rating") >= opts.min_rating).fill_null(False)
+    order = pl.col("timestamp").fill_null(_NO_TIME).cast(pl.Int128) * _LINE_SPAN + pl.col("_line")
+    is_pos = pl.col("_pos")
+    events = events.with_columns(pos.alias("_pos")).with_columns(
+        pl.when(is_pos).then(order).otherwise(pl.lit(_NEVER, pl.Int128)).alias("_order"),
+        pl.when(is_pos).then(pl.col("timestamp")).alias("timestamp"),
+        pl.when(is_pos).then(pl.col("_line")).alias("_line"),
+    )
+    pairs = events.group_by(["user_id", "item_id"]).agg(
+        pl.col("rating").max_by("_order"),
+        pl.col("timestamp").min(),
+        is_pos.sum().cast(pl.Int64).alias("n_events"),
+        pl.col("_line").min(),
+        pl.col("_raw").sum(),
+        pl.len().cast(pl.Int64).alias("_distinct"),
+    )
+    df = pairs.collect(engine=engine)  # type: ignore[call-overload]
+    raw, distinct, kept = df.select(
+        pl.col("_raw").sum(), pl.col("_distinct").sum(), pl.col("n_events").sum()
+    ).row(0)
+    df = df.drop("_raw", "_distinct")
+    counts[f"{tag}duplicate_events_dropped"] = int(raw or 0) - int(distinct or 0)
+    if opts.min_rating is not None:
+        counts[f"{tag}below_min_rating_dropped"] = int(distinct or 0) - int(kept or 0)
+        df = df.filter(pl.col("n_events") > 0)
+    counts[f"{tag}repeated_events_aggregated"] = int(kept or 0) - df.height
     return df
 
 
@@ -119,12 +162,14 @@ def prepare_dataset(
     """Read, clean, filter, split and index an interaction log.
 
     Args:
-        input: log file or directory (default: the bundled ml-latest-small ratings.csv).
+        input: log file or directory (default: the bundled ml-latest-small ratings.csv), or a
+            directory or glob of Parquet / CSV / TSV partitions (generic columns; streamed).
         verbose: print progress of each step to stderr.
         **options: fields of :class:`PrepareOptions`.
 
     Raises:
-        FileNotFoundError, DataError (a ValueError): see :mod:`recsys_ebm.data.readers`; also an
+        FileNotFoundError, DataError (a ValueError): see :mod:`recsys_ebm.data.readers` and,
+        for partitions, :func:`recsys_ebm.data._stream.scan_partitions`; also an
         empty result after filtering, a predefined test file whose users are all unknown, or a
         predefined test/valid id that cannot have the training ids' type (``abc`` among
         integer ids: refused with file, line and column rather than silently dropped).
@@ -135,10 +180,20 @@ def prepare_dataset(
     opts.check_fractions()
     t0 = time.perf_counter()
     path = Path(input) if input is not None else DEFAULT_INPUT
-    df, fmt = read_interactions(path, opts.format, opts.columns, option="input")
-    counts: dict[str, int] = {"raw_events": df.height}
-    _log(f"read {df.height:,} events ({fmt}) from {path}", t0, verbose)
-    df = _clean(df, opts, counts, "")
+    if is_partitioned(path):
+        src = scan_partitions(path, opts.format, opts.columns, option="input")
+        fmt, n_raw, engine = src.fmt, src.n_rows, "streaming"
+        lf, has_ratings = src.frame, src.has_ratings
+        _log(f"checked {n_raw:,} events ({fmt}) in {len(src.files)} files of {path}", t0, verbose)
+    else:
+        raw, fmt = read_interactions(path, opts.format, opts.columns, option="input")
+        n_raw, engine = raw.height, "auto"
+        lf, has_ratings = raw.lazy(), raw["rating"].null_count() < raw.height
+        del raw
+        _log(f"read {n_raw:,} events ({fmt}) from {path}", t0, verbose)
+    counts: dict[str, int] = {"raw_events": n_raw}
+    df = _clean(lf, opts, counts, "", has_ratings=has_ratings, engine=engine).drop("_line")
+    del lf
     if df.height == 0:
         raise DataError(f"{path}: no interactions left after `min_rating` {opts.min_rating}")
 
@@ -147,7 +202,8 @@ def prepare_dataset(
     mask, iters = kcore_mask(ucodes, icodes, opts.min_user_interactions, opts.min_item_interactions)
     counts["kcore_removed"] = int((~mask).sum())
     counts["kcore_iterations"] = iters
-    df = df.filter(pl.Series(mask))
+    if not mask.all():
+        df = df.filter(pl.Series(mask))
     if df.height == 0:
         raise DataError(
             f"{path}: no interactions left after k-core filtering "
@@ -182,6 +238,7 @@ def prepare_dataset(
     else:
         part = np.full(df.height, S.TRAIN, dtype=np.int8)
     df = df.with_columns(pl.Series("part", part))
+    del ucodes, icodes, mask, present, users, keys, part, ts  # (N,) arrays: free before step 7
     extra = []
     if opts.split == "predefined":
         for code, f, option in (
@@ -190,18 +247,24 @@ def prepare_dataset(
         ):
             if f:
                 other, _ = read_interactions(f, fmt, opts.columns, option=option)
-                other = _clean(other, opts, counts, f"{S.PART_NAMES[code]}_")
-                other = _ids_like_training(other, df, f, path).with_columns(
-                    pl.lit(code, pl.Int8).alias("part")
+                rated = other["rating"].null_count() < other.height
+                other = _clean(
+                    other.lazy(), opts, counts, f"{S.PART_NAMES[code]}_", has_ratings=rated
+                )
+                other = (
+                    _ids_like_training(other, df, f, path)
+                    .with_columns(pl.lit(code, pl.Int8).alias("part"))
+                    .drop("_line")
                 )
                 extra.append((f, other))
         df = pl.concat([df] + [o for _, o in extra], how="vertical_relaxed")
     _log(f"split: {opts.split}", t0, verbose)
 
     # 7. vocabularies from what the model may train on or be given as history
-    known = df.filter(pl.col("part").is_in([S.TRAIN, S.FOLD_IN]))
-    user_vocab = known["user_id"].unique().sort()
-    item_vocab = known["item_id"].unique().sort()
+    known = df["part"].is_in([S.TRAIN, S.FOLD_IN])
+    user_vocab = df["user_id"].filter(known).unique().sort()
+    item_vocab = df["item_id"].filter(known).unique().sort()
+    del known
     users_df = pl.DataFrame({"index": np.arange(len(user_vocab)), "user_id": user_vocab})
     items_df = pl.DataFrame({"index": np.arange(len(item_vocab)), "item_id": item_vocab})
     df = df.join(users_df.rename({"index": "user_idx"}), on="user_id", how="left").join(
@@ -227,14 +290,20 @@ def prepare_dataset(
                 f"{opts.test_file}: none of its {sub['user_id'].n_unique()} users appear in the "
                 f"training file {path}"
             )
-    df = df.drop_nulls(["user_idx", "item_idx"])
+    df = df.drop("user_id", "item_id")
+    if df["user_idx"].null_count() or df["item_idx"].null_count():
+        df = df.drop_nulls(["user_idx", "item_idx"])
     if opts.split == "predefined":
         n_before = df.height
         df = df.sort("part").unique(subset=["user_idx", "item_idx"], keep="first")
         counts["overlap_with_train_dropped"] = n_before - df.height
+    # one sort, then every split is a zero-copy slice (pairs are unique: the order is total)
+    df = df.sort(["part", "user_idx", "item_idx"])
+    part_sorted = df["part"].to_numpy()
     interactions = {}
     for code, name in S.PART_NAMES.items():
-        sub = df.filter(pl.col("part") == code).sort(["user_idx", "item_idx"])
+        lo, hi = np.searchsorted(part_sorted, [code, code + 1])
+        sub = df.slice(int(lo), int(hi - lo))
         if sub.height or code in (S.TRAIN, S.TEST):
             interactions[name] = sub.select(
                 pl.col("user_idx").cast(pl.Int64),

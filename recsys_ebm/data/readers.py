@@ -8,7 +8,8 @@ of the source file, for error messages). Files are scanned lazily and collected 
 Formats: ``ml-100k`` (u.data, tab), ``ml-1m`` (ratings.dat, ``::``; also ML-10M),
 ``ml-latest`` (ratings.csv with header), ``movietweetings`` (ratings.dat, ``::``), ``csv`` /
 ``tsv`` / ``parquet`` (generic, with column mapping) and ``adjacency`` (``user item item ...``
-per line, as in the Gowalla / Yelp2018 / Amazon-Book benchmark splits).
+per line, as in the Gowalla / Yelp2018 / Amazon-Book benchmark splits). A directory or glob of
+csv/tsv/parquet partitions is read by :mod:`recsys_ebm.data._stream` with the same rules.
 
 What is refused (:class:`~recsys_ebm.diagnostics.DataError`, naming the file and, where there is
 one, the line - the row for Parquet - and the column): an empty file (0 bytes) or one with no
@@ -35,8 +36,10 @@ from recsys_ebm.diagnostics import DataError
 __all__ = [
     "FORMATS",
     "MAX_ABS_RATING",
+    "DATASET_FILES",
     "ColumnMap",
     "detect_format",
+    "map_columns",
     "read_interactions",
     "read_item_metadata",
 ]
@@ -56,6 +59,8 @@ _DELIMITED = {
     "movietweetings": ("::", "'::'"),
 }
 _FIELDS = ("user_id", "item_id", "rating", "timestamp")
+#: the file names a dataset directory is recognised by (else a directory is a set of partitions)
+DATASET_FILES = ("u.data", "ratings.dat", "ratings.csv", "ratings.parquet", "train.txt")
 _ML_LATEST = {
     "userId": "user_id",
     "movieId": "item_id",
@@ -98,7 +103,7 @@ def detect_format(path: str | Path, *, option: str = "path") -> tuple[str, Path]
     if not path.exists():
         raise FileNotFoundError(f"{option}: file not found: {path}")
     if path.is_dir():
-        for name in ("u.data", "ratings.dat", "ratings.csv", "ratings.parquet", "train.txt"):
+        for name in DATASET_FILES:
             if (path / name).is_file():
                 return detect_format(path / name, option=option)
         raise DataError(
@@ -233,27 +238,41 @@ def _scan(path: Path, fmt: str, columns: ColumnMap) -> tuple[pl.LazyFrame, int, 
             sep = columns.separator or ("\t" if fmt == "tsv" else ",")
             lf = pl.scan_csv(path, separator=sep, infer_schema=False)
             header = 1
-        available = lf.collect_schema().names()
-        mapping = {"user_id": columns.user, "item_id": columns.item}
-        for key, col in (("rating", columns.rating), ("timestamp", columns.timestamp)):
-            if col is not None and col in available:
-                mapping[key] = col
-            elif col is not None and col not in ("rating", "timestamp"):
-                raise DataError(
-                    f"{path}: column {col!r} (`{key}_col`) not found; columns are {available}"
-                )
-        for key in ("user_id", "item_id"):
-            if mapping[key] not in available:
-                raise DataError(
-                    f"{path}: column {mapping[key]!r} (`{key.split('_')[0]}_col`) not found; "
-                    f"columns are {available}"
-                )
-        exprs = [pl.col(v).alias(k) for k, v in mapping.items()]
-        for key in ("rating", "timestamp"):
-            if key not in mapping:
-                exprs.append(pl.lit(None, pl.String).alias(key))
-        return lf.select(exprs), header, mapping
+        lf, mapping = map_columns(lf, path, columns)
+        return lf, header, mapping
     raise DataError(f"fmt: expected one of {list(FORMATS)}, got {fmt!r}")
+
+
+def map_columns(
+    lf: pl.LazyFrame, path: str | Path, columns: ColumnMap
+) -> tuple[pl.LazyFrame, dict[str, str]]:
+    """Select a generic csv/tsv/parquet scan's columns as user_id, item_id, rating, timestamp
+    (an absent optional rating / timestamp column becomes nulls); also returns the source's name
+    of each column. ``path`` names the file in messages.
+
+    Raises:
+        DataError: a mapped column is missing (naming it, its option and the columns found).
+    """
+    available = lf.collect_schema().names()
+    mapping = {"user_id": columns.user, "item_id": columns.item}
+    for key, col in (("rating", columns.rating), ("timestamp", columns.timestamp)):
+        if col is not None and col in available:
+            mapping[key] = col
+        elif col is not None and col not in ("rating", "timestamp"):
+            raise DataError(
+                f"{path}: column {col!r} (`{key}_col`) not found; columns are {available}"
+            )
+    for key in ("user_id", "item_id"):
+        if mapping[key] not in available:
+            raise DataError(
+                f"{path}: column {mapping[key]!r} (`{key.split('_')[0]}_col`) not found; "
+                f"columns are {available}"
+            )
+    exprs = [pl.col(v).alias(k) for k, v in mapping.items()]
+    for key in ("rating", "timestamp"):
+        if key not in mapping:
+            exprs.append(pl.lit(None, pl.String).alias(key))
+    return lf.select(exprs), mapping
 
 
 def read_interactions(

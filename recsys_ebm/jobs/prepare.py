@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import glob
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,10 @@ class PrepareJob(PrepareOptions, JobConfig):
     ARGUMENTS = {"path": "out"}
 
     input: str | None = opt(
-        None, help="log file or directory (default: bundled data/ml-latest-small/ratings.csv)"
+        None,
+        help="log file or directory, or a directory or glob ('parts/*.parquet') of Parquet / CSV "
+        "partitions, prepared with polars' streaming engine "
+        "(default: bundled data/ml-latest-small/ratings.csv)",
     )
     out: str = opt(
         help="output dataset directory (written atomically); must not be the current directory "
@@ -35,10 +39,12 @@ class PrepareJob(PrepareOptions, JobConfig):
     quiet: bool = opt(False, help="no progress messages on stderr")
 
     def input_paths(self) -> list[Path]:
-        return [
-            Path(self.input) if self.input is not None else DEFAULT_INPUT,
-            *(Path(p) for p in (self.test_file, self.valid_file) if p is not None),
-        ]
+        """The paths read; a glob ``input`` stands for the files it matches (so a pipeline
+        hashes their content)."""
+        first = [Path(self.input) if self.input is not None else DEFAULT_INPUT]
+        if self.input is not None and any(c in self.input for c in "*?[") and not first[0].exists():
+            first = sorted(Path(f) for f in glob.glob(self.input, recursive=True)) or first
+        return [*first, *(Path(p) for p in (self.test_file, self.valid_file) if p is not None)]
 
     @property
     def options(self) -> PrepareOptions:

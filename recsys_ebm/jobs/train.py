@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+from recsys_ebm.diagnostics import ConfigError
 from recsys_ebm.jobs._base import JobResult, TrackedJob, opt
 from recsys_ebm.models import MODEL_PATHS
 
-__all__ = ["TrainJob", "TrainResult", "train"]
+__all__ = ["DISTRIBUTED_MODELS", "TrainJob", "TrainResult", "train"]
+
+#: models whose training runs data-parallel under torchrun (``distributed``)
+DISTRIBUTED_MODELS = ("rbm", "retriever")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -38,6 +44,20 @@ class TrainJob(TrackedJob):
     )
     out: str = opt(help="output model directory (written atomically)")
     overwrite: bool = opt(False, help="replace --out if it exists")
+    distributed: bool = opt(
+        False,
+        help="data-parallel training, one process per rank: launch with `torchrun "
+        "--nproc_per_node=N -m recsys_ebm train ... --distributed` (nccl on GPUs, gloo on CPUs; "
+        "rank 0 logs and writes --out)",
+    )
+
+    def validate(self) -> None:
+        super().validate()
+        if self.distributed and self.model not in DISTRIBUTED_MODELS:
+            raise ConfigError(
+                f"distributed: expected a model with data-parallel training "
+                f"({', '.join(DISTRIBUTED_MODELS)}), got {self.model!r}"
+            )
 
     def input_paths(self) -> list[Path]:
         """The dataset, the config file, and a ranker's component directories."""
@@ -56,8 +76,12 @@ class TrainResult(JobResult):
     out: Path
     fit_seconds: float
     run_id: str | None = None
+    #: data-parallel rank (``distributed``): only rank 0 wrote ``out`` and logged the run
+    rank: int = 0
 
     def summary(self) -> str:
+        if self.rank:
+            return f"rank {self.rank}: trained {self.model} in {self.fit_seconds:.1f}s"
         lines = [f"trained {self.model} in {self.fit_seconds:.1f}s -> {self.out}"]
         if self.run_id is not None:
             lines.append(f"mlflow run: {self.run_id}")
@@ -71,12 +95,10 @@ def train(job: TrainJob) -> TrainResult:
     Raises:
         FileExistsError: ``out`` exists and ``overwrite`` is False.
         ConfigError: a bad model config key or value.
+        ValueError: ``distributed`` outside torchrun (no RANK / WORLD_SIZE / LOCAL_RANK).
     """
-    import time
-
     from recsys_ebm.data.dataset import Dataset
     from recsys_ebm.models import get_model_class
-    from recsys_ebm.tracking import log_dataset, log_params_flat, metric_key, mlflow_run
 
     out = Path(job.out)
     if out.exists() and not job.overwrite:
@@ -84,20 +106,45 @@ def train(job: TrainJob) -> TrainResult:
     dataset = Dataset.load(job.data)
     cls = get_model_class(job.model)
     config = cls.config_class.from_sources(job.config, list(job.overrides))
-    model = cls(config)
+    if not job.distributed:
+        return _train(job, dataset, cls(config), config, main=True)
+    from recsys_ebm.device import resolve_device
+    from recsys_ebm.models.distributed import data_parallel
+
+    # nccl on CUDA (this rank's GPU, cuda:LOCAL_RANK, becomes the current device, which
+    # device="auto"/"cuda" then use), gloo on CPU
+    with data_parallel(resolve_device(config.device)) as dp:
+        if not dp.is_main:  # progress from rank 0 only (progress is no part of the checkpoint)
+            config = config.replace(progress=False)
+        result = _train(job, dataset, cls(config), config, main=dp.is_main, world=dp.world_size)
+        return dataclasses.replace(result, rank=dp.rank)
+
+
+def _train(
+    job: TrainJob, dataset: Any, model: Any, config: Any, *, main: bool, world: int = 1
+) -> TrainResult:
+    """Fit and save; with ``main`` False (a data-parallel rank other than 0) nothing is logged
+    or written."""
+    import time
+
+    from recsys_ebm.tracking import log_dataset, log_params_flat, metric_key, mlflow_run
+
+    out = Path(job.out)
     with mlflow_run(
         f"train-{job.model}",
         tracking_uri=job.tracking_uri,
         experiment=job.experiment,
         nested=True,
         tags={"stage": "train", "model": job.model},
-        enabled=not job.no_mlflow,
+        enabled=not job.no_mlflow and main,
     ) as mlrun:
         callback = None
         if mlrun is not None:
             import mlflow
 
             log_params_flat({"model": job.model, **config.to_dict()})
+            if job.distributed:
+                mlflow.log_param("distributed.world_size", world)
             log_dataset(dataset)
 
             def callback(epoch: int, metrics: dict[str, float]) -> None:
@@ -110,6 +157,8 @@ def train(job: TrainJob) -> TrainResult:
         fit_seconds = time.perf_counter() - t0
         model.fit_info["fit_seconds"] = fit_seconds
         model.fit_info["dataset_fingerprint"] = dataset.fingerprint
+        if not main:  # rank 0 writes the model
+            return TrainResult(job.model, out, fit_seconds)
         model.save(out, overwrite=job.overwrite)
         if mlrun is not None:
             import mlflow

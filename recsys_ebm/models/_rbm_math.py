@@ -16,6 +16,9 @@ import torch.nn.functional as F
 __all__ = [
     "free_energy",
     "free_energy_delta",
+    "free_energy_delta_at",
+    "free_energy_delta_approx",
+    "free_energy_delta_lower",
     "gibbs_chain",
     "gibbs_vhv",
     "hidden_prob",
@@ -54,6 +57,13 @@ def gibbs_vhv(
     return v_k, ph
 
 
+def _bernoulli(p: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """``torch.bernoulli``; a data-parallel rank's generator
+    (:class:`~recsys_ebm.models.distributed.GlobalBatchGenerator`) draws for the global batch."""
+    draw = getattr(generator, "bernoulli", None)
+    return draw(p) if draw is not None else torch.bernoulli(p, generator=generator)
+
+
 def gibbs_chain(
     v: torch.Tensor,
     W: torch.Tensor,
@@ -68,11 +78,11 @@ def gibbs_chain(
     ph = hidden_prob(v, W, c) if ph is None else ph
     recon = None
     for step in range(k):
-        h = torch.bernoulli(ph, generator=generator)
+        h = _bernoulli(ph, generator)
         pv = visible_prob(h, W, b)
         if step == 0:
             recon = pv
-        v = torch.bernoulli(pv, generator=generator)
+        v = _bernoulli(pv, generator)
         ph = hidden_prob(v, W, c)
     return v, ph, recon
 
@@ -118,3 +128,74 @@ def free_energy_delta(
         x_on = x[rows]  # (nnz, H)
         out[rows, pos] = -b[idx[pos]] - (F.softplus(x_on) - F.softplus(x_on - w_on)).sum(dim=1)
     return out
+
+
+def free_energy_delta_lower(x: torch.Tensor, W: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """(B, I) lower bound of dF_i from the hidden input x = c + v W (B, H): one matmul.
+
+    softplus is convex with softplus'' = sigmoid (1 - sigmoid) <= 1/4, so for any w
+        sigmoid(x) w <= softplus(x + w) - softplus(x) <= sigmoid(x) w + w^2 / 8
+    (first-order Taylor bound and the curvature bound). Summed over hidden units:
+        -b_i - sigmoid(x) . W_i - |W_i|^2 / 8  <=  dF_i  <=  -b_i - sigmoid(x) . W_i
+    for an item that is off in v; for one that is on, the same argument at x - W_i gives
+    dF_i >= -b_i - sigmoid(x) . W_i, so the left side bounds every item.
+    """
+    q = W.square().sum(dim=1) / 8  # (I,) curvature slack
+    return torch.addmm(-(b + q), torch.sigmoid(x), W.T, alpha=-1.0)  # (B, I)
+
+
+def free_energy_delta_at(
+    v: torch.Tensor,
+    x: torch.Tensor,
+    W: torch.Tensor,
+    b: torch.Tensor,
+    items: torch.Tensor,
+    rows: torch.Tensor | None = None,
+    max_block: int = 2**18,
+) -> torch.Tensor:
+    """(B, C) exact dF at per-row item indices ``items`` (B, C) (as :func:`free_energy_delta`).
+
+    ``x`` = c + v W and ``v`` are indexed by ``rows`` (B,) when given (else all rows), without
+    copying them. Rows are processed in blocks whose (rows, C, H) intermediate holds
+    at most ``max_block`` floats (1 MiB by default: it stays in cache; the measured speed-up
+    over 32 MiB blocks is about 2x on CPU). Items on in v use x - W_i.
+    """
+    n_b, n_c = items.shape
+    n_h = x.shape[1]
+    if rows is not None:
+        x = x[rows]  # (B, H); v stays whole: only its (B, C) entries are read below
+    out = torch.empty(n_b, n_c, dtype=x.dtype, device=x.device)
+    stable = bool(W.abs().max() < 30.0)  # expm1 finite and accurate (one check, no per-block sync)
+    m = torch.expm1(W) if stable else None  # (I, H)
+    s_x = torch.sigmoid(x)  # (B, H)
+    step = max(1, max_block // max(1, n_c * n_h))
+    for r in range(0, n_b, step):
+        it = items[r : r + step]  # (b, C)
+        if m is not None:
+            g = m[it].mul_(s_x[r : r + step, None, :])  # (b, C, H), one buffer
+            out[r : r + step] = -b[it] - g.log1p_().sum(dim=2)
+        else:
+            xr = x[r : r + step, None, :]  # (b, 1, H)
+            g = F.softplus(xr + W[it]) - F.softplus(xr)  # (b, C, H)
+            out[r : r + step] = -b[it] - g.sum(dim=2)
+    v_at = v.gather(1, items) if rows is None else v[rows[:, None], items]  # (B, C)
+    on = v_at.nonzero(as_tuple=False)  # (nnz, 2): (row, position in items)
+    if on.numel():
+        r_on, pos = on[:, 0], on[:, 1]
+        it_on = items[r_on, pos]
+        x_on, w_on = x[r_on], W[it_on]  # (nnz, H)
+        out[r_on, pos] = -b[it_on] - (F.softplus(x_on) - F.softplus(x_on - w_on)).sum(dim=1)
+    return out
+
+
+def free_energy_delta_approx(x: torch.Tensor, W: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """(B, I) second-order Taylor approximation of dF_i (items off in v): one matmul.
+
+    With s = sigmoid(x), softplus(x + w) - softplus(x) = s w + s (1 - s) w^2 / 2 + R and
+    |R| <= |w|^3 / (36 sqrt 3) (|softplus'''| <= 1 / (6 sqrt 3)), so the error of
+        dF_i ~ -b_i - s . W_i - (s (1 - s) / 2) . W_i^2
+    is at most sum_j |W_ij|^3 / 62. The two products share one (B, 2H) x (2H, I) matmul.
+    """
+    s = torch.sigmoid(x)  # (B, H)
+    a = torch.cat([s, s * (1 - s) / 2], dim=1)  # (B, 2H)
+    return torch.addmm(-b, a, torch.cat([W, W.square()], dim=1).T, alpha=-1.0)  # (B, I)

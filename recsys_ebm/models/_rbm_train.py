@@ -19,6 +19,8 @@ import torch
 from recsys_ebm.diagnostics import ConfigError
 from recsys_ebm.io import checkpoint_fingerprint
 from recsys_ebm.models._rbm_math import free_energy, hidden_prob, visible_prob
+from recsys_ebm.models.distributed import GlobalBatchGenerator
+from recsys_ebm.models.distributed import current as current_data_parallel
 from recsys_ebm.models.training import (
     EpochCallback,
     Monitor,
@@ -96,9 +98,12 @@ class CDTrainer:
     def __init__(self, model: RBM | SoftmaxRBM, *, progress: bool, desc: str) -> None:
         cfg = model.config
         self.model, self.config, self.progress, self.desc = model, cfg, progress, desc
-        self.gen = torch.Generator(device="cpu").manual_seed(cfg.seed)
+        # data-parallel rank or None (models/distributed.py: global-batch draws, all-reduce)
+        self.dp = current_data_parallel()
+        make = torch.Generator if self.dp is None else GlobalBatchGenerator
+        self.gen = make(device="cpu").manual_seed(cfg.seed)
         dev = model.device
-        self.dev_gen = self.gen if dev.type == "cpu" else torch.Generator(dev).manual_seed(cfg.seed)
+        self.dev_gen = self.gen if dev.type == "cpu" else make(dev).manual_seed(cfg.seed)
         self.lr = cfg.learning_rate
         self.vel: dict[str, torch.Tensor] = {}
         self.chain: torch.Tensor | None = None
@@ -110,6 +115,8 @@ class CDTrainer:
         """One momentum step on the model's parameters, then the divergence guard."""
         momentum = 0.5 if epoch < 5 else self.config.momentum
         params = self.model.parameters()
+        if self.dp is not None:  # the global batch's mean gradient, on every rank
+            self.dp.all_reduce(grads)
         momentum_step(params, grads, self.vel, self.lr, momentum, self.config.weight_decay)
         check_parameters(
             params,
@@ -139,7 +146,10 @@ class CDTrainer:
         """W, b, c, their velocities, the persistent chain, both generators and the lr."""
         st: dict[str, Any] = {n: t.cpu() for n, t in self.model.parameters().items()}
         st.update({"vel_" + n: v.cpu() for n, v in self.vel.items()})
-        st["chain"] = self.chain.cpu() if self.chain is not None else torch.zeros(0)
+        chain = self.chain
+        if chain is not None and self.dp is not None:  # the global chains, from every rank's
+            chain = self.dp.gather_rows(chain, self.config.batch_size)
+        st["chain"] = chain.cpu() if chain is not None else torch.zeros(0)
         st["gen"] = self.gen.get_state()
         if self.dev_gen is not self.gen:
             st["dev_gen"] = self.dev_gen.get_state()
@@ -154,11 +164,16 @@ class CDTrainer:
         if self.dev_gen is not self.gen:
             self.dev_gen.set_state(st["dev_gen"])
         self.chain = st["chain"].to(dev) if st["chain"].numel() else None
+        if self.chain is not None and self.dp is not None:  # this rank's own chains
+            self.chain = self.dp.local_block(self.chain)
         self.lr = st["lr"]
 
 
 class RBMTrainer(CDTrainer):
     """Epochs of :class:`~recsys_ebm.models.rbm.RBM` (module docstring)."""
+
+    #: runs under torchrun: shards each global batch, all-reduces (models/distributed.py)
+    data_parallel = True
 
     def __init__(
         self, model: RBM, train: sp.csr_matrix, valid: sp.csr_matrix | None, *, progress: bool
@@ -173,6 +188,8 @@ class RBMTrainer(CDTrainer):
             self.chain = torch.bernoulli(
                 torch.full((cfg.batch_size, n_items), 0.5), generator=self.gen
             ).to(model.device)
+            if self.dp is not None:  # each rank keeps its own share of the chains
+                self.chain = self.dp.local_block(self.chain)
 
     def train_epoch(self, epoch: int) -> dict[str, float]:
         cfg, model, train = self.config, self.model, self.train
@@ -189,6 +206,9 @@ class RBMTrainer(CDTrainer):
         recon, seen = 0.0, 0
         for step, s in enumerate(batches):
             rows = order[s : s + cfg.batch_size]
+            if self.dp is not None:  # this rank's slice (PCD: draws for its chains)
+                draws = cfg.batch_size if cfg.persistent else None
+                rows = self.dp.local(rows, self.dev_gen, draws_for=draws)
             v0 = model.visible(train[rows])  # (B, I)
             grads, vk, rec = model.cd_step(v0, k, self.dev_gen, self.chain)
             if cfg.persistent:
@@ -199,6 +219,8 @@ class RBMTrainer(CDTrainer):
                     rec = visible_prob(hidden_prob(v0, model.W, model.c), model.W, model.b)
                 recon += float(((v0 - rec) ** 2).sum())
                 seen += v0.numel()
+        if self.dp is not None:
+            recon, seen = self.dp.sum(recon, seen)
         metrics = {
             "cd_k": k,
             "learning_rate": self.lr,
@@ -244,7 +266,14 @@ def train_rbm(
 ) -> TrainingResult:
     """Fit ``model`` in place with the shared loop; ``monitor`` is its validation NDCG@10."""
     cfg = model.config
-    task = RBMTrainer(model, train, valid, progress=progress)
+    if getattr(cfg, "objective", "cd") == "cd":
+        task: RBMTrainer = RBMTrainer(model, train, valid, progress=progress)
+        loss_name = "reconstruction_error"
+    else:  # the conditional objectives (their module imports this one)
+        from recsys_ebm.models._rbm_conditional import ConditionalTrainer
+
+        task = ConditionalTrainer(model, train, valid, progress=progress)
+        loss_name = "conditional_nll"
     return run_training(
         task,
         epochs=cfg.epochs,
@@ -260,5 +289,5 @@ def train_rbm(
         checkpoint_dir=checkpoint_dir,
         progress=progress,
         desc=task.desc,
-        loss_name="reconstruction_error",
+        loss_name=loss_name,
     )

@@ -23,7 +23,18 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-__all__ = ["NegativeSampler", "accidental_hit_mask", "info_nce", "log_expected_counts"]
+__all__ = [
+    "NegativeSampler",
+    "accidental_hit_mask",
+    "info_nce",
+    "log_expected_counts",
+    "log_inclusion",
+    "multi_positive_softmax",
+]
+
+#: logit of a removed candidate: exp() of it is exactly 0 in fp32, yet sums of it stay finite, so
+#: a row whose candidates are all removed has finite (zero) gradients where -inf would give NaN
+_REMOVED = -1e30
 
 
 def info_nce(
@@ -54,6 +65,82 @@ def info_nce(
         keep_label[rows, labels] = True
         logits = logits.masked_fill(mask & ~keep_label, float("-inf"))
     return torch.nn.functional.cross_entropy(logits, labels)
+
+
+def multi_positive_softmax(
+    energies: torch.Tensor,
+    targets: torch.Tensor,
+    *,
+    mask: torch.Tensor | None = None,
+    log_q: torch.Tensor | None = None,
+    mode: str = "shared",
+) -> torch.Tensor:
+    """Mean over users of the mean negative log-likelihood of each user's held-out targets.
+
+    Each row is a user whose history was split into an input (encoded into ``energies``) and a
+    target set T_b; ``mask`` removes the row's input items (known positives: the accidental hits
+    of a catalogue softmax, also masked when ranking). With logit z_bj = -E_bj - log Q_bj:
+
+    * ``"shared"``: one softmax over the kept candidates, targets included, the multinomial
+      likelihood of Mult-VAE (Liang et al., "Variational Autoencoders for Collaborative
+      Filtering", WWW 2018): L_b = -1/|T_b| sum_{t in T_b} log softmax(z_b)_t.
+    * ``"each"``: every target against the non-positives only (the other targets removed from
+      its denominator too): L_b = -1/|T_b| sum_t log(e^z_t / (e^z_t + sum_{j not in T_b} e^z_j)).
+
+    Args:
+        energies: (B, C) E(u_b, c).
+        targets: (B, C) bool, the row's held-out positives (never removed by ``mask``).
+        mask: (B, C) bool, True = candidate removed from the row's softmax.
+        log_q: (C,) or (B, C) log inclusion probability of each candidate (sampled softmax,
+            :func:`log_inclusion`); None for the exact catalogue softmax.
+        mode: "shared" or "each".
+
+    Returns:
+        scalar: the mean over rows with at least one target (each user weighs the same).
+    """
+    if mode not in ("shared", "each"):
+        raise ValueError(f"mode: expected 'shared' or 'each', got {mode!r}")
+    logits = -energies.float()  # (B, C)
+    if log_q is not None:
+        logits = logits - log_q.float()
+    t = targets.to(torch.bool)
+    if mask is not None:
+        logits = logits.masked_fill(mask & ~t, _REMOVED)
+    n_t = t.sum(1)  # (B,)
+    tf = t.to(logits.dtype)
+    if mode == "shared":
+        nll = -(torch.log_softmax(logits, dim=1) * tf).sum(1)  # (B,)
+    else:
+        log_neg = torch.logsumexp(logits.masked_fill(t, _REMOVED), dim=1, keepdim=True)  # (B, 1)
+        per = torch.logaddexp(logits, log_neg) - logits  # (B, C) -log p(target vs negatives)
+        nll = (per * tf).sum(1)
+    rows = n_t > 0
+    return (nll[rows] / n_t[rows]).mean()
+
+
+def log_inclusion(
+    cand_items: torch.Tensor,
+    n_in_batch: int,
+    n_sampled: int,
+    freq: torch.Tensor,
+    probs: torch.Tensor | None,
+) -> torch.Tensor:
+    """(C,) log pi_j: log probability that item j is in a de-duplicated candidate set.
+
+    The set holds the targets of ``n_in_batch`` training interactions (item j drawn with
+    probability freq_j each time) and ``n_sampled`` draws from ``probs``:
+    pi_j = 1 - (1 - freq_j)^n_in_batch (1 - probs_j)^n_sampled. Dividing each candidate's
+    exp(logit) by pi_j (logit - log pi_j) is the Horvitz-Thompson estimate of the catalogue's
+    partition function (the logQ correction of sampled softmax, Bengio & Senecal 2008, with
+    unique candidates as in Jean et al., ACL 2015).
+    """
+    f = freq[cand_items].double()
+    log_miss = n_in_batch * torch.log1p(-f.clamp(max=1 - 1e-12))
+    if n_sampled and probs is not None:
+        p = probs[cand_items].double()
+        log_miss = log_miss + n_sampled * torch.log1p(-p.clamp(max=1 - 1e-12))
+    # log(1 - exp(log_miss)), stable for log_miss near 0 (rare items) and very negative
+    return torch.log(-torch.expm1(log_miss)).clamp_min(-1e4).float()
 
 
 def accidental_hit_mask(

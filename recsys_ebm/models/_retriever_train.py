@@ -1,5 +1,7 @@
-"""Minibatch InfoNCE epochs of :class:`~recsys_ebm.models.retriever.Retriever`, run by the shared
-loop (:func:`recsys_ebm.models.training.run_training`).
+"""Minibatch epochs of :class:`~recsys_ebm.models.retriever.Retriever`, run by the shared loop
+(:func:`recsys_ebm.models.training.run_training`). ``objective="user"`` (the default) runs
+:func:`~recsys_ebm.models._retriever_objective.user_epoch`; what follows is the per-interaction
+InfoNCE epoch of ``objective="interaction"``.
 
 An epoch is one pass over the training interactions in a seeded random order. Each interaction
 (u, i+) is one example: i+ is the positive and the rest of u's training history is the input the
@@ -30,7 +32,9 @@ from recsys_ebm.models._retriever_loss import (
     info_nce,
     log_expected_counts,
 )
+from recsys_ebm.models._retriever_objective import user_epoch
 from recsys_ebm.models._retriever_towers import lookup, sparse_history
+from recsys_ebm.models.distributed import current as current_data_parallel
 from recsys_ebm.models.training import (
     EpochCallback,
     TrainingResult,
@@ -88,6 +92,9 @@ class RetrieverTrainer:
     examples, the negative sampler, the in-batch frequencies)."""
 
     desc = "train retriever"
+    #: runs under torchrun: shards each global batch, gathers its positives as every rank's
+    #: in-batch negatives, all-reduces (models/distributed.py)
+    data_parallel = True
 
     def __init__(
         self,
@@ -113,14 +120,22 @@ class RetrieverTrainer:
         self.sampler = None
         if cfg.negatives != "none":
             self.sampler = NegativeSampler(counts, cfg.negatives, cfg.popularity_alpha)
+        self.active_users = np.flatnonzero(np.diff(train.indptr) > 0)  # (U',) users with items
         self.freq = torch.as_tensor(counts / counts.sum(), dtype=torch.float64)  # in-batch rate
         self.probs = None if self.sampler is None else self.sampler.probs
         coo = train.tocoo()
         self.ex_users = coo.row.astype(np.int64)  # (N,) examples
         self.ex_items = coo.col.astype(np.int64)
         self.amp = cfg.mixed_precision and model.device.type == "cuda"
+        self.dp = current_data_parallel()  # data-parallel rank or None
+
+    def check(self, epoch: int, step: int) -> None:
+        """The divergence guard after an optimiser step."""
+        check_weights(self.net, self.config.max_abs_param, epoch, step, self.config.learning_rate)
 
     def train_epoch(self, epoch: int) -> dict[str, float]:
+        if self.config.objective == "user":
+            return user_epoch(self, epoch)
         cfg, net, gen, train = self.config, self.net, self.gen, self.train
         dev = self.model.device
         n_items = train.shape[1]
@@ -139,12 +154,18 @@ class RetrieverTrainer:
             idx = perm[s : s + cfg.batch_size]
             users, pos = self.ex_users[idx], self.ex_items[idx]  # (B,)
             b = len(idx)
-            hist = sparse_history(batch_history(train, users, pos, cfg.history_dropout, gen), dev)
+            hist = batch_history(train, users, pos, cfg.history_dropout, gen)  # global draws
+            mine = slice(None)  # this rank's rows of the global batch (all without torchrun)
+            if self.dp is not None:
+                mine = slice(*self.dp.bounds(b))
+                self.dp.local(idx)  # records the split for the all-reduce's weights
+                hist = hist.tocsr()[mine]
+            hist = sparse_history(hist, dev)
             cands = torch.as_tensor(pos)
             if self.sampler is not None:
                 cands = torch.cat([cands, self.sampler.sample(cfg.n_negatives, gen)])  # (C,)
-            labels = torch.arange(b)
-            mask = accidental_hit_mask(train, users, cands.numpy(), labels.numpy())  # (B, C)
+            labels = torch.arange(b)[mine]
+            mask = accidental_hit_mask(train, users[mine], cands.numpy(), labels.numpy())  # (B, C)
             log_q = None
             if cfg.logq_correction:
                 log_q = log_expected_counts(cands, b, cfg.n_negatives, self.freq, self.probs)
@@ -155,7 +176,7 @@ class RetrieverTrainer:
                 if cfg.user_id_dropout > 0:
                     drop = torch.rand(b, generator=gen) < cfg.user_id_dropout
                     uid = uid.masked_fill(drop, -1)
-                uid = uid.to(dev)
+                uid = uid[mine].to(dev)
             id_drop = None
             if cfg.item_id_dropout > 0:
                 id_drop = (torch.rand(n_items, generator=gen) < cfg.item_id_dropout).to(dev)
@@ -170,7 +191,16 @@ class RetrieverTrainer:
                     table if net.in_emb is None else net.item_table(which="in", id_drop=id_drop)
                 )
                 u = net.encode(hist, uid, in_table)  # (B, D)
-                v = net.normalize(lookup(table, cands.to(dev)))  # (C, D)
+                if self.dp is None:
+                    v = net.normalize(lookup(table, cands.to(dev)))  # (C, D)
+                else:  # the ranks' positives, gathered with autograd, then the shared negatives
+                    mine_v = net.normalize(lookup(table, cands[:b][mine].to(dev)))  # (B_r, D)
+                    v = torch.cat(
+                        [
+                            self.dp.gather_rows(mine_v, b),  # (B, D)
+                            net.normalize(lookup(table, cands[b:].to(dev))),  # (S, D)
+                        ]
+                    )
                 energies = net.energy(u, v)  # (B, C)
             loss = info_nce(
                 energies,
@@ -178,15 +208,19 @@ class RetrieverTrainer:
                 mask=torch.as_tensor(mask, device=dev),
                 log_q=log_q,
             )
-            loss_value = float(loss.detach())
+            if self.dp is None:
+                loss_value = float(loss.detach())
+            else:  # backward and all-reduce now; the global batch's loss
+                loss_value = self.dp.backward(loss, energies, self.opt, net)
             if not np.isfinite(loss_value):
                 raise DivergenceError(
                     f"Retriever diverged at epoch {epoch + 1}, step {step + 1}: the InfoNCE loss "
                     f"is {loss_value}; lower learning_rate (now {cfg.learning_rate:g}) or raise "
                     "temperature; nothing was saved"
                 )
-            self.opt.zero_grad(set_to_none=True)
-            loss.backward()
+            if self.dp is None:
+                self.opt.zero_grad(set_to_none=True)
+                loss.backward()
             self.opt.step()
             check_weights(net, cfg.max_abs_param, epoch, step, cfg.learning_rate)
             total += loss_value * b

@@ -53,6 +53,7 @@ __all__ = [
     "check_fit_inputs",
     "copy_model_dir",
     "csr_to_torch",
+    "mask_block",
     "read_model_json",
 ]
 
@@ -159,6 +160,20 @@ class Recommender(abc.ABC):
         self.fit(dataset.train, dataset.valid, callback=callback)
         self.item_vocab, self.user_vocab = dataset.item_vocab, dataset.user_vocab
         return self
+
+    def _top_block(
+        self,
+        user_items: sp.csr_matrix,
+        users: np.ndarray | None,
+        k: int,
+        exclude_seen: bool,
+        exclude: np.ndarray | None,
+    ) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Optional fast path of :meth:`recommend` over the whole catalogue: the block's exact
+        ``(energies, items)`` top-``k`` (B, k), ascending, with the seen items (when
+        ``exclude_seen``) and ``exclude`` never served (:func:`mask_block` writes the mask), or
+        None to use :meth:`_energies_block` (the default)."""
+        return None
 
     def _state_tensors(self) -> dict[str, torch.Tensor]:
         """Tensors to save (CPU, contiguous)."""
@@ -283,6 +298,15 @@ class Recommender(abc.ABC):
             block_ui = user_items[start:stop]
             block_users = None if users is None else users[start:stop]
             cols = cand if cand is not None and cand.ndim == 1 else None
+            top = None
+            if cand is None:  # a model's exact top-k without every energy (e.g. the RBM's)
+                top = self._top_block(block_ui, block_users, k, exclude_seen, excl)
+            if top is not None:
+                top_en, top_items = top  # (B, k)
+                top_items = top_items.masked_fill(torch.isinf(top_en) & (top_en > 0), -1)
+                out_items[start:stop, :k] = top_items.cpu().numpy()
+                out_en[start:stop, :k] = top_en.cpu().numpy()
+                continue
             en = self._energies_block(block_ui, block_users, cols)
             # (B, n_cols) energies we may overwrite: models return fresh tensors; views (e.g.
             # popularity's expanded row) are copied first
@@ -429,3 +453,18 @@ class Recommender(abc.ABC):
                 f"{weights}: {_RETRAIN.format(what='tensors do not fit the model')}: {exc}"
             ) from exc
         return model
+
+
+def mask_block(
+    en: torch.Tensor, user_items: sp.csr_matrix, exclude_seen: bool, exclude: np.ndarray | None
+) -> torch.Tensor:
+    """Write +inf in place into (B, I) ``en`` at the rows' seen items (when ``exclude_seen``;
+    from the matrix passed now) and at the ``exclude`` columns; returns ``en``."""
+    dev = en.device
+    if exclude_seen and user_items.nnz:
+        coo = user_items.tocoo()
+        rows = torch.as_tensor(coo.row, dtype=torch.long, device=dev)
+        en[rows, torch.as_tensor(coo.col, dtype=torch.long, device=dev)] = float("inf")
+    if exclude is not None and exclude.size:
+        en[:, torch.as_tensor(exclude, device=dev)] = float("inf")
+    return en

@@ -7,6 +7,8 @@ Every model ranks (``energies`` / ``recommend``). Some can do more; callers ask 
   binary RBM and the user-oriented softmax RBM); anomaly scoring needs it.
 * :class:`CandidateRetriever`: ``retrieve(user_items, n_candidates, ...)``, a candidate list per
   user (the two-tower retriever); the ranker's first stage needs one.
+* :class:`ApproximateScorer`: ``approx_energies`` (cheap, every item) and ``energies_at`` (exact,
+  given items per user) (the binary RBM); the ranker's fast serving path needs them.
 * :class:`RatingPredictor`: ``predict_ratings`` and ``rating_distribution`` over
   ``rating_levels`` (the softmax RBMs); evaluation reports RMSE/MAE for them.
 * :class:`HistoryHolder`: keeps the known users' histories (``history``), so serving can bundle
@@ -30,6 +32,7 @@ import numpy as np
 import scipy.sparse as sp
 
 __all__ = [
+    "ApproximateScorer",
     "CandidateRetriever",
     "Composite",
     "FreeEnergyModel",
@@ -62,6 +65,23 @@ class CandidateRetriever(Protocol):
         index: Any = None,
     ) -> np.ndarray:
         """(U, C) int64 candidate item indices, best first, padded with -1."""
+        ...
+
+
+@runtime_checkable
+class ApproximateScorer(Protocol):
+    """A model whose exact energies are expensive, with a cheap approximation over the whole
+    catalogue and exact energies at given items (the binary RBM): the ranker's fast path
+    scores every item with the approximation and re-scores its top candidates exactly."""
+
+    def approx_energies(
+        self, user_items: sp.csr_matrix, *, users: np.ndarray | None = None, batch_size: int = 1024
+    ) -> np.ndarray:
+        """(U, I) approximate energies."""
+        ...
+
+    def energies_at(self, user_items: sp.csr_matrix, items: np.ndarray) -> np.ndarray:
+        """(U, C) exact energies of each row at its own (U, C) item indices."""
         ...
 
 

@@ -25,6 +25,7 @@ import scipy.sparse as sp
 import torch
 
 from recsys_ebm.config import Config
+from recsys_ebm.device import current_threads
 from recsys_ebm.diagnostics import DivergenceError
 from recsys_ebm.models.base import (
     EpochCallback,
@@ -43,7 +44,9 @@ class ALSConfig(Config):
     alpha: float = 2.0  # confidence of an observed interaction
     epochs: int = 15  # implicit's ``iterations``
     seed: int = 0
-    num_threads: int = 0  # 0 = all cores
+    #: 0 = the process's thread count (``--threads`` / ``RECSYS_EBM_THREADS``, else the CPUs it
+    #: may use: affinity mask and cgroup quota), not implicit's "all cores"
+    num_threads: int = 0
 
     def validate(self) -> None:
         self._check_positive("factors", "alpha", "epochs")
@@ -57,8 +60,8 @@ class BPRConfig(Config):
     regularization: float = 0.01
     epochs: int = 100  # implicit's ``iterations``
     seed: int = 0
-    #: 0 = all cores. Any value but 1 makes BPR non-deterministic: implicit's Hogwild SGD
-    #: threads update shared factors without locks (see :class:`BPR`)
+    #: 0 = the process's thread count (as ALS). Any value but 1 makes BPR non-deterministic:
+    #: implicit's Hogwild SGD threads update shared factors without locks (see :class:`BPR`)
     num_threads: int = 0
 
     def validate(self) -> None:
@@ -184,7 +187,7 @@ class ALS(_FactorModel):
             regularization=cfg.regularization,
             alpha=cfg.alpha,
             iterations=cfg.epochs,
-            num_threads=cfg.num_threads,
+            num_threads=cfg.num_threads or current_threads(),
             random_state=cfg.seed,
         )
 
@@ -216,6 +219,6 @@ class BPR(_FactorModel):
             learning_rate=cfg.learning_rate,
             regularization=cfg.regularization,
             iterations=cfg.epochs,
-            num_threads=cfg.num_threads,
+            num_threads=cfg.num_threads or current_threads(),
             random_state=cfg.seed,
         )

@@ -14,6 +14,13 @@ score is recorded under ``monitor_name``); the history; the best epoch; the chec
 atomically, so a kill leaves the previous one); the callback; progress; early stopping after
 ``patience`` epochs without a better score. At the end the best epoch's parameters are restored.
 A checkpoint resumes to the same parameters as an uninterrupted run.
+
+Data-parallel (inside :func:`recsys_ebm.models.distributed.data_parallel`, one process per rank):
+every rank runs ``train_epoch`` (the trainers shard the batches and all-reduce) and
+``state_dict`` (it may gather, e.g. persistent chains); rank 0 alone reads the checkpoint (its
+state is broadcast, so a checkpoint written with N ranks resumes with M), validates (the score is
+broadcast, so every rank keeps the same best epoch), decides early stopping (broadcast), writes
+checkpoints, calls the callback (MLflow) and shows progress.
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ import torch
 from recsys_ebm.diagnostics import DivergenceError
 from recsys_ebm.io import resume_checkpoint, save_checkpoint
 from recsys_ebm.models.capabilities import Trainable
+from recsys_ebm.models.distributed import current as current_data_parallel
 from recsys_ebm.progress import progress as make_progress
 
 __all__ = [
@@ -210,7 +218,17 @@ def run_training(
     best = BestEpoch(maximize=maximize)
     start = 0
     ckpt = Path(checkpoint_dir) if checkpoint_dir is not None else None
-    st = resume_checkpoint(ckpt, fingerprint)
+    dp = current_data_parallel()
+    main = dp is None or dp.is_main  # validates, writes, logs, shows progress
+    progress = progress and main
+    on_main = dp.on_main if dp is not None else (lambda fn: fn())
+    if dp is not None and not vars(type(task)).get("data_parallel", False):
+        # declared by the concrete class: a subclass with its own step must shard it too
+        raise ValueError(
+            f"distributed: {who}'s {type(task).__name__} has no data-parallel training "
+            "(its class does not declare data_parallel = True); train it in one process"
+        )
+    st = on_main(lambda: resume_checkpoint(ckpt, fingerprint))
     if st is not None:
         task.load_state_dict(st)
         result.history, start = list(st["history"]), st["epoch"] + 1
@@ -219,7 +237,7 @@ def run_training(
     for epoch in range(start, epochs):
         metrics = dict(task.train_epoch(epoch))
         check_parameters(task.parameters_to_check(), max_abs_param, who=who, epoch=epoch, hint=hint)
-        score = monitor() if monitor is not None else None
+        score = on_main(monitor) if monitor is not None else None
         if score is not None:
             metrics[monitor_name] = score
         result.history.append({"epoch": epoch, **metrics})
@@ -229,8 +247,9 @@ def run_training(
             state.update(
                 history=result.history, epoch=epoch, fingerprint=fingerprint, **best.fields()
             )
-            save_checkpoint(ckpt, state)
-        if callback is not None:
+            if main:
+                save_checkpoint(ckpt, state)
+        if callback is not None and main:
             callback(epoch, dict(metrics))
         shown = {}
         if loss_name is not None and loss_name in metrics:
@@ -238,7 +257,10 @@ def run_training(
         if score is not None:
             shown[monitor_name.replace("_", " ")] = score
         bar.update(1, **shown)
-        if patience and best.bad >= patience:
+        stop = bool(patience and best.bad >= patience)
+        if dp is not None:  # rank 0's decision (the same on every rank: the scores are its)
+            stop = dp.broadcast_object(stop)
+        if stop:
             bar.write(f"early stop at epoch {epoch + 1}: no gain in {patience} epochs")
             result.stopped_early = True
             break

@@ -123,3 +123,110 @@ def search_weights(
         if not improved:
             break
     return w / w.sum(), best
+
+
+# ---------------------------------------------------------------- calibration and user segments
+def centre(energy: torch.Tensor, stats_mask: torch.Tensor) -> torch.Tensor:
+    """(B, I) energies minus each row's mean over ``stats_mask`` (B, I) (every item when empty).
+
+    A per-user shift changes no ranking and no softmax over items; it only keeps the blended
+    numbers small. Non-finite energies are zeroed first, as in :func:`zscore`.
+    """
+    e = torch.nan_to_num(energy.float(), nan=0.0, posinf=0.0, neginf=0.0)  # (B, I)
+    mask = stats_mask.clone()
+    mask[~mask.any(dim=1)] = True
+    m = mask.float()
+    return e - (e * m).sum(dim=1, keepdim=True) / m.sum(dim=1, keepdim=True)
+
+
+def fit_inverse_temperature(
+    energy: torch.Tensor, stats_mask: torch.Tensor, target: sp.csr_matrix, *, iters: int = 32
+) -> float:
+    """Maximum-likelihood inverse temperature beta of one component on validation targets.
+
+    The component's conditional over the unseen candidates C_u is the softmax of -beta e:
+
+        p_beta(i | u) = exp(-beta e(u, i)) / sum_{j in C_u} exp(-beta e(u, j))
+
+    (a conditional EBM whose partition function is a sum over items). Its negative
+    log-likelihood of the validation items T_u, NLL(beta) = sum_u sum_{i in T_u}
+    [beta e(u, i) + log sum_j exp(-beta e(u, j))], is convex in beta (a log-sum-exp of linear
+    functions plus a linear term), with derivative sum_u (sum_{i in T_u} e(u, i) - |T_u|
+    E_{p_beta}[e(u, .)]), increasing in beta. Bisection on its sign in log beta (Platt 1999's
+    scaling with a single parameter, as temperature scaling in Guo et al. 2017).
+
+    Args:
+        energy: (U, I) energies of the validation users (history = train).
+        stats_mask: (U, I) bool, the candidates each user may be served (unseen items).
+        target: (U, I) CSR validation items.
+
+    Returns:
+        beta > 0 (1 / temperature); users without a target item are ignored.
+    """
+    e = centre(energy, stats_mask)  # (U, I) float32: the bisection needs only the sign
+    t = torch.as_tensor(sp.csr_matrix(target).toarray() > 0, device=e.device) & stats_mask
+    rows = t.any(dim=1)
+    e, t, mask = e[rows], t[rows].float(), stats_mask[rows]
+    if not e.shape[0]:
+        return 1.0
+    n_t = t.sum(dim=1)  # (U,)
+    obs = (e * t).sum(dim=1)  # (U,) energy of the observed items
+    scale = float(e.masked_fill(~mask, 0.0).pow(2).sum() / mask.sum()) ** 0.5 or 1.0
+
+    def grad(beta: float) -> float:
+        logits = (-beta * e).masked_fill(~mask, float("-inf"))
+        p = torch.softmax(logits, dim=1)  # (U, I)
+        return float((obs - n_t * (p * e.masked_fill(~mask, 0.0)).sum(dim=1)).sum())
+
+    lo, hi = -12.0, 12.0  # log(beta * scale): beta from ~6e-6 to ~1.6e5 energy-scale units
+    if grad(np.exp(hi) / scale) < 0:
+        return float(np.exp(hi) / scale)
+    if grad(np.exp(lo) / scale) > 0:
+        return float(np.exp(lo) / scale)
+    for _ in range(iters):
+        mid = (lo + hi) / 2
+        if grad(np.exp(mid) / scale) > 0:
+            hi = mid
+        else:
+            lo = mid
+    return float(np.exp((lo + hi) / 2) / scale)
+
+
+def segment_edges(lengths: np.ndarray, n_segments: int) -> np.ndarray:
+    """(S - 1,) history-length edges: the quantiles 1/S, ..., (S-1)/S of ``lengths``.
+
+    Quantiles (not fixed counts) so that each segment holds about the same number of users on
+    any dataset: the same default rule everywhere. Repeated edges are dropped.
+    """
+    if n_segments <= 1 or not len(lengths):
+        return np.zeros(0, dtype=np.float64)
+    q = np.quantile(np.asarray(lengths, np.float64), np.arange(1, n_segments) / n_segments)
+    return np.unique(q)
+
+
+def segment_of(lengths: np.ndarray | torch.Tensor, edges: torch.Tensor) -> torch.Tensor:
+    """(B,) segment index of each history length: s such that edges[s-1] < n <= edges[s]."""
+    if torch.is_tensor(lengths):  # possibly on CUDA: the edges go there, no host round trip
+        n = lengths.double()
+    else:
+        n = torch.as_tensor(np.asarray(lengths), dtype=torch.float64, device=edges.device)
+    return torch.bucketize(n, edges.to(device=n.device, dtype=torch.float64), right=False)
+
+
+def blend_segments(
+    z: torch.Tensor,
+    weights: torch.Tensor,
+    segment: torch.Tensor,
+    cand_mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """E(u, i) = sum_k W[s(u), k] z_k(u, i): (K, B, I), (S, K), (B,) -> (B, I).
+
+    One weight vector per user segment s(u); non-candidates shifted above candidates as in
+    :func:`blend`.
+    """
+    w = weights.to(device=z.device, dtype=z.dtype)[segment.to(z.device)]  # (B, K)
+    e = torch.einsum("kbi,bk->bi", z, w)  # (B, I)
+    if cand_mask is not None and not bool(cand_mask.all()):
+        # the shift of blend(): reuse it with a unit weight on the blended energies
+        e = blend(e[None], torch.ones(1, device=z.device, dtype=z.dtype), cand_mask)
+    return e

@@ -10,8 +10,9 @@ weights, their validation items::
     weights = blender.fit([ease.energies(h), als.energies(h)], dataset.valid, seen=h)
     e = blender.blend([ease.energies(h), als.energies(h)], seen=h)  # (U, I), lower = better
 
-The maths (z-scores over each user's unseen candidates, the coordinate search maximising
-NDCG@10) is in :mod:`recsys_ebm.ranking._blend`.
+The maths (z-scores over each user's unseen candidates, or calibrated energies; the coordinate
+search maximising NDCG@10; weights per history-length segment) is in
+:mod:`recsys_ebm.ranking._blend`.
 """
 
 from __future__ import annotations
@@ -24,13 +25,37 @@ import scipy.sparse as sp
 import torch
 
 from recsys_ebm.models.base import csr_to_torch
-from recsys_ebm.ranking._blend import blend, search_weights, zscore
+from recsys_ebm.ranking._blend import (
+    _ndcg,
+    blend,
+    blend_segments,
+    centre,
+    fit_inverse_temperature,
+    search_weights,
+    segment_edges,
+    segment_of,
+    zscore,
+)
 
-__all__ = ["Blender"]
+__all__ = ["NORMS", "Blender"]
+
+#: how each component's energies are put on a common scale before the weighted sum
+NORMS = ("zscore", "calibrated")
 
 
 class Blender:
     """Blends K components' energies: E(u, i) = sum_k w_k z_k(u, i), w on the simplex.
+
+    ``norm`` chooses z_k. ``"zscore"``: per-user z-scores over the unseen candidates.
+    ``"calibrated"``: z_k = beta_k (e_k - mean_u e_k), with beta_k the maximum-likelihood inverse
+    temperature of the component's conditional softmax_i(-beta_k e_k(u, i)) on the validation
+    items (:func:`~recsys_ebm.ranking._blend.fit_inverse_temperature`); the blend is then the
+    log-linear pool (product of experts, Hinton 2002) of calibrated conditionals,
+    log p(i | u) = sum_k w_k log p_k(i | u) + const(u), and a component keeps its per-user
+    confidence (a user it separates sharply weighs more), which z-scores remove.
+    ``segments`` > 1 learns one weight vector per history-length segment (quantile edges of the
+    fit users' history lengths); a segment with fewer than ``min_segment_users`` users keeps the
+    global weights.
 
     Args:
         weights: fixed weights, one per component (>= 0, not all 0; normalised to sum 1
@@ -39,11 +64,18 @@ class Blender:
         step: grid step of the coordinate search (each move tries t in {0, step, ..., 1}).
         rounds: passes over the coordinates (the search stops early at a pass without gain).
         device: where the (K, U, I) standardised energies are computed ("cpu", "cuda", ...).
+        norm: ``"zscore"`` or ``"calibrated"`` (see above).
+        segments: number of history-length segments with their own weights (1 = one global
+            weight vector).
+        min_segment_users: fewest fit users for a segment to get its own weights.
 
     Attributes:
         weights: (K,) float32 tensor of the current weights (None before :meth:`fit` when none
             were given).
         valid_ndcg: validation NDCG@10 of the weights :meth:`fit` found (None before).
+        betas: (K,) float32 inverse temperatures (``norm="calibrated"``, after :meth:`fit`).
+        edges: (S - 1,) float64 history-length edges of the segments (None: one segment).
+        segment_weights: (S, K) float32 weights per segment (None: :attr:`weights` for all).
     """
 
     def __init__(
@@ -53,7 +85,15 @@ class Blender:
         step: float = 0.1,
         rounds: int = 3,
         device: str | torch.device = "cpu",
+        norm: str = "zscore",
+        segments: int = 1,
+        min_segment_users: int = 50,
     ) -> None:
+        if norm not in NORMS:
+            raise ValueError(f"norm: expected one of {NORMS}, got {norm!r}")
+        for name, v in (("segments", segments), ("min_segment_users", min_segment_users)):
+            if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
+                raise ValueError(f"{name}: expected a positive int, got {v!r}")
         if isinstance(step, bool) or not isinstance(step, int | float) or not step > 0:
             raise ValueError(f"step: expected a grid step > 0, got {step!r}")
         if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds <= 0:
@@ -63,12 +103,38 @@ class Blender:
         self.device = torch.device(device)
         self.weights: torch.Tensor | None = None
         self.valid_ndcg: float | None = None
+        self.norm, self.segments, self.min_segment_users = norm, segments, min_segment_users
+        self.betas: torch.Tensor | None = None
+        self.edges: torch.Tensor | None = None
+        self.segment_weights: torch.Tensor | None = None
         if weights is not None:
             self.weights = _simplex(weights)
 
     def __repr__(self) -> str:
         w = None if self.weights is None else [round(float(x), 4) for x in self.weights]
-        return f"Blender(weights={w}, step={self.step}, rounds={self.rounds})"
+        return (
+            f"Blender(weights={w}, step={self.step}, rounds={self.rounds}, norm={self.norm!r}, "
+            f"segments={self.segments})"
+        )
+
+    # ------------------------------------------------------------------ state
+    def state(self) -> dict[str, torch.Tensor]:
+        """The fitted calibration and segment tensors (to save beside :attr:`weights`)."""
+        out = {}
+        for key in ("betas", "edges", "segment_weights"):
+            if (t := getattr(self, key)) is not None:
+                out[key] = t.detach().cpu()
+        return out
+
+    def load_state(self, tensors: dict[str, torch.Tensor]) -> Blender:
+        """Restore :meth:`state` (missing keys: no calibration / one segment); returns self."""
+        self.betas = tensors["betas"].float() if "betas" in tensors else None
+        self.edges = tensors["edges"].double() if "edges" in tensors else None
+        sw = tensors.get("segment_weights")
+        self.segment_weights = None if sw is None else sw.float()
+        if self.norm == "calibrated" and self.betas is None:
+            raise ValueError("tensors: norm 'calibrated' needs the fitted 'betas'")
+        return self
 
     # ------------------------------------------------------------------ stages
     def standardise(
@@ -97,10 +163,18 @@ class Blender:
         cand = candidate_mask(candidates, n_users, n_items, self.device)
         stats = cand & ~seen_t
         # one component at a time: its raw energies are freed once standardised
-        zs = [zscore(e, stats) for e in _each(energies, (n_users, n_items), self.device)]
+        norm = zscore if self.norm == "zscore" else centre
+        zs = [norm(e, stats) for e in _each(energies, (n_users, n_items), self.device)]
         if not zs:
             raise ValueError("energies: expected at least one component's energies, got none")
         z = torch.stack(zs)  # (K, U, I)
+        if self.norm == "calibrated" and self.betas is not None:
+            if self.betas.numel() != z.shape[0]:
+                raise ValueError(
+                    f"energies: expected {self.betas.numel()} components (one per fitted "
+                    f"temperature), got {z.shape[0]}"
+                )
+            z = z * self.betas.to(z.device)[:, None, None]
         return z, seen_t, cand
 
     def fit(
@@ -134,37 +208,72 @@ class Blender:
                 f"targets: expected a scipy.sparse matrix (users x items), "
                 f"got {type(targets).__name__}"
             )
+        self.betas = None  # fitted below from the raw (centred) energies
         z, seen_t, cand = self.standardise(energies, seen=seen, candidates=candidates)
         if targets.shape != tuple(seen_t.shape):
             raise ValueError(
                 f"targets: expected shape {tuple(seen_t.shape)} (the energies' users x items), "
                 f"got {targets.shape}"
             )
-        w, score = search_weights(
-            z,
-            seen_t,
-            cand,
-            sp.csr_matrix(targets),
-            step=self.step,
-            rounds=self.rounds,
-            callback=callback,
-        )
+        targets = sp.csr_matrix(targets)
+        if self.norm == "calibrated":  # (K,): one maximum-likelihood temperature per component
+            stats = cand & ~seen_t
+            betas = [fit_inverse_temperature(zk, stats, targets) for zk in z]
+            self.betas = torch.as_tensor(betas, dtype=torch.float32)
+            z = z * self.betas.to(z.device)[:, None, None]
+        kw = dict(step=self.step, rounds=self.rounds)
+        w, score = search_weights(z, seen_t, cand, targets, callback=callback, **kw)
         self.weights = torch.as_tensor(w / w.sum(), dtype=torch.float32)
         self.valid_ndcg = score
+        self.edges = self.segment_weights = None
+        if self.segments > 1:
+            lengths = seen_t.sum(dim=1).cpu().numpy()  # (U,) history lengths
+            edges = torch.as_tensor(segment_edges(lengths, self.segments))
+            seg = segment_of(lengths, edges)  # (U,)
+            rows = [torch.nonzero(seg == s).ravel() for s in range(len(edges) + 1)]
+            per = []
+            for r in rows:
+                if r.numel() < self.min_segment_users:
+                    per.append(w / w.sum())  # too few users to learn from: global weights
+                    continue
+                rd = r.to(z.device)
+                ws, _ = search_weights(z[:, rd], seen_t[rd], cand[rd], targets[r.numpy()], **kw)
+                per.append(ws)
+            self.edges = edges
+            self.segment_weights = torch.as_tensor(np.stack(per), dtype=torch.float32)
+            e = blend_segments(z, self.segment_weights, seg, cand)
+            self.valid_ndcg = _ndcg(e[None], torch.ones(1), seen_t, cand, targets)
         return w
 
-    def combine(self, z: torch.Tensor, candidates: torch.Tensor | None = None) -> torch.Tensor:
-        """(K, U, I) z-scores -> (U, I) blended energies; non-candidates rank after candidates."""
+    def combine(
+        self,
+        z: torch.Tensor,
+        candidates: torch.Tensor | None = None,
+        *,
+        lengths: np.ndarray | torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """(K, U, I) z-scores -> (U, I) blended energies; non-candidates rank after candidates.
+
+        ``lengths`` (U,): the users' history lengths, which pick each user's segment weights
+        when there are several (required then).
+        """
         w = self._fitted_weights(z.shape[0])
-        return blend(z, w.to(z.device), candidates)
+        if self.segment_weights is None or self.edges is None:
+            return blend(z, w.to(z.device), candidates)
+        if lengths is None:
+            raise ValueError("lengths: this Blender has segment weights; pass history lengths")
+        seg = segment_of(lengths, self.edges)  # (U,)
+        if seg.numel() != z.shape[1]:
+            raise ValueError(f"lengths: expected {z.shape[1]} history lengths, got {seg.numel()}")
+        return blend_segments(z, self.segment_weights, seg, candidates)
 
     def blend(self, energies: Any, *, seen: Any, candidates: Any = None) -> np.ndarray:
         """Blended energies (U, I) of raw component energies (standardised here), float32.
 
         Arguments as in :meth:`standardise`; lower = better, as every energy.
         """
-        z, _, cand = self.standardise(energies, seen=seen, candidates=candidates)
-        return self.combine(z, cand).cpu().numpy()
+        z, seen_t, cand = self.standardise(energies, seen=seen, candidates=candidates)
+        return self.combine(z, cand, lengths=seen_t.sum(dim=1)).cpu().numpy()
 
     def _fitted_weights(self, k: int) -> torch.Tensor:
         if self.weights is None:

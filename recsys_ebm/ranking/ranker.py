@@ -42,6 +42,7 @@ from recsys_ebm.data.vocab import Vocabulary
 from recsys_ebm.device import resolve_device
 from recsys_ebm.diagnostics import ConfigError
 from recsys_ebm.io import atomic_dir
+from recsys_ebm.models._candidates import block_rows
 from recsys_ebm.models.base import (
     EpochCallback,
     Recommender,
@@ -49,7 +50,8 @@ from recsys_ebm.models.base import (
     check_exclude,
     check_fit_inputs,
 )
-from recsys_ebm.models.capabilities import CandidateRetriever
+from recsys_ebm.models.capabilities import ApproximateScorer, CandidateRetriever
+from recsys_ebm.ranking._candidates import blend_top
 from recsys_ebm.ranking._filters import allowed_mask, genres_of, item_vocabulary
 from recsys_ebm.ranking._ranker_data import (
     binary,
@@ -57,7 +59,8 @@ from recsys_ebm.ranking._ranker_data import (
     check_same_items,
     merge_valid,
 )
-from recsys_ebm.ranking.blender import Blender
+from recsys_ebm.ranking._refit import refit_model
+from recsys_ebm.ranking.blender import NORMS, Blender
 
 if TYPE_CHECKING:
     from recsys_ebm.data.dataset import Dataset
@@ -84,13 +87,25 @@ class RankerConfig(Config):
     #: "all": rank the whole catalogue; "retriever": the retriever component's candidates
     candidates: Literal["all", "retriever"] = "all"
     n_candidates: int = 300  # retrieval depth: well above the top-100 the batch job serves
+    #: recommend over the whole catalogue scores components that are expensive to score exactly
+    #: (the RBM: capabilities.ApproximateScorer) with their cheap approximation, blends, then
+    #: re-scores the blend's top candidates exactly (Ranker._top_block); False: every item exact
+    fast_serving: bool = True
     weight_step: float = 0.1  # coordinate-search grid step on the simplex
     search_rounds: int = 3  # coordinate passes (stops early at a pass without gain)
     max_tune_users: int = 4000  # validation users used for the search (seeded sample above)
     #: components refitted on train + valid after the weight search (weights kept), as the
     #: baselines are refitted after their validation search. Models that early-stop on the
-    #: validation split (rbm, retriever) are not: they keep their best-on-valid parameters
-    refit: tuple[str, ...] = ("popularity", "ease", "als", "bpr")
+    #: validation split (rbm, retriever) are refitted for their best-on-valid epoch count
+    #: (recsys_ebm.ranking._refit): every component's final fit sees train + valid
+    refit: tuple[str, ...] = ("popularity", "ease", "als", "bpr", "rbm", "retriever")
+    #: how component energies share a scale before blending: "zscore" (per user) or
+    #: "calibrated" (maximum-likelihood temperature per component, fitted on validation: the
+    #: blend is a product of calibrated conditionals; ranking/blender.py). Calibrated is the
+    #: better on cross-fitted validation (benchmarks/README.md, "Ranker blend")
+    blend_norm: Literal["zscore", "calibrated"] = "calibrated"
+    #: history-length segments (quantiles of the tuning users'), each with its own weights
+    segments: int = 1
     exclude_items: tuple[int | str, ...] = ()  # raw item ids never served
     allow_items: tuple[int | str, ...] = ()  # raw item ids: when set, only these are served
     genres_any: tuple[str, ...] = ()  # when set, only items with one of these genres are served
@@ -107,7 +122,13 @@ class RankerConfig(Config):
             )
         if any(w < 0 for w in self.weights) or (self.weights and sum(self.weights) <= 0):
             raise ConfigError(f"RankerConfig.weights: expected >= 0, not all 0: {self.weights}")
-        self._check_positive("n_candidates", "weight_step", "search_rounds", "max_tune_users")
+        self._check_positive(
+            "n_candidates", "weight_step", "search_rounds", "max_tune_users", "segments"
+        )
+        if self.blend_norm not in NORMS:
+            raise ConfigError(
+                f"RankerConfig.blend_norm: expected one of {list(NORMS)}, got {self.blend_norm!r}"
+            )
         if self.component_config is not None and not isinstance(self.component_config, dict):
             raise ConfigError(
                 f"RankerConfig.component_config: expected a table, got {self.component_config!r}"
@@ -129,6 +150,8 @@ class Ranker(Recommender):
         self.pop_energy: torch.Tensor | None = None  # (I,)
         self.history: sp.csr_matrix | None = None  # (U, I) known users' history
         self.item_genres: list[list[str]] | None = None  # per item index
+        #: the blend's calibration / segment tensors (Blender.state), empty = global z-scores
+        self.blend_state: dict[str, torch.Tensor] = {}
 
     # ------------------------------------------------------------------ components
     def _build_components(
@@ -228,6 +251,7 @@ class Ranker(Recommender):
         refit the trainable components named in config ``refit`` with ``refit(model)`` (on
         train + valid; the weights are kept)."""
         self.components = [m for m, _ in built]
+        self.blend_state = {}
         self.n_items = history.shape[1]
         self.history = full
         counts = np.asarray((full > 0).sum(axis=0)).ravel().astype(np.float64)
@@ -243,12 +267,13 @@ class Ranker(Recommender):
             w, info["weights_source"] = np.full(k, 1.0 / k), "default (equal)"
         self.weights = torch.as_tensor(w / w.sum(), dtype=torch.float32)
         info["weights"] = [float(x) for x in self.weights]
+        info.update({f"blend_{k}": v.tolist() for k, v in self.blend_state.items()})
         self.fit_info = info
         if refit is not None and valid is not None and self.config.refit:
             again = [m for m, t in built if t and m.name in self.config.refit]
-            for m in again:
-                refit(m)
+            epochs = {m.name: refit_model(m, refit) for m in again}
             info["refit_on_train_valid"] = [m.name for m in again]
+            info["refit_epochs"] = {k: v for k, v in epochs.items() if v is not None}
 
     def _learn_weights(
         self,
@@ -274,6 +299,7 @@ class Ranker(Recommender):
             else (lambda r, m: callback(r, {f"ranker.{k}": v for k, v in m.items()})),
         )
         assert blender.valid_ndcg is not None
+        self.blend_state = blender.state()
         return w, blender.valid_ndcg
 
     # ------------------------------------------------------------------ scoring
@@ -282,12 +308,18 @@ class Ranker(Recommender):
     # the weighted blend (a :class:`Blender`) -> business filters and top-N (``recommend``).
     def _blender(self, weights: torch.Tensor | None = None) -> Blender:
         """The blend stage: with this ranker's weights, or none (to learn them)."""
-        return Blender(
+        norm = self.config.blend_norm
+        if weights is not None and "betas" not in self.blend_state:
+            norm = "zscore"  # weights not learned here (config, equal, or saved before): z-scores
+        blender = Blender(
             weights,
             step=self.config.weight_step,
             rounds=self.config.search_rounds,
             device=self.device,
+            norm=norm,
+            segments=self.config.segments,
         )
+        return blender if weights is None else blender.load_state(self.blend_state)
 
     def _candidates(self, user_items: sp.csr_matrix, users: np.ndarray | None) -> Any:
         """The candidate stage: None (the whole catalogue) or the retriever component's
@@ -321,11 +353,52 @@ class Ranker(Recommender):
             seen=user_items,
             candidates=self._candidates(user_items, users),
         )  # (K, B, I), (B, I)
-        e = blender.combine(z, cand)  # (B, I)
+        e = blender.combine(z, cand, lengths=user_items.getnnz(axis=1))  # (B, I)
         empty = torch.as_tensor(user_items.getnnz(axis=1) == 0, device=self.device)
         if bool(empty.any()):  # popularity fallback for users with no history at all
             e[empty] = self.pop_energy.to(self.device)
         return e if items is None else e[:, torch.as_tensor(items, device=self.device)]
+
+    #: blended candidates re-scored exactly in the fast path (None: 2 n, at least n + 32)
+    serve_candidates: int | None = None
+
+    def _block_rows(self, n_cols: int, batch_size: int | None) -> int:
+        """Users per scoring block: a block holds about 2 K + 4 (B, I) float arrays (the K
+        raw and K standardised energies, the blend, the masks), so the default keeps them all
+        within the base class's one-array budget (``models._candidates.block_rows``): the peak
+        grows with the catalogue only through the models themselves."""
+        if batch_size is not None:
+            return super()._block_rows(n_cols, batch_size)
+        return block_rows(n_cols, 2 * len(self.components) + 4)
+
+    def _top_block(
+        self,
+        user_items: sp.csr_matrix,
+        users: np.ndarray | None,
+        k: int,
+        exclude_seen: bool,
+        exclude: np.ndarray | None,
+    ) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The fast path of :meth:`recommend` over the whole catalogue (config ``fast_serving``):
+        approximate-then-exact scoring of the expensive components
+        (:func:`recsys_ebm.ranking._candidates.blend_top`); None (every item exact) when no
+        component approximates or candidates come from the retriever."""
+        if not (self.config.fast_serving and self.config.candidates == "all"):
+            return None
+        if not any(isinstance(m, ApproximateScorer) for m in self.components):
+            return None
+        assert self.weights is not None and self.pop_energy is not None
+        return blend_top(
+            self.components,
+            self._blender(self.weights),
+            self.pop_energy.to(self.device),
+            user_items,
+            users,
+            k,
+            exclude_seen,
+            exclude,
+            self.serve_candidates,
+        )
 
     def is_fallback(self, user_items: sp.csr_matrix) -> np.ndarray:
         """(U,) bool: rows served by the popularity fallback (empty history)."""
@@ -400,11 +473,13 @@ class Ranker(Recommender):
     # ------------------------------------------------------------------ persistence
     def _state_tensors(self) -> dict[str, torch.Tensor]:
         assert self.weights is not None and self.pop_energy is not None
-        return {"weights": self.weights, "pop_energy": self.pop_energy}
+        blend = {f"blend.{k}": v for k, v in self.blend_state.items()}
+        return {"weights": self.weights, "pop_energy": self.pop_energy, **blend}
 
     def _load_state(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
         self.weights = tensors["weights"].float()
         self.pop_energy = tensors["pop_energy"].float()
+        self.blend_state = {k[6:]: v for k, v in tensors.items() if k.startswith("blend.")}
 
     def save(self, path: str | Path, *, overwrite: bool = False) -> Path:
         """Base files + ``components/<k>-<name>/`` + ``history.npz`` + ``item_genres.json``."""

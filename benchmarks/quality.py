@@ -1,0 +1,327 @@
+"""Quality benchmark of issue 12: every model against EASE on three datasets, in one run.
+
+    python benchmarks/quality.py [--datasets ml-100k,ml-latest-small,movietweetings-100k]
+        [--ml100k PATH] [--threads 2] [--device auto|cpu|cuda] [--bpr] [--softmax-rbm]
+        [--components ease,als,rbm,retriever] [--ranker reuse|fit] [--json OUT.json]
+
+Protocol (README.md's): per-user random split, 20% test and 10% validation, seed 0; every model
+ranks the whole catalogue for every test user from train + valid, that history masked.
+Every choice is made on validation only, and every final fit sees train + valid:
+
+* popularity: fitted on train + valid.
+* EASE: L2 from {50, 100, 250, 500, 1000} on validation NDCG@10, refitted on train + valid.
+* ALS (implicit): factors {32, 64, 128} x alpha {1, 5} on validation, refitted. BPR (``--bpr``,
+  slow): implicit's defaults with 64 factors, fitted on train + valid.
+* the EBMs (``rbm``, ``retriever``, ``softmax-rbm`` with ``--softmax-rbm``): their defaults,
+  early-stopped on validation NDCG@10 (RMSE for the softmax RBM); then a fresh model
+  ``cls(epochs=best_epoch + 1, patience=0)`` is fitted on train + valid, so the EBMs get the same
+  data as the refitted baselines. "fit s" is both fits.
+* ranker: ``Ranker()`` with its defaults. ``--ranker fit`` runs ``Ranker().fit_dataset`` as a
+  user does (it trains its own components); ``--ranker reuse`` (default, half the time) builds
+  the same ranker from the single models' own fits: their train fits give the blend weights
+  (learned on validation), their train + valid fits are the components (``reuse_ranker``).
+
+Per dataset a table: NDCG@10, Recall@20, fit seconds (selection + refit), and the paired
+comparison of per-user NDCG@10, ranker minus model: mean difference, paired t-test p and
+Wilcoxon signed-rank p (``recsys_ebm.evaluation.stats.paired_test``). Then a TARGETS block:
+rbm >= EASE, retriever >= EASE and ranker >= 1.05 x EASE (NDCG@10) on each dataset, PASS/FAIL.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+DATASETS = {
+    "ml-100k": ROOT.parent / "shared" / "data" / "ml-100k",
+    "ml-latest-small": ROOT / "data" / "ml-latest-small",
+    "movietweetings-100k": ROOT / "data" / "movietweetings-100k",
+}
+SPLIT = dict(split="random", test_fraction=0.2, valid_fraction=0.1, seed=0)
+TARGET_RANKER = 1.05  # ranker NDCG@10 >= 1.05 x EASE's (issue 12)
+
+
+def _has_field(cls: Any, name: str) -> bool:
+    return any(f.name == name for f in dataclasses.fields(cls.config_class))
+
+
+def make(name: str, device: str, threads: int, **params: Any) -> Any:
+    """A model by registry name with ``params``, on ``device`` and quiet where it can be."""
+    from recsys_ebm.models import get_model_class
+
+    cls = get_model_class(name)
+    extra: dict[str, Any] = {}
+    if _has_field(cls, "device"):
+        extra["device"] = device
+    if _has_field(cls, "progress"):
+        extra["progress"] = False
+    if _has_field(cls, "num_threads"):
+        extra["num_threads"] = threads
+    return cls(**{**extra, **params})
+
+
+def select_refit(name: str, grid: list[dict], ds: Any, device: str, threads: int) -> tuple:
+    """Pick params on validation NDCG@10 (fit on train), refit the best on train + valid."""
+    from recsys_ebm.evaluation.protocol import evaluate_ranking
+
+    t0 = time.perf_counter()
+    best, best_score, first = grid[0], -1.0, None
+    if len(grid) > 1:
+        for params in grid:
+            m = make(name, device, threads, **params).fit(ds.train)
+            s = evaluate_ranking(m, ds.history("valid"), ds.valid, (10,))["ndcg@10"]
+            if s > best_score:
+                best, best_score, first = params, s, m
+    model = make(name, device, threads, **best).fit(ds.history("test"))
+    desc = ", ".join(f"{k} {v}" for k, v in best.items())
+    return model, time.perf_counter() - t0, desc, first
+
+
+def early_stop_refit(name: str, ds: Any, device: str, threads: int) -> tuple:
+    """Defaults early-stopped on validation, then ``epochs=best+1, patience=0`` on train+valid."""
+    from recsys_ebm.ranking._ranker_data import merge_valid
+    from recsys_ebm.ranking._refit import best_epoch
+
+    t0 = time.perf_counter()
+    first = make(name, device, threads).fit_dataset(ds)
+    ep = best_epoch(first)
+    if ep is None:
+        return first, time.perf_counter() - t0, "defaults (no best epoch: not refitted)", first
+    model = make(name, device, threads, epochs=ep + 1, patience=0).fit_dataset(merge_valid(ds))
+    return model, time.perf_counter() - t0, f"defaults, {ep + 1} epochs (best on valid)", first
+
+
+def reuse_ranker(models: dict[str, tuple], ds: Any, overrides: dict, dev: str, thr: int) -> tuple:
+    """The default ranker built from the single models' own fits (``--ranker reuse``).
+
+    ``Ranker().fit_dataset`` fits each component on train (early-stopping on valid), learns the
+    blend on valid, then refits on train + valid (early-stopped ones for their best epoch
+    count). The single models above went through the same fits, so their train fits give the
+    blend (``Ranker.from_fitted``, same validation users, same search) and their final fits
+    become the components. A component whose single model has another config (ALS: the
+    ranker's fixed factors / alpha against the benchmark's grid) is fitted as the ranker would.
+    The fit time is the sum of the components' fit times and the blend's.
+    """
+    import copy
+
+    from recsys_ebm.ranking import Ranker, RankerConfig
+    from recsys_ebm.ranking._ranker_data import merge_valid
+    from recsys_ebm.ranking._refit import refit_model
+
+    cfg = RankerConfig(**overrides)
+    first, final, secs = [], [], 0.0
+    for name in cfg.components:
+        params = (cfg.component_config or {}).get(name, {})
+        single = models.get(name)
+        if (
+            single is not None
+            and single[3] is not None
+            and all(getattr(single[3].config, k) == v for k, v in params.items())
+        ):
+            first.append(single[3])
+            final.append(single[0])
+            secs += single[1]
+            continue
+        t0 = time.perf_counter()
+        m = make(name, dev, thr, **params).fit_dataset(ds)
+        again = copy.deepcopy(m)
+        refit_model(again, lambda x: x.fit_dataset(merge_valid(ds)))
+        first.append(m)
+        final.append(again)
+        secs += time.perf_counter() - t0
+    t0 = time.perf_counter()
+    rest = {k: v for k, v in overrides.items() if k != "components"}
+    ranker = Ranker.from_fitted(first, ds.history("valid"), ds.valid, **rest)
+    ranker.components = final  # the train + valid fits, as Ranker.fit_dataset's refit
+    ranker.item_vocab, ranker.user_vocab = ds.item_vocab, ds.user_vocab
+    return ranker, secs + time.perf_counter() - t0
+
+
+def per_user(model: Any, ds: Any) -> dict[str, np.ndarray]:
+    """Per-test-user NDCG@10 and Recall@20, full ranking from train + valid (masked)."""
+    from recsys_ebm.evaluation.metrics import ranking_metrics
+
+    hist = ds.history("test", values=model.history_values)
+    rows = ds.eval_users("test")
+    items, _ = model.recommend(hist[rows], n=20, users=rows)
+    return ranking_metrics(items, ds.test[rows], (10, 20))
+
+
+def run_dataset(label: str, ds: Any, args: argparse.Namespace) -> list[dict]:
+    from recsys_ebm.evaluation.stats import paired_test
+    from recsys_ebm.ranking import Ranker
+
+    dev, thr = args.device, args.threads
+    print(
+        f"\n== {label}: {ds.n_users} users x {ds.n_items} items, train {ds.train.nnz:,} / "
+        f"valid {ds.valid.nnz:,} / test {ds.test.nnz:,}; {len(ds.eval_users('test'))} test users",
+        flush=True,
+    )
+    grids: dict[str, list[dict]] = {
+        "popularity": [{}],
+        "ease": [{"l2": v, "l2_grid": []} for v in (50.0, 100.0, 250.0, 500.0, 1000.0)],
+        "als": [{"factors": f, "alpha": a} for f in (32, 64, 128) for a in (1.0, 5.0)],
+    }
+    if args.bpr:
+        grids["bpr"] = [{"factors": 64}]
+    models: dict[str, tuple] = {}
+    for name, grid in grids.items():
+        models[name] = select_refit(name, grid, ds, dev, thr)
+        print(f"  {name}: {models[name][1]:.1f} s ({models[name][2]})", flush=True)
+    ebms = ["rbm", "retriever"] + (["softmax-rbm"] if args.softmax_rbm else [])
+    for name in ebms:
+        models[name] = early_stop_refit(name, ds, dev, thr)
+        print(f"  {name}: {models[name][1]:.1f} s ({models[name][2]})", flush=True)
+    overrides: dict[str, Any] = {"device": dev}
+    if args.components:
+        overrides["components"] = tuple(args.components.split(","))
+    if args.ranker == "reuse":
+        ranker, fit_s = reuse_ranker(models, ds, overrides, dev, thr)
+    else:
+        t0 = time.perf_counter()
+        ranker = Ranker(**overrides).fit_dataset(ds)
+        fit_s = time.perf_counter() - t0
+    info = ranker.fit_info
+    weights = ", ".join(
+        f"{c} {w:.2f}" for c, w in zip(info["components"], info["weights"], strict=True)
+    )
+    if "blend_betas" in info:
+        weights += "; inverse temperatures " + ", ".join(f"{b:.3g}" for b in info["blend_betas"])
+    models["ranker"] = (ranker, fit_s, f"{args.ranker}: weights {weights}")
+    print(
+        f"  ranker: {models['ranker'][1]:.1f} s ({models['ranker'][2]}; "
+        f"valid NDCG@10 {info.get('valid_ndcg_at_10', float('nan')):.4f})",
+        flush=True,
+    )
+    scores = {name: per_user(m, ds) for name, (m, *_) in models.items()}
+    r = scores["ranker"]["ndcg@10"]
+    print(
+        f"\n{'model':<12}{'NDCG@10':>9}{'Recall@20':>11}{'fit s':>8}  "
+        f"{'ranker-model':>13}{'t-test p':>10}{'Wilcoxon p':>12}   chosen on valid"
+    )
+    rows = []
+    for name, (_, fit_s, params, *_) in models.items():
+        s = scores[name]
+        row = {
+            "dataset": label,
+            "model": name,
+            "ndcg@10": float(np.nanmean(s["ndcg@10"])),
+            "recall@20": float(np.nanmean(s["recall@20"])),
+            "fit_s": fit_s,
+            "params": params,
+        }
+        line = f"{name:<12}{row['ndcg@10']:>9.4f}{row['recall@20']:>11.4f}{fit_s:>8.1f}  "
+        if name != "ranker":
+            t = paired_test(r, s["ndcg@10"])
+            row.update(diff=t["mean_diff"], t_p=t["t_pvalue"], wilcoxon_p=t["wilcoxon_pvalue"])
+            line += f"{t['mean_diff']:>+13.4f}{t['t_pvalue']:>10.2g}{t['wilcoxon_pvalue']:>12.2g}"
+        else:
+            line += f"{'':>35}"
+        print(f"{line}   {params}", flush=True)
+        rows.append(row)
+    return rows
+
+
+def targets(rows: list[dict]) -> bool:
+    """Print the TARGETS block; True when every target holds."""
+    print("\nTARGETS (issue 12; NDCG@10 on test, per dataset)")
+    ok_all = True
+    for label in dict.fromkeys(r["dataset"] for r in rows):
+        got = {r["model"]: r for r in rows if r["dataset"] == label}
+        ease = got["ease"]["ndcg@10"]
+        checks = [
+            ("rbm >= EASE", "rbm", ease),
+            ("retriever >= EASE", "retriever", ease),
+            (f"ranker >= {TARGET_RANKER:g} x EASE", "ranker", TARGET_RANKER * ease),
+        ]
+        for what, name, bar in checks:
+            if name not in got:
+                continue
+            v = got[name]["ndcg@10"]
+            ok = v >= bar
+            ok_all &= ok
+            extra = ""
+            if name == "ranker":
+                extra = (
+                    f"; ranker - EASE {got['ease']['diff']:+.4f}, t-test p "
+                    f"{got['ease']['t_p']:.2g}, Wilcoxon p {got['ease']['wilcoxon_p']:.2g}"
+                )
+            print(
+                f"  {label:<20} {what:<22} {'PASS' if ok else 'FAIL'}  "
+                f"{v:.4f} vs {bar:.4f} ({v / ease:.3f} x EASE{extra})"
+            )
+    print(f"ALL TARGETS {'PASS' if ok_all else 'FAIL'}")
+    return ok_all
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument(
+        "--datasets",
+        default=",".join(DATASETS),
+        help="comma-separated subset of " + ", ".join(DATASETS),
+    )
+    ap.add_argument("--ml100k", default=str(DATASETS["ml-100k"]), help="MovieLens 100K directory")
+    ap.add_argument("--threads", type=int, default=2, help="torch and implicit threads")
+    ap.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda")
+    ap.add_argument("--bpr", action="store_true", help="also implicit's BPR (slow)")
+    ap.add_argument("--softmax-rbm", action="store_true", help="also the softmax RBM (ratings)")
+    ap.add_argument("--components", default=None, help="the ranker's components (default: its own)")
+    ap.add_argument(
+        "--ranker",
+        choices=("reuse", "fit"),
+        default="reuse",
+        help="reuse: the default ranker built from the single models' own fits (the same fits "
+        "Ranker().fit_dataset makes; half the time); fit: Ranker().fit_dataset from scratch",
+    )
+    ap.add_argument("--json", default=None, help="also write every row to this JSON file")
+    args = ap.parse_args(argv)
+    names = [d.strip() for d in args.datasets.split(",") if d.strip()]
+    unknown = [d for d in names if d not in DATASETS]
+    if unknown:
+        ap.error(f"--datasets: expected names from {list(DATASETS)}, got {unknown}")
+    if args.threads < 1:
+        ap.error(f"--threads: expected a positive int, got {args.threads}")
+
+    import torch
+
+    from recsys_ebm.data.prepare import prepare_dataset
+    from recsys_ebm.device import resolve_device
+
+    torch.set_num_threads(args.threads)
+    args.device = str(resolve_device(args.device))
+    gpu = torch.cuda.get_device_name() if args.device.startswith("cuda") else "no GPU"
+    print(f"device {args.device} ({gpu}), {args.threads} threads, torch {torch.__version__}")
+    t_all = time.perf_counter()
+    rows: list[dict] = []
+    for name in names:
+        path = Path(args.ml100k) if name == "ml-100k" else DATASETS[name]
+        if not path.exists():
+            print(
+                f"\n[skip] {name}: not found at {path}"
+                + (" (pass --ml100k PATH)" if name == "ml-100k" else "")
+            )
+            continue
+        rows += run_dataset(name, prepare_dataset(path, **SPLIT), args)
+    if not rows:
+        return 0
+    targets(rows)
+    print(f"total {time.perf_counter() - t_all:.0f} s")
+    if args.json:
+        from recsys_ebm.io import atomic_file
+
+        with atomic_file(args.json) as tmp:
+            tmp.write_text(json.dumps(rows, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
