@@ -157,7 +157,7 @@ def main() -> None:
             ("ranker fast (default)", ranker),
             ("ranker exact, every item", exact_ranker),
         ):
-            if args.no_exact and "exact" in name:
+            if args.no_exact and "every item" in name:  # the exact reference rows
                 continue
             timings[name] = best_of(ours(model), args.repeats)
         pairs = () if args.no_exact else (("RBM", rbm, exact_rbm), ("ranker", ranker, exact_ranker))

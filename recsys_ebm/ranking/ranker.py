@@ -73,8 +73,9 @@ class RankerConfig(Config):
     #: registry names (trained by the ranker) or saved model directories (used as they are).
     #: EASE + ALS + RBM + retriever: four strong single models with different inductive biases
     #: (item-item regression, low-rank factors, an energy-based latent model, a contrastive
-    #: two-tower EBM). On ML-100K test NDCG@10 this blend gives 0.4579 against 0.4527 without
-    #: the retriever and 0.4443 for the best single model, EASE (benchmarks/README.md).
+    #: two-tower EBM). On ML-100K test NDCG@10 this blend gives 0.4598 against 0.4443 for the
+    #: best single model, EASE; it ties EASE on ml-latest-small and movietweetings-100k
+    #: (`python benchmarks/quality.py`, benchmarks/README.md).
     components: tuple[str, ...] = ("ease", "als", "rbm", "retriever")
     #: per-component config overrides by registry name, e.g. {als = {factors = 32}}. The ALS
     #: default is the best of benchmarks/baselines.py's validation grid on ML-100K.
