@@ -1,0 +1,70 @@
+"""Training time against implicit's ALS, in one run (issue 13's training target: an early-stopped
+fit of the RBM and of the retriever on MovieLens 100K in at most 15x ALS's time).
+
+    python benchmarks/train_speed.py [--ml100k PATH] [--threads 2] [--repeats 2]
+
+MovieLens 100K (``--ml100k``; the bundled ml-latest-small when absent), per-user random split
+20% test / 10% valid, seed 0. Each fit is timed from a fresh model to a fitted one (the RBM and
+the retriever with their defaults, early-stopped on validation NDCG@10: their per-epoch
+validation is part of the fit); the reference is implicit's ALS (64 factors, 15 iterations) on the
+same training matrix, timed in the same run. Best of ``--repeats`` runs per model; the ratio
+is model time / ALS time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def best_of(fn, repeats: int) -> tuple[float, object]:  # noqa: ANN001
+    best, out = float("inf"), None
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        out = fn()
+        best = min(best, time.perf_counter() - t0)
+    return best, out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--ml100k", default=str(ROOT.parent / "shared" / "data" / "ml-100k"))
+    ap.add_argument("--threads", type=int, default=2, help="torch and implicit threads")
+    ap.add_argument("--repeats", type=int, default=2)
+    args = ap.parse_args()
+
+    import torch
+
+    from recsys_ebm.data.prepare import prepare_dataset
+    from recsys_ebm.models import get_model_class
+
+    torch.set_num_threads(args.threads)
+    src = Path(args.ml100k)
+    if not (src / "u.data").is_file():
+        print(f"[note] MovieLens 100K not found at {src}: using the bundled ml-latest-small")
+        src = ROOT / "data" / "ml-latest-small"
+    ds = prepare_dataset(src, split="random", test_fraction=0.2, valid_fraction=0.1, seed=0)
+    print(f"{src.name}: {ds.n_users} users x {ds.n_items} items, train {ds.train.nnz:,}; "
+          f"{args.threads} threads, best of {args.repeats}")
+
+    als_cls = get_model_class("als")
+    t_als, _ = best_of(
+        lambda: als_cls(factors=64, epochs=15, num_threads=args.threads).fit(ds.train),
+        args.repeats,
+    )
+    rows = [("implicit ALS (64 factors, 15 iterations)", t_als, "")]
+    for name in ("rbm", "retriever"):
+        cls = get_model_class(name)
+        t, model = best_of(lambda cls=cls: cls(progress=False).fit_dataset(ds), args.repeats)
+        info = model.fit_info  # type: ignore[attr-defined]
+        rows.append((f"{name} (defaults, early-stopped)", t, f"{info.get('epochs_run')} epochs"))
+    print(f"\n{'model':<44}{'fit s':>8}{'vs ALS':>9}  (target <= 15x)")
+    for label, t, extra in rows:
+        print(f"{label:<44}{t:>8.2f}{t / t_als:>8.1f}x  {extra}")
+
+
+if __name__ == "__main__":
+    main()
