@@ -40,7 +40,7 @@ import torch
 import torch.nn.functional as F
 
 from recsys_ebm.models._rbm_train import RBMTrainer, free_energy_gap
-from recsys_ebm.models.training import batch_progress, check_parameters
+from recsys_ebm.models.training import EpochBatches
 
 if TYPE_CHECKING:
     from recsys_ebm.models.rbm import RBM
@@ -255,31 +255,19 @@ class ConditionalTrainer(RBMTrainer):
                     sq.mul_(b2).addcmul_(g, g, value=1 - b2)
                 denom = (sq / corr2).sqrt_().add_(eps)
                 params[n].addcdiv_(m, denom, value=-self.lr / corr1)
-        check_parameters(
-            params,
-            cfg.max_abs_param,
-            who=type(self.model).__name__,
-            epoch=epoch,
-            step=step,
-            lr=self.lr,
-            hint=self.hint,
-        )
+        self.check_step(epoch, step)
 
     def train_epoch(self, epoch: int) -> dict[str, float]:
         cfg, model, train = self.config, self.model, self.train
         n_users = train.shape[0]
         k = cfg.k_at(epoch)
         order = torch.randperm(n_users, generator=self.gen).numpy()
-        batches = batch_progress(
-            range(0, n_users, cfg.batch_size),
-            desc=self.desc,
-            epoch=epoch,
-            epochs=cfg.epochs,
+        batches = EpochBatches(
+            order, cfg.batch_size, desc=self.desc, epoch=epoch, epochs=cfg.epochs,
             enabled=self.progress,
         )
         total, n_held = 0.0, 0
-        for step, lo in enumerate(batches):
-            rows = order[lo : lo + cfg.batch_size]
+        for step, rows in batches:
             shape, mine = (len(rows), train.shape[1]), slice(None)  # the global batch's draws
             if self.dp is not None:  # this rank's rows (the hybrid's PCD: its chains' draws)
                 mine = slice(*self.dp.bounds(len(rows)))

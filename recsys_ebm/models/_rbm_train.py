@@ -22,10 +22,10 @@ from recsys_ebm.models._rbm_math import free_energy, hidden_prob, visible_prob
 from recsys_ebm.models.distributed import GlobalBatchGenerator
 from recsys_ebm.models.distributed import current as current_data_parallel
 from recsys_ebm.models.training import (
+    EpochBatches,
     EpochCallback,
     Monitor,
     TrainingResult,
-    batch_progress,
     check_parameters,
     run_training,
 )
@@ -118,8 +118,12 @@ class CDTrainer:
         if self.dp is not None:  # the global batch's mean gradient, on every rank
             self.dp.all_reduce(grads)
         momentum_step(params, grads, self.vel, self.lr, momentum, self.config.weight_decay)
+        self.check_step(epoch, step)
+
+    def check_step(self, epoch: int, step: int) -> None:
+        """The divergence guard after a gradient step, naming the epoch, step and lr."""
         check_parameters(
-            params,
+            self.model.parameters(),
             self.config.max_abs_param,
             who=type(self.model).__name__,
             epoch=epoch,
@@ -196,16 +200,12 @@ class RBMTrainer(CDTrainer):
         n_users = train.shape[0]
         k = cfg.k_at(epoch)
         order = torch.randperm(n_users, generator=self.gen).numpy()
-        batches = batch_progress(
-            range(0, n_users, cfg.batch_size),
-            desc=self.desc,
-            epoch=epoch,
-            epochs=cfg.epochs,
+        batches = EpochBatches(
+            order, cfg.batch_size, desc=self.desc, epoch=epoch, epochs=cfg.epochs,
             enabled=self.progress,
         )
         recon, seen = 0.0, 0
-        for step, s in enumerate(batches):
-            rows = order[s : s + cfg.batch_size]
+        for step, rows in batches:
             if self.dp is not None:  # this rank's slice (PCD: draws for its chains)
                 draws = cfg.batch_size if cfg.persistent else None
                 rows = self.dp.local(rows, self.dev_gen, draws_for=draws)

@@ -36,7 +36,7 @@ import torch
 from recsys_ebm.diagnostics import DivergenceError
 from recsys_ebm.models._retriever_loss import log_inclusion, multi_positive_softmax
 from recsys_ebm.models._retriever_towers import lookup, sparse_history
-from recsys_ebm.models.training import batch_progress
+from recsys_ebm.models.training import EpochBatches
 
 if TYPE_CHECKING:
     from recsys_ebm.models._retriever_train import RetrieverTrainer
@@ -127,16 +127,12 @@ def user_epoch(task: RetrieverTrainer, epoch: int) -> dict[str, float]:
     t0 = time.perf_counter()
     net.train()
     perm = task.active_users[torch.randperm(len(task.active_users), generator=gen).numpy()]
-    batches = batch_progress(
-        range(0, len(perm), cfg.batch_size),
-        desc=task.desc,
-        epoch=epoch,
-        epochs=cfg.epochs,
+    batches = EpochBatches(
+        perm, cfg.batch_size, desc=task.desc, epoch=epoch, epochs=cfg.epochs,
         enabled=task.progress,
     )
     total, n_seen = 0.0, 0
-    for step, s in enumerate(batches):
-        users = perm[s : s + cfg.batch_size]  # (B,) the global batch
+    for step, users in batches:  # users: (B,) the global batch
         b = len(users)
         inputs, targets = holdout_split(train[users], cfg.holdout_fraction, gen)
         if full:

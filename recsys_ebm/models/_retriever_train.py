@@ -36,9 +36,9 @@ from recsys_ebm.models._retriever_objective import user_epoch
 from recsys_ebm.models._retriever_towers import lookup, sparse_history
 from recsys_ebm.models.distributed import current as current_data_parallel
 from recsys_ebm.models.training import (
+    EpochBatches,
     EpochCallback,
     TrainingResult,
-    batch_progress,
     check_parameters,
     run_training,
 )
@@ -142,16 +142,12 @@ class RetrieverTrainer:
         t0 = time.perf_counter()
         net.train()
         perm = torch.randperm(len(self.ex_users), generator=gen).numpy()
-        batches = batch_progress(
-            range(0, len(perm), cfg.batch_size),
-            desc=self.desc,
-            epoch=epoch,
-            epochs=cfg.epochs,
+        batches = EpochBatches(
+            perm, cfg.batch_size, desc=self.desc, epoch=epoch, epochs=cfg.epochs,
             enabled=self.progress,
         )
         total, n_seen = 0.0, 0
-        for step, s in enumerate(batches):
-            idx = perm[s : s + cfg.batch_size]
+        for step, idx in batches:
             users, pos = self.ex_users[idx], self.ex_items[idx]  # (B,)
             b = len(idx)
             hist = batch_history(train, users, pos, cfg.history_dropout, gen)  # global draws

@@ -24,9 +24,9 @@ import torch
 from recsys_ebm.io import checkpoint_fingerprint
 from recsys_ebm.models._rbm_train import CDTrainer
 from recsys_ebm.models.training import (
+    EpochBatches,
     EpochCallback,
     TrainingResult,
-    batch_progress,
     run_training,
 )
 
@@ -87,16 +87,12 @@ class SoftmaxRBMTrainer(CDTrainer):
         cfg, model, dev = self.config, self.model, self.model.device
         k = cfg.k_at(epoch)
         order = self.active[torch.randperm(self.active.size, generator=self.gen).numpy()]
-        batches = batch_progress(
-            range(0, order.size, cfg.batch_size),
-            desc=self.desc,
-            epoch=epoch,
-            epochs=cfg.epochs,
+        batches = EpochBatches(
+            order, cfg.batch_size, desc=self.desc, epoch=epoch, epochs=cfg.epochs,
             enabled=self.progress,
         )
         sq_err, n_seen = 0.0, 0
-        for step, s in enumerate(batches):
-            users = order[s : s + cfg.batch_size]
+        for step, users in batches:
             pos_np, rows_np = batch_entries(self.codes, users)
             pos = torch.as_tensor(pos_np, device=dev)
             rows = torch.as_tensor(rows_np, device=dev)

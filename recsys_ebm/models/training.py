@@ -25,7 +25,7 @@ checkpoints, calls the callback (MLflow) and shows progress.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,6 +46,7 @@ __all__ = [
     "TrainingResult",
     "batch_progress",
     "check_parameters",
+    "EpochBatches",
     "run_training",
 ]
 
@@ -91,6 +92,34 @@ def check_parameters(
         f"{who} diverged at {where}: {what} (max_abs_param={limit:g}); "
         f"lower learning_rate{now}{hint}; nothing was saved"
     )
+
+
+class EpochBatches:
+    """``(step, order[s : s + batch_size])`` for each minibatch of one epoch, in ``order`` (a
+    seeded permutation), under the epoch's inner progress bar (:func:`batch_progress`), whose
+    postfix :meth:`set_postfix` sets (e.g. the running loss)."""
+
+    def __init__(
+        self,
+        order: np.ndarray,
+        batch_size: int,
+        *,
+        desc: str,
+        epoch: int,
+        epochs: int,
+        enabled: bool,
+    ) -> None:
+        self.order, self.batch_size = order, batch_size
+        self.bar = batch_progress(
+            range(0, len(order), batch_size), desc=desc, epoch=epoch, epochs=epochs, enabled=enabled
+        )
+
+    def __iter__(self) -> Iterator[tuple[int, np.ndarray]]:
+        for step, s in enumerate(self.bar):
+            yield step, self.order[s : s + self.batch_size]
+
+    def set_postfix(self, **values: Any) -> None:
+        self.bar.set_postfix(**values)
 
 
 def batch_progress(
