@@ -25,6 +25,7 @@ from recsys_ebm.models._retriever_loss import accidental_hit_mask, info_nce, log
 from recsys_ebm.models.distributed import DataParallel, current, data_parallel, split_sizes
 from recsys_ebm.models.rbm import RBM, RBMConfig
 from recsys_ebm.models.retriever import Retriever, RetrieverConfig
+from recsys_ebm.models.softmax_rbm import SoftmaxRBM
 
 ROOT = Path(__file__).resolve().parents[1]
 TOL = {"rtol": 1e-4, "atol": 1e-5}
@@ -95,6 +96,27 @@ def _fit_rbm(dp, cfg, train, valid):
 def _fit_retriever(dp, kw, train, valid):
     model = Retriever(**kw).fit(train, valid)
     return {k: t.detach().clone() for k, t in model.net.state_dict().items()}, model.fit_info
+
+
+def _ratings(n_users: int, n_items: int, seed: int) -> tuple[sp.csr_matrix, sp.csr_matrix]:
+    """Train and valid (U, I) matrices of ratings 1-5 (the binary split's pattern)."""
+    rng = np.random.default_rng(seed + 7)
+    train, valid = _split(n_users, n_items, seed)
+    for m in (train, valid):
+        m.data = rng.integers(1, 6, size=m.nnz).astype(np.float32)
+    return train, valid
+
+
+def _softmax_kw(**kw) -> dict:
+    return {
+        "n_hidden": 6, "epochs": 3, "batch_size": 7, "patience": 0, "progress": False,
+        "device": "cpu", "seed": 5, **kw,
+    }  # fmt: skip
+
+
+def _fit_softmax(dp, kw, train, valid):
+    model = SoftmaxRBM(**kw).fit(train, valid)
+    return {k: t.clone() for k, t in model.parameters().items()}, model.fit_info["history"]
 
 
 def _assert_params_equal(a: dict, b: dict) -> None:
@@ -185,6 +207,17 @@ def _cases(tmp: Path) -> dict:
     kw = _retriever_kw(epochs=3, checkpoint_dir=str(tmp / "retriever-ckpt"))
     cases["retriever-resume"] = (_fit_retriever, (kw, train, None))
     cases["info_nce"] = (_gathered_info_nce, _info_nce_inputs())
+    # the softmax RBM (item orientation: 25 item cases in batches of 7, the last one 4 = 2 + 2;
+    # the user orientation: 30 user cases, 29 + 1: rank 1 gets no row of the last batch)
+    train, valid = _ratings(30, 25, 4)
+    for name, kw in (
+        ("softmax-cd", _softmax_kw(cd_k=1)),
+        ("softmax-pcd", _softmax_kw(persistent=True, cd_k=2)),
+        ("softmax-user", _softmax_kw(orientation="user", batch_size=29)),
+    ):
+        cases[name] = (_fit_softmax, (kw, train, valid))
+    kw = _softmax_kw(persistent=True, epochs=2, checkpoint_dir=str(tmp / "softmax-ckpt"))
+    cases["softmax-ckpt"] = (_fit_softmax, (kw, train, None))  # stops after 2 of 4
     return cases
 
 
@@ -272,6 +305,30 @@ def test_gathered_info_nce_equals_the_single_process_loss(ranks):
     assert t0 == pytest.approx(float(loss.detach()), rel=1e-6) and t1 == pytest.approx(t0)
     torch.testing.assert_close(g0["u"], u1.grad, **TOL)
     torch.testing.assert_close(g0["v"], v1.grad, **TOL)
+
+
+@pytest.mark.parametrize("name", ["softmax-cd", "softmax-pcd", "softmax-user"])
+def test_softmax_rbm_two_ranks_equal_one_process(ranks, name):
+    cases, (r0, r1) = ranks
+    kw, train, valid = cases[name]
+    ref, ref_hist = _fit_softmax(None, kw, train, valid)
+    (p0, h0), (p1, _) = r0[name], r1[name]
+    _assert_params_equal(p0, ref)
+    _assert_params_equal(p1, p0)
+    assert len(h0) == len(ref_hist) == kw["epochs"]
+    for a, b in zip(h0, ref_hist, strict=True):  # rank 0 validated; the summed recon error
+        assert a["valid_rmse"] == pytest.approx(b["valid_rmse"], abs=1e-6)
+        assert a["reconstruction_rmse"] == pytest.approx(b["reconstruction_rmse"], rel=1e-5)
+
+
+def test_softmax_rbm_pcd_checkpoint_from_two_ranks_resumes_in_one(ranks):
+    cases, (r0, _) = ranks
+    kw, train, _ = cases["softmax-ckpt"]
+    assert [h["epoch"] for h in r0["softmax-ckpt"][1]] == [0, 1]
+    resumed, hist = _fit_softmax(None, {**kw, "epochs": 4}, train, None)
+    straight, _ = _fit_softmax(None, {**kw, "epochs": 4, "checkpoint_dir": ""}, train, None)
+    assert [h["epoch"] for h in hist] == [0, 1, 2, 3]
+    _assert_params_equal(resumed, straight)
 
 
 def test_torchrun_train_logs_one_run_and_writes_one_model(tmp_path, sqlite_store):

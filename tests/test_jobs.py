@@ -115,6 +115,13 @@ def _cli(*argv: str, cwd: Path) -> subprocess.CompletedProcess:
     )
 
 
+def test_distributed_takes_the_data_parallel_models_and_refuses_the_others():
+    for model in ("rbm", "softmax-rbm", "retriever"):
+        TrainJob(data="d", model=model, out="o", distributed=True)  # validates
+    with pytest.raises(ConfigError, match=r"^distributed: expected a model with data-parallel"):
+        TrainJob(data="d", model="ease", out="o", distributed=True)
+
+
 def test_python_errors_name_arguments_and_the_cli_names_flags(tmp_path):
     out = tmp_path / "model"
     out.mkdir()

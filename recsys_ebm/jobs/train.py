@@ -14,7 +14,7 @@ from recsys_ebm.models import MODEL_PATHS
 __all__ = ["DISTRIBUTED_MODELS", "TrainJob", "TrainResult", "train"]
 
 #: models whose training runs data-parallel under torchrun (``distributed``)
-DISTRIBUTED_MODELS = ("rbm", "retriever")
+DISTRIBUTED_MODELS = ("rbm", "softmax-rbm", "retriever")
 
 
 @dataclass(frozen=True, kw_only=True)

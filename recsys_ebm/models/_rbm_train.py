@@ -150,9 +150,7 @@ class CDTrainer:
         """W, b, c, their velocities, the persistent chain, both generators and the lr."""
         st: dict[str, Any] = {n: t.cpu() for n, t in self.model.parameters().items()}
         st.update({"vel_" + n: v.cpu() for n, v in self.vel.items()})
-        chain = self.chain
-        if chain is not None and self.dp is not None:  # the global chains, from every rank's
-            chain = self.dp.gather_rows(chain, self.config.batch_size)
+        chain = self._global_chain()
         st["chain"] = chain.cpu() if chain is not None else torch.zeros(0)
         st["gen"] = self.gen.get_state()
         if self.dev_gen is not self.gen:
@@ -169,8 +167,20 @@ class CDTrainer:
             self.dev_gen.set_state(st["dev_gen"])
         self.chain = st["chain"].to(dev) if st["chain"].numel() else None
         if self.chain is not None and self.dp is not None:  # this rank's own chains
-            self.chain = self.dp.local_block(self.chain)
+            self.chain = self._local_chain(self.chain)
         self.lr = st["lr"]
+
+    def _global_chain(self) -> torch.Tensor | None:
+        """The persistent chains of every rank (a checkpoint holds the global state): the
+        ranks' (B_r, I) shares of the (B, I) chains, gathered."""
+        if self.chain is not None and self.dp is not None:
+            return self.dp.gather_rows(self.chain, self.config.batch_size)
+        return self.chain
+
+    def _local_chain(self, chain: torch.Tensor) -> torch.Tensor:
+        """This rank's share of checkpointed global chains (the inverse of _global_chain)."""
+        assert self.dp is not None
+        return self.dp.local_block(chain)
 
 
 class RBMTrainer(CDTrainer):

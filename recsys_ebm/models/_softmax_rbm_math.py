@@ -79,7 +79,11 @@ def visible_logits(
 def sample_levels(logits: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
     """(nnz,) one draw per row of softmax(logits) (nnz, K), by inverting the CDF."""
     cdf = torch.softmax(logits, dim=1).cumsum(dim=1)  # (nnz, K)
-    u = torch.rand(cdf.shape[0], 1, generator=generator, dtype=cdf.dtype, device=cdf.device)
+    draw = getattr(generator, "uniform_entries", None)  # a data-parallel rank: global draws
+    if draw is not None:
+        u = draw(cdf.shape[0], cdf.dtype, cdf.device)  # (nnz, 1)
+    else:
+        u = torch.rand(cdf.shape[0], 1, generator=generator, dtype=cdf.dtype, device=cdf.device)
     return (cdf < u).sum(dim=1).clamp_(max=cdf.shape[1] - 1)
 
 
@@ -108,7 +112,9 @@ def gibbs_chain(
         ph = torch.sigmoid(hidden_input(rows, items, levels, n_rows, W, c))
     recon = None
     for step in range(k):
-        h = torch.bernoulli(ph, generator=generator)  # (B, H)
+        # a data-parallel rank's generator draws for the global batch (models/distributed.py)
+        draw = getattr(generator, "bernoulli", None)
+        h = draw(ph) if draw is not None else torch.bernoulli(ph, generator=generator)  # (B, H)
         logits = visible_logits(rows, items, h, W, b)  # (nnz, K)
         if step == 0:
             recon = torch.softmax(logits, dim=1)

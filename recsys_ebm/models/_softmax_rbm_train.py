@@ -68,7 +68,19 @@ def rmse_monitor(
 
 
 class SoftmaxRBMTrainer(CDTrainer):
-    """Epochs of a softmax RBM on level codes (module docstring)."""
+    """Epochs of a softmax RBM on level codes (module docstring).
+
+    Under torchrun (``data_parallel``) each rank takes its contiguous slice of every global
+    minibatch of cases, the hidden and level samples are drawn for the global batch
+    (:class:`~recsys_ebm.models.distributed.GlobalBatchGenerator`), and the gradients are
+    all-reduced, so the parameters equal a 1-process run's. PCD's fantasy levels (one per
+    rating) live on every rank; each rank advances those of its own cases, and at the end of
+    each epoch, when every case has been visited once, the ranks' levels are summed into one
+    chain (each rating's level comes from the one rank that visited it).
+    """
+
+    #: runs under torchrun: shards each global batch, all-reduces (models/distributed.py)
+    data_parallel = True
 
     def __init__(self, model: SoftmaxRBM, codes: sp.csr_matrix, *, progress: bool) -> None:
         super().__init__(model, progress=progress, desc="train softmax-rbm")
@@ -92,7 +104,15 @@ class SoftmaxRBMTrainer(CDTrainer):
             enabled=self.progress,
         )
         sq_err, n_seen = 0.0, 0
+        dp = self.dp
+        touched = None  # PCD under torchrun: (nnz,) the ratings this rank advanced this epoch
+        if dp is not None and self.chain is not None:
+            touched = torch.zeros(self.chain.shape[0], dtype=torch.bool, device=dev)
         for step, users in batches:
+            if dp is not None:  # this rank's cases; the draws are the global batch's
+                counts = np.diff(self.codes.indptr)[users]  # (n,) ratings per case
+                users = dp.local(users, self.dev_gen)
+                dp.local_entries(counts, self.dev_gen)
             pos_np, rows_np = batch_entries(self.codes, users)
             pos = torch.as_tensor(pos_np, device=dev)
             rows = torch.as_tensor(rows_np, device=dev)
@@ -101,17 +121,33 @@ class SoftmaxRBMTrainer(CDTrainer):
             grads, lvk, recon = model.cd_step(rows, items, lv0, len(users), k, self.dev_gen, start)
             if self.chain is not None:
                 self.chain[pos] = lvk
+                if touched is not None:
+                    touched[pos] = True
             self.step(grads, epoch, step)
             with torch.no_grad():
                 if recon is not None:  # expected rating of the first reconstruction
                     err = recon @ self.level_values - self.level_values[lv0]
                     sq_err += float((err**2).sum())
                     n_seen += int(err.numel())
+        if dp is not None:
+            sq_err, n_seen = dp.sum(sq_err, n_seen)
+            if touched is not None:  # one chain again: each rating from the rank that ran it
+                assert self.chain is not None
+                mine = {"chain": torch.where(touched, self.chain, 0).double()}
+                self.chain = dp.all_reduce(mine, weight=1.0)["chain"].round().long()
         metrics: dict[str, float] = {"cd_k": k, "learning_rate": self.lr}
         if n_seen:
             metrics["reconstruction_rmse"] = (sq_err / n_seen) ** 0.5
         self.lr *= cfg.lr_decay
         return metrics
+
+
+    def _global_chain(self) -> torch.Tensor | None:
+        """PCD's (nnz,) fantasy levels: already one chain on every rank (merged each epoch)."""
+        return self.chain
+
+    def _local_chain(self, chain: torch.Tensor) -> torch.Tensor:
+        return chain
 
 
 def train_softmax_rbm(

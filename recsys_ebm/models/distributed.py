@@ -74,6 +74,20 @@ class GlobalBatchGenerator(torch.Generator):
     """
 
     rows: tuple[int, int] | None = None
+    #: (first entry of the rank, entries of the global batch): the softmax RBM's per-rating
+    #: uniforms (:meth:`uniform_entries`), set by :meth:`DataParallel.local_entries`
+    entries: tuple[int, int] | None = None
+
+    def uniform_entries(
+        self, n_local: int, dtype: torch.dtype, device: torch.device
+    ) -> torch.Tensor:
+        """(n_local, 1) U(0, 1) draws, as the rank's entries of the global batch's (n, 1) draw
+        (the softmax RBM's level sampling: one uniform per observed rating)."""
+        if self.entries is None:
+            return torch.rand(n_local, 1, generator=self, dtype=dtype, device=device)
+        lo, n = self.entries
+        full = torch.rand(n, 1, generator=self, dtype=dtype, device=device)  # (n, 1)
+        return full[lo : lo + n_local]
 
     def bernoulli(self, p: torch.Tensor) -> torch.Tensor:
         """(n_r, X) 0/1 samples of ``p`` (n_r, X), drawn as rows of the global batch."""
@@ -130,6 +144,19 @@ class DataParallel:
             n = len(rows) if draws_for is None else draws_for
             generator.rows = (self.bounds(n)[0], n)
         return rows[lo:hi]
+
+    def local_entries(
+        self, counts: np.ndarray, generator: torch.Generator | None = None
+    ) -> tuple[int, int]:
+        """[lo, hi) of this rank's entries in a global batch whose rows hold ``counts`` (n,)
+        entries each (the softmax RBM's ratings, ordered by row): the rows :meth:`local` gave
+        this rank. Sets a :class:`GlobalBatchGenerator`'s :attr:`~GlobalBatchGenerator.entries`
+        so that per-entry draws are the global batch's."""
+        lo_row, hi_row = self.bounds(len(counts))
+        lo, hi = int(counts[:lo_row].sum()), int(counts[:hi_row].sum())
+        if isinstance(generator, GlobalBatchGenerator):
+            generator.entries = (lo, int(counts.sum()))
+        return lo, hi
 
     def local_block(self, t: torch.Tensor) -> torch.Tensor:
         """This rank's rows of a global tensor (e.g. its share of the persistent chains)."""
