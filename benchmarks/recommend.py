@@ -13,9 +13,13 @@ from their training history, top-``n`` over the whole catalogue with the history
   certificate fails widen: the same lists as exact; recsys_ebm/models/_candidates.py) and every
   item's exact dF (the reference path),
 * the contrastive retriever (one user-tower pass + a matmul against the item matrix),
-* the ranker with its default components (EASE + ALS + RBM + retriever energies, z-scored per
-  user and blended), fast path (the RBM's second-order approximation in the blend, the blend's
-  top-2n re-scored with exact dF; recsys_ebm/ranking/_candidates.py) and exact path,
+* the default ranker (EASE + ALS + RBM + retriever, weights and calibrated temperatures
+  learned on a 10 % validation split), served by its cascade (one matmul of every component's
+  energy factors - EASE through a rank-64 proxy, the RBM through its second-order expansion -
+  then the top-C re-scored with EASE's exact energies; recsys_ebm/ranking/_cascade.py), the same
+  ranker with every component weighted (ML-100K's learned weights .2/.1/.1/.6: the brief
+  training here may zero some weights, and a zero-weight component costs nothing), and the exact
+  path (every item, every component exact),
 * our ALS adapter, and, as the reference, **implicit's own ALS batch ``recommend``** on the same
   users and the same factors' shape (``filter_already_liked_items=True``), in the same run,
 * the whole batch job (``recsys_ebm.batch.run_batch``: chunking, raw ids, Parquet row groups,
@@ -110,7 +114,7 @@ def main() -> None:
         )
         log.drop("community").write_parquet(Path(tmp) / "log.parquet")
         ds = prepare_dataset(
-            Path(tmp) / "log.parquet", split="random", test_fraction=0.1, valid_fraction=0.0
+            Path(tmp) / "log.parquet", split="random", test_fraction=0.1, valid_fraction=0.1
         )
         train = ds.train
         n_users, n_items = train.shape
@@ -128,9 +132,19 @@ def main() -> None:
         retr = Retriever(epochs=2, patience=0, progress=False, device=dev).fit(train)
         als = ALS(factors=64, epochs=5, num_threads=args.threads).fit(train)
         ease = EASE(l2_grid=(), l2=500.0, progress=False, device=dev).fit(train)
-        ranker = Ranker.from_fitted([ease, als, rbm, retr], train, device=dev)
-        exact_ranker = Ranker.from_fitted(
-            [ease, als, rbm, retr], train, device=dev, fast_serving=False
+        # the default ranker: weights and calibrated temperatures learned on the valid split
+        ranker = Ranker.from_fitted([ease, als, rbm, retr], train, valid=ds.valid, device=dev)
+        exact_ranker = copy.copy(ranker)
+        exact_ranker.config = ranker.config.replace(fast_serving=False)
+        # the same ranker with every component weighted (ML-100K's learned weights), so that
+        # the RBM's and ALS's shares are served too whatever this brief training learned
+        full_ranker = copy.copy(ranker)
+        full_ranker.weights = torch.tensor([0.2, 0.1, 0.1, 0.6])
+        print(
+            "learned blend weights (EASE, ALS, RBM, retriever): "
+            + ", ".join(f"{float(w):.2f}" for w in ranker.weights)
+            + "; temperatures 1/beta: "
+            + ", ".join(f"{1 / float(b):.3g}" for b in ranker.blend_state["betas"])
         )
         exact_rbm = copy.copy(rbm)
         exact_rbm.serve_candidates = 0  # every item's exact dF
@@ -155,6 +169,7 @@ def main() -> None:
             ("RBM fast (bound + exact re-rank)", rbm),
             ("RBM exact dF, every item", exact_rbm),
             ("ranker fast (default)", ranker),
+            ("ranker fast, weights .2/.1/.1/.6", full_ranker),
             ("ranker exact, every item", exact_ranker),
         ):
             if args.no_exact and "every item" in name:  # the exact reference rows

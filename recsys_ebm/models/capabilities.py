@@ -9,6 +9,10 @@ Every model ranks (``energies`` / ``recommend``). Some can do more; callers ask 
   user (the two-tower retriever); the ranker's first stage needs one.
 * :class:`ApproximateScorer`: ``approx_energies`` (cheap, every item) and ``energies_at`` (exact,
   given items per user) (the binary RBM); the ranker's fast serving path needs them.
+* :class:`FactorScorer`: ``energy_factors``, energies as a dot product of user and item factors
+  plus an item bias, exactly (ALS, BPR, the retriever, popularity) or as a cheap proxy (EASE's
+  truncated SVD, the RBM's second-order expansion); the ranker's cascade scores every item with
+  one matmul of them.
 * :class:`RatingPredictor`: ``predict_ratings`` and ``rating_distribution`` over
   ``rating_levels`` (the softmax RBMs); evaluation reports RMSE/MAE for them.
 * :class:`HistoryHolder`: keeps the known users' histories (``history``), so serving can bundle
@@ -26,15 +30,18 @@ the members, so a new model gains a capability by defining the method; nothing t
 
 from __future__ import annotations
 
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 import numpy as np
 import scipy.sparse as sp
+import torch
 
 __all__ = [
     "ApproximateScorer",
     "CandidateRetriever",
     "Composite",
+    "EnergyFactors",
+    "FactorScorer",
     "FreeEnergyModel",
     "HistoryHolder",
     "RatingPredictor",
@@ -82,6 +89,33 @@ class ApproximateScorer(Protocol):
 
     def energies_at(self, user_items: sp.csr_matrix, items: np.ndarray) -> np.ndarray:
         """(U, C) exact energies of each row at its own (U, C) item indices."""
+        ...
+
+
+class EnergyFactors(NamedTuple):
+    """e(u, i) = user[u] . item[i] + bias[i] for a block of users (float32, one device).
+
+    ``exact``: the energies themselves (a factor model), else a proxy whose top items a cascade
+    re-scores. ``rescore``: for a proxy, whether ``energies_at`` a few hundred items per user is
+    cheap (EASE: a gather over the history) - the ranker's cascade then re-scores its
+    candidates exactly; False keeps the proxy (the RBM, whose proxy error is bounded).
+    """
+
+    user: torch.Tensor  # (B, d)
+    item: torch.Tensor  # (I, d)
+    bias: torch.Tensor | None  # (I,) or None
+    exact: bool
+    rescore: bool = False
+
+
+@runtime_checkable
+class FactorScorer(Protocol):
+    """A model whose energies (or a cheap proxy of them) are user . item factors + item bias."""
+
+    def energy_factors(
+        self, user_items: sp.csr_matrix, *, users: np.ndarray | None = None
+    ) -> EnergyFactors:
+        """The factors of the rows of ``user_items`` (B, I) (``users``: their training rows)."""
         ...
 
 

@@ -33,8 +33,13 @@ from recsys_ebm.models.base import (
     check_fit_inputs,
     csr_to_torch,
 )
+from recsys_ebm.models.capabilities import EnergyFactors
 
 __all__ = ["EASE", "EASEConfig"]
+
+#: rank of the truncated SVD of B that proxies EASE in the ranker's cascade (energy_factors);
+#: the cascade re-scores its candidates with the exact B, so the rank only sets candidate recall
+PROXY_RANK = 64
 
 
 @dataclasses.dataclass(frozen=True)
@@ -162,9 +167,94 @@ class EASE(Recommender):
         b = self.B if items is None else self.B[:, torch.as_tensor(items, device=self.device)]
         return -(x @ b)  # (B, I) energies
 
+    def energy_factors(
+        self, user_items: sp.csr_matrix, *, users: np.ndarray | None = None
+    ) -> EnergyFactors:
+        """A proxy for the ranker's cascade (capabilities.FactorScorer): with the truncated SVD
+        B ~ P_r S_r Q_r^T (rank :data:`PROXY_RANK`, computed once per B), E(u, i) = -x_u B_i ~
+        (-x_u P_r S_r) . Q_r,i. ``rescore``: :meth:`energies_at` gives the exact energies of
+        the cascade's candidates (a gather over each history). ``users`` is ignored."""
+        user_items = as_user_items(user_items, self._check_fitted())
+        p, q = self._proxy()
+        x = csr_to_torch(user_items, self.device)  # (B, I) sparse history
+        return EnergyFactors(-(x @ p), q, None, exact=False, rescore=True)
+
+    def _proxy(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(P_r S_r (I, r), Q_r (I, r)) of B, cached until B changes (fit / load)."""
+        assert self.B is not None
+        cached = getattr(self, "_proxy_cache", None)
+        if cached is None or cached[0] is not self.B:
+            u, sv, v = _truncated_svd(self.B, min(PROXY_RANK, self.B.shape[0]))
+            cached = (self.B, (u * sv).contiguous(), v.contiguous())
+            self._proxy_cache = cached
+        return cached[1], cached[2]
+
+    def energies_at(self, user_items: sp.csr_matrix, items: np.ndarray) -> np.ndarray:
+        """(U, C) float32 exact energies -x_u B[:, c] of each row at its own (U, C) items: a
+        gather of B at (history item, candidate) pairs, O(nnz(history) x C)."""
+        n_items = self._check_fitted()
+        user_items = as_user_items(user_items, n_items)
+        idx = np.asarray(items)
+        if (
+            idx.ndim != 2
+            or idx.shape[0] != user_items.shape[0]
+            or not np.issubdtype(idx.dtype, np.integer)
+            or (idx.size and (idx.min() < 0 or idx.max() >= n_items))
+        ):
+            raise ValueError(
+                f"items: expected ({user_items.shape[0]}, C) int item indices in [0, {n_items}),"
+                f" got {idx.dtype} array of shape {idx.shape}"
+            )
+        with torch.no_grad():
+            return self._at(user_items, torch.as_tensor(idx, device=self.device)).cpu().numpy()
+
+    def _at(self, user_items: sp.csr_matrix, cand: torch.Tensor) -> torch.Tensor:
+        """(B, C) -x_u B[:, c] for (B, C) long candidates on the model's device."""
+        assert self.B is not None
+        dev, n_items = self.device, self.B.shape[0]
+        coo = user_items.tocoo()
+        rows = torch.as_tensor(coo.row, dtype=torch.long, device=dev)  # (nnz,)
+        hist = torch.as_tensor(coo.col, dtype=torch.long, device=dev)  # (nnz,)
+        vals = torch.as_tensor(coo.data, dtype=torch.float32, device=dev)  # (nnz,)
+        # int32 positions while I^2 fits (half the index traffic of int64)
+        small = n_items * n_items < 2**31
+        idx = torch.int32 if small else torch.long
+        flat = cand.to(idx)[rows]  # (nnz, C) each history entry's row of candidates
+        if self.B.is_contiguous():  # B[j, c] at j I + c of the row-major buffer
+            flat += (hist * n_items).to(idx)[:, None]
+            buf = self.B
+        else:  # the solve leaves B column-major: B[j, c] = B^T[c, j], no copy
+            flat *= n_items
+            flat += hist.to(idx)[:, None]
+            buf = self.B.T.contiguous()
+        terms = buf.reshape(-1).index_select(0, flat.reshape(-1)).view(flat.shape)  # (nnz, C)
+        if not bool((vals == 1).all()):  # weighted histories (binary ones skip the pass)
+            terms *= vals[:, None]
+        out = torch.zeros(cand.shape, dtype=torch.float32, device=dev)  # (B, C)
+        return out.index_add_(0, rows, terms).neg_()
+
     def _state_tensors(self) -> dict[str, torch.Tensor]:
         assert self.B is not None
         return {"B": self.B}
 
     def _load_state(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
         self.B = tensors["B"].to(self.device)
+
+
+def _truncated_svd(
+    a: torch.Tensor, rank: int, *, oversample: int = 16, power_iters: int = 2, seed: int = 0
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Rank-``rank`` SVD (U (n, r), S (r,), V (n, r)) of a square (n, n) ``a`` by the randomized
+    range finder with power iterations (Halko, Martinsson & Tropp, SIAM Review 2011, algs. 4.4
+    and 5.1), drawn from a seeded generator (no global RNG)."""
+    n = a.shape[0]
+    q = min(n, rank + oversample)
+    g = torch.Generator(device=a.device).manual_seed(seed)
+    y = a @ torch.randn(n, q, generator=g, device=a.device, dtype=a.dtype)  # (n, q)
+    for _ in range(power_iters):  # re-orthonormalised subspace iteration
+        y, _ = torch.linalg.qr(y)
+        y, _ = torch.linalg.qr(a.T @ y)
+        y = a @ y
+    basis, _ = torch.linalg.qr(y)  # (n, q)
+    uh, sv, vt = torch.linalg.svd(basis.T @ a, full_matrices=False)  # (q, q), (q,), (q, n)
+    return (basis @ uh[:, :rank]), sv[:rank], vt[:rank].T

@@ -30,9 +30,11 @@ from recsys_ebm.diagnostics import DivergenceError
 from recsys_ebm.models.base import (
     EpochCallback,
     Recommender,
+    as_user_items,
     check_fit_inputs,
     csr_to_torch,
 )
+from recsys_ebm.models.capabilities import EnergyFactors
 
 __all__ = ["ALS", "ALSConfig", "BPR", "BPRConfig"]
 
@@ -144,6 +146,23 @@ class _FactorModel(Recommender):
     def _energies_block(
         self, user_items: sp.csr_matrix, users: np.ndarray | None, items: np.ndarray | None
     ) -> torch.Tensor:
+        assert self.item_factors is not None
+        u = self._user_block(user_items, users)  # (B, F)
+        y = self.item_factors if items is None else self.item_factors[torch.as_tensor(items)]
+        return -(u @ y.T)  # (B, I)
+
+    def energy_factors(
+        self, user_items: sp.csr_matrix, *, users: np.ndarray | None = None
+    ) -> EnergyFactors:
+        """Exact: E(u, i) = (-u) . y_i (capabilities.FactorScorer; the ranker's cascade)."""
+        user_items = as_user_items(user_items, self._check_fitted())
+        users = self._check_users(users, user_items.shape[0])
+        assert self.item_factors is not None
+        u = self._user_block(user_items, users)  # (B, F)
+        return EnergyFactors(-u, self.item_factors, None, exact=True)
+
+    def _user_block(self, user_items: sp.csr_matrix, users: np.ndarray | None) -> torch.Tensor:
+        """(B, F) user factors: the learned ones of known rows, folded in for the rest."""
         assert self.user_factors is not None and self.item_factors is not None
         n_rows = user_items.shape[0]
         known = np.zeros(n_rows, dtype=bool)
@@ -157,8 +176,7 @@ class _FactorModel(Recommender):
         if not known.all():  # the rest are folded in from the history passed now
             rest = np.flatnonzero(~known)
             u[torch.as_tensor(rest)] = self.fold_in(user_items[rest])
-        y = self.item_factors if items is None else self.item_factors[torch.as_tensor(items)]
-        return -(u @ y.T)  # (B, I)
+        return u
 
     def _state_tensors(self) -> dict[str, torch.Tensor]:
         assert self.user_factors is not None and self.item_factors is not None

@@ -10,7 +10,8 @@ import scipy.sparse as sp
 import torch
 
 from recsys_ebm.config import Config
-from recsys_ebm.models.base import EpochCallback, Recommender, check_fit_inputs
+from recsys_ebm.models.base import EpochCallback, Recommender, as_user_items, check_fit_inputs
+from recsys_ebm.models.capabilities import EnergyFactors
 
 __all__ = ["Popularity", "PopularityConfig"]
 
@@ -53,6 +54,15 @@ class Popularity(Recommender):
         # a copy: recommend() writes +inf over seen items in place, and a one-row expand() is
         # "contiguous", so it would write into item_energy itself (corrupting later answers)
         return e.expand(user_items.shape[0], -1).clone()  # (B, I)
+
+    def energy_factors(
+        self, user_items: sp.csr_matrix, *, users: np.ndarray | None = None
+    ) -> EnergyFactors:
+        """Exact: no factors, E(u, i) = bias_i (capabilities.FactorScorer)."""
+        user_items = as_user_items(user_items, self._check_fitted())
+        assert self.item_energy is not None
+        e = self.item_energy
+        return EnergyFactors(e.new_zeros(user_items.shape[0], 0), e.new_zeros(len(e), 0), e, True)
 
     def _state_tensors(self) -> dict[str, torch.Tensor]:
         assert self.item_energy is not None

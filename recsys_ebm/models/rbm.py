@@ -42,6 +42,7 @@ from recsys_ebm.models.base import (
     csr_to_torch,
     mask_block,
 )
+from recsys_ebm.models.capabilities import EnergyFactors
 
 __all__ = ["RBM", "RBMConfig"]
 
@@ -262,6 +263,22 @@ class RBM(Recommender):
                 val, idx = torch.topk(lower, c, dim=1, largest=False, sorted=True)
             out[s : s + batch_size] = idx.masked_fill(torch.isinf(val), -1).cpu().numpy()
         return out
+
+    def energy_factors(
+        self, user_items: sp.csr_matrix, *, users: np.ndarray | None = None
+    ) -> EnergyFactors:
+        """The second-order expansion of dF as factors (capabilities.FactorScorer; the ranker's
+        cascade): with s = sigmoid(x), dF_i ~ -b_i + [-s, -s (1 - s) / 2] . [W_i, W_i^2]
+        (:func:`~recsys_ebm.models._rbm_math.free_energy_delta_approx`, error at most
+        sum_j |W_ij|^3 / 62 per item). Not re-scored by the cascade (``rescore`` False): the
+        bound is the price of one matmul instead of C x H softplus terms per user. ``users``
+        is ignored."""
+        user_items = as_user_items(user_items, self._check_fitted())
+        with torch.no_grad():
+            s = torch.sigmoid(self._hidden_input(user_items))  # (B, H)
+            u = torch.cat([s, s * (1 - s) / 2], dim=1).neg_()  # (B, 2H)
+            v = torch.cat([self.W, self.W.square()], dim=1)  # (I, 2H)
+        return EnergyFactors(u, v, -self.b, exact=False, rescore=False)
 
     def approx_energies(
         self, user_items: sp.csr_matrix, *, users: np.ndarray | None = None, batch_size: int = 1024

@@ -42,6 +42,7 @@ from recsys_ebm.device import resolve_device
 from recsys_ebm.diagnostics import ConfigError, DataWarning
 from recsys_ebm.models._retriever_towers import TwoTower, sparse_history
 from recsys_ebm.models.base import EpochCallback, Recommender, as_user_items, check_fit_inputs
+from recsys_ebm.models.capabilities import EnergyFactors
 
 __all__ = ["Retriever", "RetrieverConfig", "genre_features"]
 
@@ -323,6 +324,15 @@ class Retriever(Recommender):
             v = v[torch.as_tensor(items, device=v.device)]
         with torch.no_grad():
             return self._net().energy(u, v)  # (B, I) = -u v^T / tau
+
+    def energy_factors(
+        self, user_items: sp.csr_matrix, *, users: np.ndarray | None = None
+    ) -> EnergyFactors:
+        """Exact: E(u, i) = (-u / tau) . v_i (capabilities.FactorScorer; the ranker's cascade)."""
+        user_items = as_user_items(user_items, self._check_fitted())
+        users = self._check_users(users, user_items.shape[0])
+        u = self._encode_block(user_items, users)  # (B, D)
+        return EnergyFactors(u * (-1.0 / self.temperature), self._items(), None, exact=True)
 
     @property
     def temperature(self) -> float:

@@ -37,6 +37,9 @@ class RankerConfig(Config):
     #: (the RBM: capabilities.ApproximateScorer) with their cheap approximation, blends, then
     #: re-scores the blend's top candidates exactly (Ranker._top_block); False: every item exact
     fast_serving: bool = True
+    #: the calibrated blend's cascade (ranking/_cascade.py): "cheap" re-scores the candidates
+    #: exactly where that is cheap (EASE), "all" also with the RBM's exact dF (slower)
+    rescore: Literal["cheap", "all"] = "cheap"
     weight_step: float = 0.1  # coordinate-search grid step on the simplex
     search_rounds: int = 3  # coordinate passes (stops early at a pass without gain)
     max_tune_users: int = 4000  # validation users used for the search (seeded sample above)

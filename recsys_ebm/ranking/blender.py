@@ -275,6 +275,24 @@ class Blender:
         z, seen_t, cand = self.standardise(energies, seen=seen, candidates=candidates)
         return self.combine(z, cand, lengths=seen_t.sum(dim=1)).cpu().numpy()
 
+    def user_coefficients(self, lengths: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """(B, K) a_k(u) = w_k(u) beta_k: each user's coefficient on component k's raw energy in
+        the calibrated blend (E = sum_k a_k e_k + const(u)); ``lengths`` (B,) pick each user's
+        segment weights.
+
+        Raises:
+            ValueError: the blend is not calibrated or not fitted.
+        """
+        if self.norm != "calibrated" or self.betas is None:
+            raise ValueError("norm: user coefficients need a fitted 'calibrated' blend")
+        w = self._fitted_weights(self.betas.numel())  # (K,)
+        n = len(lengths)
+        if self.segment_weights is None or self.edges is None:
+            per_user = w[None, :].expand(n, -1)  # (B, K)
+        else:
+            per_user = self.segment_weights[segment_of(lengths, self.edges).cpu()]  # (B, K)
+        return per_user * self.betas[None, :]
+
     def _fitted_weights(self, k: int) -> torch.Tensor:
         if self.weights is None:
             raise ValueError("weights: this Blender has none; give weights or call fit() first")

@@ -52,6 +52,7 @@ from recsys_ebm.models.base import (
 )
 from recsys_ebm.models.capabilities import ApproximateScorer, CandidateRetriever
 from recsys_ebm.ranking._candidates import blend_top
+from recsys_ebm.ranking._cascade import cascade_top, supports_cascade
 from recsys_ebm.ranking._filters import allowed_mask, genres_of, item_vocabulary
 from recsys_ebm.ranking._ranker_config import RankerConfig
 from recsys_ebm.ranking._ranker_data import (
@@ -319,12 +320,26 @@ class Ranker(Recommender):
         component approximates or candidates come from the retriever."""
         if not (self.config.fast_serving and self.config.candidates == "all"):
             return None
+        assert self.weights is not None and self.pop_energy is not None
+        blender = self._blender(self.weights)
+        if supports_cascade(self.components, blender):  # the calibrated blend: one matmul
+            return cascade_top(
+                self.components,
+                blender,
+                self.pop_energy.to(self.device),
+                user_items,
+                users,
+                k,
+                exclude_seen,
+                exclude,
+                self.serve_candidates,
+                self.config.rescore,
+            )
         if not any(isinstance(m, ApproximateScorer) for m in self.components):
             return None
-        assert self.weights is not None and self.pop_energy is not None
         return blend_top(
             self.components,
-            self._blender(self.weights),
+            blender,
             self.pop_energy.to(self.device),
             user_items,
             users,
