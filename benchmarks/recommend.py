@@ -299,6 +299,10 @@ def memory(args: argparse.Namespace) -> None:
             Retriever(epochs=1, patience=0, progress=False, device="cpu").fit(train),
         ]
         ranker = Ranker.from_fitted(models, train, device="cpu")
+        # the default calibrated blend, with ML-100K's learned weights and temperatures (the
+        # drawn parameters have no validation split to learn them from): served by the cascade
+        ranker.weights = torch.tensor([0.2, 0.1, 0.1, 0.6])
+        ranker.blend_state = {"betas": torch.tensor([9.31, 4.58, 0.876, 1.15])}
         ranker.save(Path(tmp) / "ranker")
         sp_path = Path(tmp) / "train.npz"
         sp.save_npz(sp_path, train)

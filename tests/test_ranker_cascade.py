@@ -157,3 +157,18 @@ def test_cascade_needs_a_calibrated_blend_and_bad_options_are_named():
         RankerConfig(rescore="some")
     assert cascade_candidates(10, 1000) == 30 and cascade_candidates(100, 1000) == 125
     assert cascade_candidates(10, 25) == 25 and cascade_candidates(10, 1000, 5) == 10
+
+
+def test_integer_topk_of_shifted_energies_equals_the_float_topk():
+    from recsys_ebm.ranking._cascade import _smallest
+
+    g = torch.Generator().manual_seed(3)
+    s = torch.randn(6, 50, generator=g) * 100 - 40  # negatives and positives
+    s[0, :7] = float("inf")  # masked items
+    s[1] = float("inf")  # every item masked: no shift, still C entries
+    s[2, :5] = 0.0
+    s[2, 5:8] = -0.0
+    want = torch.topk(s, 9, dim=1, largest=False).values
+    val, idx = _smallest(s.clone(), 9)
+    torch.testing.assert_close(torch.sort(val, dim=1).values, want, atol=1e-4, rtol=0)
+    torch.testing.assert_close(s.gather(1, idx), val, atol=1e-4, rtol=0)
