@@ -15,6 +15,11 @@ Protocol (README.md's): per-user random split, 20% test and 10% validation, seed
   refitted on train + valid for the best epoch count (``patience=0``), as benchmarks/quality.py
   does, and scored on test (reported, never used to choose), with both fits' seconds.
 * ``--grid``: the validation search behind the defaults (``GRID``), validation only.
+
+``SRBM`` is the semi-restricted RBM (``lateral="ease"``: EASE's item-item matrix as fixed lateral
+couplings, recsys_ebm/models/_rbm_lateral.py), its L2 the one EASE's validation search chose on
+the same dataset (``lateral_l2="ease"`` below; 250, EASE's default, with ``--no-ease``):
+``--ablation --variants 7,8,9``.
 """
 
 from __future__ import annotations
@@ -48,6 +53,18 @@ VARIANTS: list[tuple[str, dict[str, Any]]] = [
     ("  holdout_fraction 0.25", {**COND, "holdout_fraction": 0.25}),
     ("  no weight decay", {**COND, "weight_decay": 0.0}),
 ]
+#: the semi-restricted RBM, n_hidden chosen on ML-100K validation (10: 0.2093, 20: 0.2125,
+#: 100: 0.2080; EASE 0.2132)
+SRBM: dict[str, Any] = dict(
+    objective="conditional", lateral="ease", lateral_l2="ease", n_hidden=20, batch_size=128
+)
+VARIANTS += [
+    ("semi-restricted (EASE couplings)", SRBM),
+    ("  with n_hidden 100", {**SRBM, "n_hidden": 100}),
+    ("  without cross-fitting", {**SRBM, "lateral_crossfit": False}),
+]
+#: the L2 of EASE's validation search on the current dataset (``lateral_l2="ease"``)
+EASE_L2 = {"l2": 250.0}
 #: the validation grid of the conditional objective (each against COND); --grid
 GRID: list[dict[str, Any]] = [
     COND,
@@ -81,6 +98,8 @@ def _resolve(over: dict[str, Any]) -> dict[str, Any]:
     from recsys_ebm.models.rbm import RBMConfig
 
     out = dict(over)
+    if out.get("lateral_l2") == "ease":
+        out["lateral_l2"] = EASE_L2["l2"]
     h = out.get("n_hidden")
     if isinstance(h, str):
         base = BASE["n_hidden"] if isinstance(BASE.get("n_hidden"), int) else RBMConfig().n_hidden
@@ -134,6 +153,7 @@ def ease_row(ds) -> dict[str, float]:  # noqa: ANN001
 
     scores = {l2: valid_score(l2) for l2 in (50.0, 100.0, 250.0, 500.0, 1000.0)}
     l2 = max(scores, key=scores.__getitem__)
+    EASE_L2["l2"] = l2
     m = EASE(l2=l2, l2_grid=[]).fit(ds.history("test"))
     res = evaluate_ranking(m, ds.history("test"), ds.test, (10, 20))
     return {"valid": scores[l2], "test": res["ndcg@10"], "recall20": res["recall@20"], "l2": l2}

@@ -28,6 +28,9 @@ input x = c + v W (B, H) and the per-unit term a_bij = softplus(x_bj + W_ij) - s
 x's gradient reaching W through v (W += v^T dx) and c (c += sum_b dx). The (B, I, H) terms are
 formed item-chunk by item-chunk (at most ``max_block`` floats), twice per step (scores, then
 gradient), so a step costs about 2 B I H exp/log evaluations and memory stays O(max_block).
+
+With lateral couplings (the semi-restricted RBM, :mod:`recsys_ebm.models._rbm_lateral`) the score
+gains a (v L)_i, linear in the scale a: d loss / d a = sum_bi (d loss / d score_bi) (v L)_bi.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ import scipy.sparse as sp
 import torch
 import torch.nn.functional as F
 
+from recsys_ebm.models._rbm_lateral import lateral_input
 from recsys_ebm.models._rbm_train import RBMTrainer, free_energy_gap
 from recsys_ebm.models.training import EpochBatches
 
@@ -84,9 +88,11 @@ def conditional_log_prob(
     b: torch.Tensor,
     c: torch.Tensor,
     max_block: int = 2**22,
+    lateral: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """(B, I) log p(i | v) = log softmax over the items off in v of -dF_i(v); -inf where v_i = 1
-    (those items are not candidates). No gradient is tracked."""
+    (those items are not candidates). ``lateral``: the (B, I) term a (v L) added to -dF (the
+    semi-restricted RBM). No gradient is tracked."""
     with torch.no_grad():
         x = v @ W + c  # (B, H)
         s = torch.sigmoid(x)
@@ -97,6 +103,8 @@ def conditional_log_prob(
         for lo in range(0, n_items, step):
             a, _ = _terms(x, s, W[lo : lo + step], fast, need_sig=False)
             scores[:, lo : lo + step] = b[lo : lo + step] + a.sum(dim=2)
+        if lateral is not None:
+            scores += lateral
         scores.masked_fill_(v > 0, float("-inf"))
         return torch.log_softmax(scores, dim=1)
 
@@ -108,6 +116,8 @@ def conditional_gradient(
     b: torch.Tensor,
     c: torch.Tensor,
     max_block: int = 2**22,
+    lat: torch.Tensor | None = None,
+    a: torch.Tensor | None = None,
 ) -> tuple[float, dict[str, torch.Tensor]]:
     """Loss and gradient of the conditional negative log-likelihood of ``target`` given ``v_in``.
 
@@ -119,12 +129,15 @@ def conditional_gradient(
         target: (B, I) 0/1 held-out items, disjoint from ``v_in``; rows may be empty.
         W, b, c: (I, H), (I,), (H,) parameters.
         max_block: most floats of one (B, chunk, H) intermediate.
+        lat, a: lateral couplings' input v_in L (B, I) and their scale (1,), or None (module
+            docstring); with them the gradients gain ``"a"`` (1,).
 
     Returns:
         (loss, {"W": (I, H), "b": (I,), "c": (H,)} gradients of the loss, to descend).
     """
     n_b = v_in.shape[0]
-    logp = conditional_log_prob(v_in, W, b, c, max_block)  # (B, I)
+    lateral = None if lat is None or a is None else lat * a  # (B, I)
+    logp = conditional_log_prob(v_in, W, b, c, max_block, lateral)  # (B, I)
     with torch.no_grad():
         hit = target > 0
         loss = -float(torch.where(hit, logp, torch.zeros_like(logp)).sum()) / max(1, n_b)
@@ -143,7 +156,10 @@ def conditional_gradient(
             d_x += torch.bmm(g[:, None, :], sig).squeeze(1)  # (B, H)
         d_x -= s * grad_s.sum(dim=1, keepdim=True)
         d_w += v_in.T @ d_x
-        return loss, {"W": d_w, "b": grad_s.sum(dim=0), "c": d_x.sum(dim=0)}
+        grads = {"W": d_w, "b": grad_s.sum(dim=0), "c": d_x.sum(dim=0)}
+        if lateral is not None:  # grad_s is 0 on the input items, where lat is finite anyway
+            grads["a"] = (grad_s * lat).sum().reshape(1)
+        return loss, grads
 
 
 def sampled_conditional_gradient(
@@ -243,7 +259,7 @@ class ConditionalTrainer(RBMTrainer):
         b1, b2, eps = 0.9, 0.999, 1e-8
         corr1, corr2 = 1 - b1**self.t, 1 - b2**self.t
         with torch.no_grad():
-            for n in _PARAMS:
+            for n in params:  # W, b, c and the lateral scale a when there is one
                 g = grads[n]
                 if n == "W" and cfg.weight_decay:
                     g = g + cfg.weight_decay * params["W"]
@@ -281,6 +297,15 @@ class ConditionalTrainer(RBMTrainer):
                 loss, grads = sampled_conditional_gradient(
                     v - target, target, model.W, model.b, model.c, neg, self.q[neg].log()
                 )
+            elif model.L is not None:  # the semi-restricted RBM (_rbm_lateral)
+                lat = (  # (B, I); cross-fitted: each row's from the other fold's B
+                    lateral_input(v - target, model.L)
+                    if model.crossfit is None
+                    else model.crossfit.input(rows, v - target)
+                )
+                loss, grads = conditional_gradient(
+                    v - target, target, model.W, model.b, model.c, lat=lat, a=model.a
+                )
             else:
                 loss, grads = conditional_gradient(v - target, target, model.W, model.b, model.c)
             total += loss * v.shape[0]
@@ -308,12 +333,14 @@ class ConditionalTrainer(RBMTrainer):
 
     def state_dict(self) -> dict[str, Any]:
         st = super().state_dict()
-        st.update({"vel_sq_" + n: self.vel["sq_" + n].cpu() for n in _PARAMS})
+        names = tuple(self.model.parameters())
+        st.update({"vel_sq_" + n: self.vel["sq_" + n].cpu() for n in names})
         st["adam_t"] = self.t
         return st
 
     def load_state_dict(self, st: dict[str, Any]) -> None:
         super().load_state_dict(st)
         dev = self.model.device
-        self.vel.update({"sq_" + n: st["vel_sq_" + n].to(dev) for n in _PARAMS})
+        names = tuple(self.model.parameters())
+        self.vel.update({"sq_" + n: st["vel_sq_" + n].to(dev) for n in names})
         self.t = int(st["adam_t"])

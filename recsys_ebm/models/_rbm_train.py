@@ -160,8 +160,9 @@ class CDTrainer:
 
     def load_state_dict(self, st: dict[str, Any]) -> None:
         dev = self.model.device
-        self.model.set_parameters({n: st[n].to(dev) for n in _PARAMS})
-        self.vel = {n: st["vel_" + n].to(dev) for n in _PARAMS}
+        names = tuple(self.model.parameters())  # W, b, c (and the RBM's lateral scale a)
+        self.model.set_parameters({n: st[n].to(dev) for n in names})
+        self.vel = {n: st["vel_" + n].to(dev) for n in names}
         self.gen.set_state(st["gen"])
         if self.dev_gen is not self.gen:
             self.dev_gen.set_state(st["dev_gen"])

@@ -8,6 +8,9 @@ difference dF_i (see :mod:`recsys_ebm.models._rbm_math`): energy(u, i) = dF_i(v_
 ``objective="conditional"`` / ``"hybrid"`` instead trains the conditional that ranking uses,
 softmax(-dF) over the catalogue, on held-out parts of each training row (alone or mixed with CD;
 Larochelle & Bengio 2008): :mod:`recsys_ebm.models._rbm_conditional`.
+``lateral="ease"`` adds fixed item-item couplings (EASE's matrix, scaled by a learned a) to the
+energy: the semi-restricted RBM of :mod:`recsys_ebm.models._rbm_lateral`, where dF_i gains
+-a (v L)_i.
 """
 
 from __future__ import annotations
@@ -24,6 +27,13 @@ from recsys_ebm.config import Config
 from recsys_ebm.device import resolve_device
 from recsys_ebm.diagnostics import ConfigError
 from recsys_ebm.models._candidates import bounded_topk, candidate_count
+from recsys_ebm.models._rbm_lateral import (
+    CrossFit,
+    binary_rows,
+    ease_couplings,
+    fit_scale,
+    lateral_input,
+)
 from recsys_ebm.models._rbm_math import (
     free_energy,
     free_energy_delta,
@@ -85,10 +95,27 @@ class RBMConfig(CDSchedule, Config):
     #: sampled softmax with logQ correction: items sampled per step (0 or >= the catalogue:
     #: the exact softmax over every item)
     n_negatives: int = 0
+    #: "ease": fixed item-item couplings L = EASE's B (fitted on the training matrix with L2
+    #: ``lateral_l2``), scaled by a learned a: dF_i gains -a (v L)_i (the semi-restricted RBM,
+    #: :mod:`recsys_ebm.models._rbm_lateral`); needs ``objective="conditional"``, exact
+    #: softmax. Opt-in: it does not beat EASE on validation (n_hidden 20, batch 128: ML-100K
+    #: 0.2125 vs EASE 0.2132, ml-latest-small 0.1669 vs 0.1689, movietweetings-100k 0.1190 vs
+    #: 0.1247; benchmarks/rbm_objectives.py)
+    lateral: Literal["none", "ease"] = "none"
+    lateral_l2: float = 250.0  # EASE's default L2
+    #: train against two-fold cross-fitted couplings (_rbm_lateral: B fitted on all rows has
+    #: seen each row's held-out targets); serving uses the B of all training rows
+    lateral_crossfit: bool = True
 
     def validate(self) -> None:
         self._validate_cd()
-        self._check_positive("conditional_lr")
+        self._check_positive("conditional_lr", "lateral_l2")
+        if self.lateral != "none" and (self.objective != "conditional" or self.n_negatives):
+            raise ConfigError(
+                f"RBMConfig.lateral: {self.lateral!r} needs objective='conditional' with the "
+                f"exact softmax (n_negatives=0), got objective={self.objective!r}, "
+                f"n_negatives={self.n_negatives} (CD would need Gibbs steps through L)"
+            )
         self._check_nonnegative("cd_weight", "n_negatives")
         if not 0 < self.holdout_fraction < 1:
             raise ConfigError(
@@ -108,6 +135,9 @@ class RBM(Recommender):
         self.W: torch.Tensor | None = None  # (I, H)
         self.b: torch.Tensor | None = None  # (I,) visible biases
         self.c: torch.Tensor | None = None  # (H,) hidden biases
+        self.L: torch.Tensor | None = None  # (I, I) fixed lateral couplings (lateral="ease")
+        self.a: torch.Tensor | None = None  # (1,) their learned scale
+        self.crossfit: CrossFit | None = None  # cross-fitted training couplings, during fit
 
     # ------------------------------------------------------------------ maths
     def init_params(self, n_items: int, generator: torch.Generator, train: sp.csr_matrix | None):
@@ -122,6 +152,18 @@ class RBM(Recommender):
             self.b = torch.zeros(n_items)
         self.c = torch.zeros(cfg.n_hidden)
         self.W, self.b, self.c = (t.to(self.device) for t in (self.W, self.b, self.c))
+        self.L = self.a = None
+        if cfg.lateral != "none":
+            if train is None:
+                raise ValueError("train: expected the training matrix with lateral, got None")
+            # start at EASE's ranking: b = 0 and a = the softmax's best scale for it
+            self.L = ease_couplings(train, cfg.lateral_l2, self.device)  # (I, I)
+            self.b = torch.zeros(n_items, device=self.device)
+            self.crossfit = None  # the training couplings (dropped after fit)
+            if cfg.lateral_crossfit:
+                self.crossfit = CrossFit(train, cfg.lateral_l2, self.L, generator)
+            a = fit_scale(train, self.L, cfg.holdout_fraction, generator, crossfit=self.crossfit)
+            self.a = torch.tensor([a], dtype=torch.float32, device=self.device)
 
     def cd_gradient(
         self,
@@ -168,7 +210,10 @@ class RBM(Recommender):
         out = []
         for s in range(0, user_items.shape[0], 1024):
             v = self.visible(user_items[s : s + 1024])
-            out.append(free_energy(v, self.W, self.b, self.c).cpu().numpy())
+            f = free_energy(v, self.W, self.b, self.c)  # (B,)
+            if self.L is not None:  # -(a/2) v.L v (_rbm_lateral)
+                f = f - self.a * (lateral_input(v, self.L) * v).sum(dim=1) / 2
+            out.append(f.cpu().numpy())
         return np.concatenate(out) if out else np.zeros(0, np.float32)
 
     def visible(self, m: sp.csr_matrix) -> torch.Tensor:
@@ -189,7 +234,17 @@ class RBM(Recommender):
         v = self.visible(user_items)
         idx = None if items is None else torch.as_tensor(items, device=self.device)
         with torch.no_grad():
-            return free_energy_delta(v, self.W, self.b, self.c, idx)  # (B, I)
+            out = free_energy_delta(v, self.W, self.b, self.c, idx)  # (B, I)
+            lat = self._lateral(user_items)
+            if lat is not None:
+                out -= lat if idx is None else lat[:, idx]
+            return out
+
+    def _lateral(self, user_items: sp.csr_matrix) -> torch.Tensor | None:
+        """(B, I) a (v L), the lateral term of -dF (_rbm_lateral), or None without one."""
+        if self.L is None:
+            return None
+        return lateral_input(user_items, self.L).mul_(self.a)
 
     # ------------------------------------------------------------------ serving
     #: exact dF computed for this many candidates first (None: 2 x n, at least n + 32; see
@@ -200,19 +255,21 @@ class RBM(Recommender):
     def _hidden_input(self, user_items: sp.csr_matrix) -> torch.Tensor:
         """(B, H) x = c + v W by a sparse product, v as :meth:`visible` reads the rows
         (duplicates summed, then 1 where > 0)."""
-        m = user_items
-        if not m.has_canonical_format or bool((m.data <= 0).any()):
-            m = sp.csr_matrix(m, dtype=np.float32, copy=True)
-            m.sum_duplicates()
-            m.data = (m.data > 0).astype(np.float32)
-            m.eliminate_zeros()
-        return csr_to_torch(m, self.device) @ self.W + self.c
+        return csr_to_torch(binary_rows(user_items), self.device) @ self.W + self.c
 
-    def _bound(self, user_items: sp.csr_matrix) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(v (B, I), x = c + v W (B, H), lower bound of dF (B, I)) of CSR history rows."""
+    def _bound(
+        self, user_items: sp.csr_matrix
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """(v (B, I), x = c + v W (B, H), lower bound of dF (B, I), the lateral term a v L
+        (B, I) or None) of CSR history rows. The lateral term is exact, so subtracting it from
+        the RBM's bound keeps a bound."""
         assert self.W is not None and self.b is not None and self.c is not None
         x = self._hidden_input(user_items)  # (B, H)
-        return self.visible(user_items), x, free_energy_delta_lower(x, self.W, self.b)
+        lower = free_energy_delta_lower(x, self.W, self.b)
+        lat = self._lateral(user_items)
+        if lat is not None:
+            lower -= lat
+        return self.visible(user_items), x, lower, lat
 
     def _top_block(
         self,
@@ -227,15 +284,15 @@ class RBM(Recommender):
         if self.serve_candidates == 0:
             return None
         with torch.no_grad():
-            v, x, lower = self._bound(user_items)
+            v, x, lower, lat = self._bound(user_items)
             mask_block(lower, user_items, exclude_seen, exclude)
             W, b = self.W, self.b
-            return bounded_topk(
-                lower,
-                lambda rows, items: free_energy_delta_at(v, x, W, b, items, rows),
-                k,
-                self.serve_candidates,
-            )
+
+            def exact_at(rows: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+                out = free_energy_delta_at(v, x, W, b, items, rows)  # (b, C)
+                return out if lat is None else out - lat[rows[:, None], items]
+
+            return bounded_topk(lower, exact_at, k, self.serve_candidates)
 
     def candidates(
         self,
@@ -272,12 +329,17 @@ class RBM(Recommender):
         (:func:`~recsys_ebm.models._rbm_math.free_energy_delta_approx`, error at most
         sum_j |W_ij|^3 / 62 per item). Not re-scored by the cascade (``rescore`` False): the
         bound is the price of one matmul instead of C x H softplus terms per user. ``users``
-        is ignored."""
+        is ignored. With lateral couplings the factors gain the exact -a v . L_:,i: u's columns are
+        then the (B, I) history and v's a L^T (rank I: exact but not cheap)."""
         user_items = as_user_items(user_items, self._check_fitted())
         with torch.no_grad():
             s = torch.sigmoid(self._hidden_input(user_items))  # (B, H)
             u = torch.cat([s, s * (1 - s) / 2], dim=1).neg_()  # (B, 2H)
             v = torch.cat([self.W, self.W.square()], dim=1)  # (I, 2H)
+            if self.L is not None:
+                hist = self.visible(user_items).neg_()  # (B, I)
+                u = torch.cat([u, hist], dim=1)  # (B, 2H + I)
+                v = torch.cat([v, self.L.T * self.a], dim=1)  # (I, 2H + I)
         return EnergyFactors(u, v, -self.b, exact=False, rescore=False)
 
     def approx_energies(
@@ -293,7 +355,11 @@ class RBM(Recommender):
             block = user_items[s : s + batch_size]
             with torch.no_grad():
                 x = self._hidden_input(block)  # (B, H)
-                out[s : s + batch_size] = free_energy_delta_approx(x, self.W, self.b).cpu()
+                approx = free_energy_delta_approx(x, self.W, self.b)  # (B, I)
+                lat = self._lateral(block)
+                if lat is not None:  # exact: the bound's error is the RBM part's alone
+                    approx -= lat
+                out[s : s + batch_size] = approx.cpu()
         return out
 
     def energies_at(self, user_items: sp.csr_matrix, items: np.ndarray) -> np.ndarray:
@@ -315,7 +381,11 @@ class RBM(Recommender):
             v = self.visible(user_items)  # (U, I)
             x = self._hidden_input(user_items)  # (U, H)
             it = torch.as_tensor(idx, dtype=torch.long, device=self.device)
-            return free_energy_delta_at(v, x, self.W, self.b, it).cpu().numpy()
+            out = free_energy_delta_at(v, x, self.W, self.b, it)  # (U, C)
+            lat = self._lateral(user_items)
+            if lat is not None:
+                out -= lat.gather(1, it)
+            return out.cpu().numpy()
 
     # ------------------------------------------------------------------ training
     def fit(
@@ -332,15 +402,18 @@ class RBM(Recommender):
         show = self.config.progress  # recsys_ebm.progress: a bar on a TTY, else log lines
         ckpt = Path(self.config.checkpoint_dir) if self.config.checkpoint_dir else None
         monitor = ndcg_monitor(self, train, valid, progress_desc="validate rbm" if show else None)
-        result = train_rbm(
-            self,
-            train,
-            valid,
-            monitor=monitor,
-            callback=callback,
-            progress=show,
-            checkpoint_dir=ckpt,
-        )
+        try:
+            result = train_rbm(
+                self,
+                train,
+                valid,
+                monitor=monitor,
+                callback=callback,
+                progress=show,
+                checkpoint_dir=ckpt,
+            )
+        finally:
+            self.crossfit = None  # training-only couplings (2 I x I floats)
         scored = [h["epoch"] for h in result.history if h.get("valid_ndcg@10") is not None]
         best = max(scored, key=lambda e: result.history[e]["valid_ndcg@10"]) if scored else None
         self.fit_info = {
@@ -353,20 +426,31 @@ class RBM(Recommender):
 
     # ------------------------------------------------------------------ training state hooks
     def parameters(self) -> dict[str, torch.Tensor]:
-        """The fitted tensors by name: ``W`` (I, H), ``b`` (I,), ``c`` (H,) (not copies)."""
+        """The fitted tensors by name: ``W`` (I, H), ``b`` (I,), ``c`` (H,) and, with lateral
+        couplings, their scale ``a`` (1,) (not copies; L is fixed, not a parameter)."""
         assert self.W is not None and self.b is not None and self.c is not None
-        return {"W": self.W, "b": self.b, "c": self.c}
+        out = {"W": self.W, "b": self.b, "c": self.c}
+        if self.a is not None:
+            out["a"] = self.a
+        return out
 
     def set_parameters(self, params: dict[str, torch.Tensor]) -> None:
-        """Replace ``W``, ``b`` and ``c`` (the tensors are used as given)."""
+        """Replace ``W``, ``b``, ``c`` and ``a`` if given (the tensors are used as given)."""
         self.W, self.b, self.c = params["W"], params["b"], params["c"]
+        if "a" in params:
+            self.a = params["a"]
 
     # ------------------------------------------------------------------ persistence
     def _state_tensors(self) -> dict[str, torch.Tensor]:
         assert self.W is not None
-        return {"W": self.W, "b": self.b, "c": self.c}
+        out = {"W": self.W, "b": self.b, "c": self.c}
+        if self.L is not None:
+            out.update(L=self.L, a=self.a)
+        return out
 
     def _load_state(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
         self.W = tensors["W"].to(self.device)
         self.b = tensors["b"].to(self.device)
         self.c = tensors["c"].to(self.device)
+        self.L = tensors["L"].to(self.device) if "L" in tensors else None
+        self.a = tensors["a"].to(self.device) if "a" in tensors else None
