@@ -2,13 +2,15 @@
 fit of the RBM and of the retriever on MovieLens 100K in at most 15x ALS's time).
 
     python benchmarks/train_speed.py [--ml100k PATH] [--threads 2] [--repeats 2]
+        [--models rbm,retriever] [--earlier-retriever]
 
 MovieLens 100K (``--ml100k``; the bundled ml-latest-small when absent), per-user random split
 20% test / 10% valid, seed 0. Each fit is timed from a fresh model to a fitted one (the RBM and
 the retriever with their defaults, early-stopped on validation NDCG@10: their per-epoch
 validation is part of the fit); the reference is implicit's ALS (64 factors, 15 iterations) on the
 same training matrix, timed in the same run. Best of ``--repeats`` runs per model; the ratio
-is model time / ALS time.
+is model time / ALS time. ``--earlier-retriever`` also times the retriever's default before
+issue 13 (``objective="interaction"``, batch 512, lr 1e-3, 40 epochs, patience 5).
 """
 
 from __future__ import annotations
@@ -34,6 +36,9 @@ def main() -> None:
     ap.add_argument("--ml100k", default=str(ROOT.parent / "shared" / "data" / "ml-100k"))
     ap.add_argument("--threads", type=int, default=2, help="torch and implicit threads")
     ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--models", default="rbm,retriever", help="comma-separated registry names")
+    ap.add_argument("--earlier-retriever", action="store_true",
+                    help="also time the retriever's pre-issue-13 default (interaction objective)")
     args = ap.parse_args()
 
     import torch
@@ -56,11 +61,18 @@ def main() -> None:
         args.repeats,
     )
     rows = [("implicit ALS (64 factors, 15 iterations)", t_als, "")]
-    for name in ("rbm", "retriever"):
+    runs = [(name, f"{name} (defaults, early-stopped)", {}) for name in args.models.split(",")]
+    if args.earlier_retriever:
+        earlier = dict(objective="interaction", batch_size=512, learning_rate=1e-3, epochs=40,
+                       patience=5)
+        runs.append(("retriever", "retriever (earlier default, interaction)", earlier))
+    for name, label, kw in runs:
         cls = get_model_class(name)
-        t, model = best_of(lambda cls=cls: cls(progress=False).fit_dataset(ds), args.repeats)
+        t, model = best_of(
+            lambda cls=cls, kw=kw: cls(progress=False, **kw).fit_dataset(ds), args.repeats
+        )
         info = model.fit_info  # type: ignore[attr-defined]
-        rows.append((f"{name} (defaults, early-stopped)", t, f"{info.get('epochs_run')} epochs"))
+        rows.append((label, t, f"{info.get('epochs_run')} epochs"))
     print(f"\n{'model':<44}{'fit s':>8}{'vs ALS':>9}  (target <= 15x)")
     for label, t, extra in rows:
         print(f"{label:<44}{t:>8.2f}{t / t_als:>8.1f}x  {extra}")

@@ -185,6 +185,22 @@ def test_masked_input_items_leave_the_loss_unchanged(step):
     assert unmasked > base + 1.0  # without the mask they would take the probability mass
 
 
+@pytest.mark.parametrize("mode", ["shared", "each"])
+def test_a_row_without_negatives_has_zero_loss_and_finite_gradients(mode):
+    """Every candidate of row 0 is a target or an input item: nothing is left to rank against,
+    so "each" gives that row loss 0 ("shared" the log of its target count) and no gradient is
+    NaN (a removed logit is -1e30, never -inf)."""
+    e = torch.tensor([[1.0, -2.0, 0.5], [0.3, 0.1, -0.4]], requires_grad=True)
+    t = torch.tensor([[True, True, False], [True, False, False]])
+    m = torch.tensor([[False, False, True], [False, False, False]])
+    row0 = multi_positive_softmax(e[:1], t[:1], mask=m[:1], mode=mode)
+    p = torch.softmax(-e.detach()[0, :2].double(), 0)
+    want = 0.0 if mode == "each" else float(-torch.log(p).mean())
+    assert float(row0.detach()) == pytest.approx(want, abs=1e-6)
+    multi_positive_softmax(e, t, mask=m, mode=mode).backward()
+    assert torch.isfinite(e.grad).all()
+    assert float(e.grad[0, 2]) == 0.0  # the removed input item gets no gradient
+
 def test_holdout_split_partitions_every_history():
     rng = np.random.default_rng(0)
     rows = sp.random(60, 40, density=0.2, format="lil", random_state=rng, dtype=np.float32)

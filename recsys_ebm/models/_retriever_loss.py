@@ -104,16 +104,19 @@ def multi_positive_softmax(
     if log_q is not None:
         logits = logits - log_q.float()
     t = targets.to(torch.bool)
-    if mask is not None:
-        logits = logits.masked_fill(mask & ~t, _REMOVED)
     n_t = t.sum(1)  # (B,)
-    tf = t.to(logits.dtype)
     if mode == "shared":
-        nll = -(torch.log_softmax(logits, dim=1) * tf).sum(1)  # (B,)
+        if mask is not None:
+            logits = logits.masked_fill(mask & ~t, _REMOVED)
+        nll = -(torch.log_softmax(logits, dim=1) * t.to(logits.dtype)).sum(1)  # (B,)
     else:
-        log_neg = torch.logsumexp(logits.masked_fill(t, _REMOVED), dim=1, keepdim=True)  # (B, 1)
-        per = torch.logaddexp(logits, log_neg) - logits  # (B, C) -log p(target vs negatives)
-        nll = (per * tf).sum(1)
+        # one (B, C) pass for the denominator; the targets' terms are read at the targets only
+        # (|T| << B x C): -log p = log(e^z_t + e^n) - z_t = softplus(n - z_t), n = log_neg
+        removed = t if mask is None else t | mask
+        log_neg = torch.logsumexp(logits.masked_fill(removed, _REMOVED), dim=1)  # (B,)
+        rows, cols = t.nonzero(as_tuple=True)  # (|T|,) row-major
+        per = torch.nn.functional.softplus(log_neg[rows] - logits[rows, cols])  # (|T|,)
+        nll = torch.zeros_like(log_neg).index_add(0, rows, per)  # (B,)
     rows = n_t > 0
     return (nll[rows] / n_t[rows]).mean()
 

@@ -1,15 +1,16 @@
 """Energy-based contrastive two-tower retriever (registry name ``retriever``).
 
 Energy E(u, i) = -sim(f(u), g(i)) / tau (towers in :mod:`._retriever_towers`); training minimises
-the cross-entropy of the conditional EBM p(i | u) ∝ exp(-E(u, i)). The opt-in objective
+the cross-entropy of the conditional EBM p(i | u) ∝ exp(-E(u, i)). The default objective
 (``objective="user"``, :mod:`._retriever_objective`) is per user: a random half of each user's
 training history is held out and predicted from the rest by the exact softmax over the whole
 catalogue (sampled with logQ correction beyond ``full_softmax_max_items``), the input items
-masked as accidental hits. ``objective="interaction"`` (the default) is the per-interaction InfoNCE
-over in-batch (and optionally sampled) candidates, with logQ correction and accidental-hit
-masking (:mod:`._retriever_loss`, loop in :mod:`._retriever_train`). Either way the encoded
-history never holds the item being predicted, so the user tower learns to serve any history:
-new users are served from the history passed in, with no retraining.
+masked as accidental hits. ``objective="interaction"`` (the earlier default) is the
+per-interaction InfoNCE over in-batch (and optionally sampled) candidates, with logQ
+correction and accidental-hit masking (:mod:`._retriever_loss`, loop in
+:mod:`._retriever_train`). Either way the encoded history never holds the item being predicted,
+so the user tower learns to serve any history: new users are served from the history passed
+in, with no retraining.
 
 Serving: :meth:`recommend` (top-n by lowest energy: user vectors, one matmul against the item
 matrix, top-k), :meth:`retrieve` (candidate lists for the ranker, exact or through an optional
@@ -95,15 +96,20 @@ class RetrieverConfig(Config):
     history_dropout: float = 0.5
     # the training objective: "user" = one row per user and step, a random part of the history
     # held out and predicted from the rest by a catalogue softmax (_retriever_objective.py);
-    # "interaction" = one row per training interaction, in-batch InfoNCE (the earlier default).
-    # "user" (B 128, lr 1e-3, 150 epochs, patience 10): 0.2250 / 0.1671 vs "interaction" 0.2189 /
-    # not measured (EASE: 0.2132 / 0.1689). The default stays "interaction" for now: "user" was
-    # not compared on movietweetings' validation, and with short training (notebook 03, the
-    # reduced quickstart at a few epochs) its item neighbours and NDCG fall below the
-    # interaction objective's. It needs 40-60 epochs but far fewer steps (8 vs 137 per epoch on
-    # ML-100K: 65 s vs 371 s for a fit on a loaded machine). Opt in with objective="user",
-    # batch_size=128, epochs=150, patience=10.
-    objective: Literal["user", "interaction"] = "interaction"
+    # "interaction" = one row per training interaction, in-batch InfoNCE (the default until
+    # issue 13). Validation NDCG@10, "user" (B 256, lr 3e-3, patience 10) vs "interaction" (B 512,
+    # lr 1e-3, patience 5): ML-100K 0.2248 vs 0.2189, ml-latest-small 0.1652 vs 0.1656,
+    # movietweetings-100k 0.1196 vs 0.1203 (the last two ties: seeds move a figure by ~0.002).
+    # Issue 13 (fit time, `python benchmarks/train_speed.py --earlier-retriever`): "interaction"
+    # re-encodes a user's history for every one of their interactions (137 steps of 512 histories
+    # per ML-100K epoch); "user" encodes each user once per epoch and scores all their targets
+    # with one catalogue softmax (4 steps per epoch): ML-100K fit 9.2 s vs 32.9 s (1 thread, ALS
+    # 0.41 s in the same run); 2 threads 5.8 s, 34x ALS (target 15x: a third of it is the 65
+    # per-epoch validations). On movietweetings-100k (16.5k users x 9k items) the catalogue
+    # softmax costs more per epoch than the interaction batches: 288 s vs 138 s (1 thread, loaded
+    # machine); softmax="sampled" takes 117 s for 0.1188. With objective="interaction"
+    # set batch_size=512, learning_rate=1e-3, epochs=40, patience=5 (the values it was tuned at).
+    objective: Literal["user", "interaction"] = "user"
     # P(a history item is a target), objective="user": 0.5 vs 0.2: 0.2228 vs 0.2235 (a tie) on
     # ML-100K but 0.1652 vs 0.1630 on ml-latest-small (B 256); 0.8: 0.2073; 0.3: 0.2202 (B 256)
     holdout_fraction: float = 0.5
@@ -115,16 +121,21 @@ class RetrieverConfig(Config):
     # the `negatives` sampler's draws with logQ; "auto" = full up to full_softmax_max_items
     softmax: Literal["auto", "full", "sampled"] = "auto"
     full_softmax_max_items: int = 50_000
-    # the user objective stops at epoch ~40-60 (ML-100K, ml-latest-small): give it epochs=150 and
-    # patience=10, which ride out its noisier validation curve (few steps per epoch)
-    epochs: int = 40
-    # interactions per step for "interaction" (512 chosen; 1024 ties); users per step for "user":
-    # B 128 + lr 1e-3: 0.2250 / 0.1671 vs B 256 + lr 3e-3: 0.2247 / 0.1652 (half the steps per
-    # epoch); B 128 + lr 3e-3 overfits (0.2193); B 64: 0.2235 (shared)
-    batch_size: int = 512
-    learning_rate: float = 1e-3  # Adam
+    # the user objective stops at epoch ~40-60 (ML-100K 65 epochs, best 54): epochs=150 and
+    # patience=10 ride out its noisier validation curve (few steps per epoch); a cosine learning
+    # rate over 15-20 epochs at lr 1e-2 stops at 0.213 (ML-100K), below the target
+    epochs: int = 150
+    # users per step for "user": B 256 + lr 3e-3: 0.2248 / 0.1652 vs B 128 + lr 1e-3: 0.2250 /
+    # 0.1671 at half the steps per epoch (ML-100K fit 18 s vs 26 s, loaded machine, 1 thread);
+    # B 128 + lr 3e-3 overfits (0.2193); B 256 + lr 1e-2: 0.2197; B 512 + lr 1e-2: 0.2217;
+    # D 64: 0.2189. Interactions per step for "interaction" (512 chosen; 1024 ties)
+    batch_size: int = 256
+    # Adam. Faster but lower on movietweetings-100k (ML-100K / ml-latest-small / movietweetings,
+    # epochs run on ML-100K): 5e-3 0.2212 / 0.1658 / 0.1182 (40 epochs), 7e-3 0.2222 / 0.1665 /
+    # 0.1181 (37) vs 3e-3 0.2248 / 0.1652 / 0.1196 (65); interaction default 0.1203 there
+    learning_rate: float = 3e-3
     weight_decay: float = 0.0  # L2 through Adam; 1e-6 (B 256) on ml-latest-small: 0.1653 vs 0.1652
-    patience: int = 5  # epochs without validation NDCG@10 gain before stopping (0 = never)
+    patience: int = 10  # epochs without validation NDCG@10 gain before stopping (0 = never)
     mixed_precision: bool = True  # bf16 autocast, CUDA only
     max_abs_param: float = 1e4  # divergence guard: |weight| above this stops training
     checkpoint_dir: str = ""  # save after every epoch and resume from here when set
