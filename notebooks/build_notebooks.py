@@ -523,7 +523,7 @@ RUN_DIR = None           # None = that pipeline run's run directory (its pipelin
 RUN_PIPELINE = False     # True = run the quickstart pipeline here first (reduced settings)
 RBM_EPOCHS = 2           # used only when the pipeline is run here (reduced settings)
 RBM_HIDDEN = 32
-RETRIEVER_EPOCHS = 2""",
+RETRIEVER_EPOCHS = 15      # the per-user objective: 3 steps an epoch on the bundled data""",
     ),
     (
         "code",
