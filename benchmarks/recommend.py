@@ -349,7 +349,7 @@ def memory_score(args: argparse.Namespace) -> None:
     ranker.recommend(train, n=args.n, users=np.arange(train.shape[0]))
     dt = time.perf_counter() - t0
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-    rows = ranker._block_rows(train.shape[1], None)
+    rows = ranker._recommend_rows(train.shape[1], None)
     print(
         f"scored {train.shape[0]:,} users x {train.shape[1]:,} items in {dt:.1f} s "
         f"({rows} users per block); peak RSS {peak:.2f} GiB (after loading {loaded:.2f} GiB); "

@@ -172,3 +172,15 @@ def test_integer_topk_of_shifted_energies_equals_the_float_topk():
     val, idx = _smallest(s.clone(), 9)
     torch.testing.assert_close(torch.sort(val, dim=1).values, want, atol=1e-4, rtol=0)
     torch.testing.assert_close(s.gather(1, idx), val, atol=1e-4, rtol=0)
+
+
+def test_cascade_blocks_hold_four_arrays_and_the_exact_path_keeps_its_budget(fitted):
+    from recsys_ebm.models._candidates import block_rows
+
+    train, valid, comps = fitted
+    r = _ranker(train, valid, comps)
+    assert r._recommend_rows(20_000, None) == block_rows(20_000, 4)
+    assert r._recommend_rows(20_000, 7) == 7  # an explicit batch size wins
+    exact = copy.copy(r)
+    exact.config = r.config.replace(fast_serving=False)
+    assert exact._recommend_rows(20_000, None) == block_rows(20_000, 2 * len(comps) + 4)

@@ -214,6 +214,11 @@ class Recommender(abc.ABC):
             return batch_size
         return max(1, min(4096, _BLOCK_FLOATS // max(1, n_cols)))
 
+    def _recommend_rows(self, n_cols: int, batch_size: int | None) -> int:
+        """Users per block of :meth:`recommend` (default: :meth:`_block_rows`; a model whose
+        serving path holds fewer (B, I) arrays than its scoring path overrides it)."""
+        return self._block_rows(n_cols, batch_size)
+
     def energies(
         self,
         user_items: sp.csr_matrix,
@@ -290,7 +295,7 @@ class Recommender(abc.ABC):
 
         n_cols = n_items if cand is None or cand.ndim == 2 else len(cand)
         k = int(min(n, n_cols))
-        step = self._block_rows(n_cols, batch_size)
+        step = self._recommend_rows(n_cols, batch_size)
         out_items = np.full((n_rows, n), -1, dtype=np.int64)
         out_en = np.full((n_rows, n), np.inf, dtype=np.float32)
         for start in range(0, n_rows, step):
