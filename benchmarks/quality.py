@@ -258,7 +258,7 @@ def targets(rows: list[dict]) -> bool:
                 f"  {label:<20} {what:<22} {'PASS' if ok else 'FAIL'}  "
                 f"{v:.4f} vs {bar:.4f} ({v / ease:.3f} x EASE{extra})"
             )
-    print(f"ALL TARGETS {'PASS' if ok_all else 'FAIL'}")
+    print("ALL TARGETS PASS" if ok_all else "NOT ALL TARGETS PASS (FAIL rows above)")
     return ok_all
 
 
