@@ -97,6 +97,9 @@ def test_ease_energies_at_equal_its_energies(fitted, layout):
     cand = np.random.default_rng(0).integers(0, train.shape[1], (25, 9))
     want = np.take_along_axis(ease.energies(ui), cand, 1)
     np.testing.assert_allclose(ease.energies_at(ui, cand), want, atol=1e-5)
+    weighted = ui.copy()
+    weighted.data *= 3.0  # stored values other than 1 count as 1, as in energies
+    np.testing.assert_allclose(ease.energies_at(weighted, cand), want, atol=1e-5)
     with pytest.raises(ValueError, match=r"^items: expected \(25, C\)"):
         ease.energies_at(ui, cand[:3])
 

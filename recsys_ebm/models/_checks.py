@@ -66,6 +66,26 @@ def check_exclude(exclude: Any, n_items: int) -> np.ndarray:
     return excl
 
 
+def check_items_at(items: Any, n_rows: int, n_items: int) -> np.ndarray:
+    """``items`` as (n_rows, C) int item indices in [0, n_items) (``energies_at``'s argument).
+
+    Raises:
+        ValueError: another shape, a non-integer dtype or an index outside the catalogue.
+    """
+    idx = np.asarray(items)
+    if (
+        idx.ndim != 2
+        or idx.shape[0] != n_rows
+        or not np.issubdtype(idx.dtype, np.integer)
+        or (idx.size and (idx.min() < 0 or idx.max() >= n_items))
+    ):
+        raise ValueError(
+            f"items: expected ({n_rows}, C) int item indices in [0, {n_items}),"
+            f" got {idx.dtype} array of shape {idx.shape}"
+        )
+    return idx
+
+
 def check_fit_inputs(train: Any, valid: Any = None) -> tuple[sp.csr_matrix, sp.csr_matrix | None]:
     """Validate ``fit``'s arguments: ``train`` a users x items sparse matrix (any width), ``valid``
     None or the same width. Both come back as float32 CSR.

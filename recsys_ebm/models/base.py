@@ -32,6 +32,7 @@ from recsys_ebm.models._checks import (
     as_user_items,
     check_exclude,
     check_fit_inputs,
+    check_items_at,
     csr_to_torch,
 )
 from recsys_ebm.models._persist import (
@@ -51,6 +52,7 @@ __all__ = [
     "as_user_items",
     "check_exclude",
     "check_fit_inputs",
+    "check_items_at",
     "copy_model_dir",
     "csr_to_torch",
     "mask_block",

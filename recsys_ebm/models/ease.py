@@ -31,6 +31,7 @@ from recsys_ebm.models.base import (
     Recommender,
     as_user_items,
     check_fit_inputs,
+    check_items_at,
     csr_to_torch,
 )
 from recsys_ebm.models.capabilities import EnergyFactors
@@ -194,28 +195,18 @@ class EASE(Recommender):
         gather of B at (history item, candidate) pairs, O(nnz(history) x C)."""
         n_items = self._check_fitted()
         user_items = as_user_items(user_items, n_items)
-        idx = np.asarray(items)
-        if (
-            idx.ndim != 2
-            or idx.shape[0] != user_items.shape[0]
-            or not np.issubdtype(idx.dtype, np.integer)
-            or (idx.size and (idx.min() < 0 or idx.max() >= n_items))
-        ):
-            raise ValueError(
-                f"items: expected ({user_items.shape[0]}, C) int item indices in [0, {n_items}),"
-                f" got {idx.dtype} array of shape {idx.shape}"
-            )
+        idx = check_items_at(items, user_items.shape[0], n_items)  # (U, C)
         with torch.no_grad():
             return self._at(user_items, torch.as_tensor(idx, device=self.device)).cpu().numpy()
 
     def _at(self, user_items: sp.csr_matrix, cand: torch.Tensor) -> torch.Tensor:
-        """(B, C) -x_u B[:, c] for (B, C) long candidates on the model's device."""
+        """(B, C) -x_u B[:, c] for (B, C) long candidates on the model's device (x_u binary:
+        each stored entry counts 1, as in :meth:`_energies_block`)."""
         assert self.B is not None
         dev, n_items = self.device, self.B.shape[0]
         coo = user_items.tocoo()
         rows = torch.as_tensor(coo.row, dtype=torch.long, device=dev)  # (nnz,)
         hist = torch.as_tensor(coo.col, dtype=torch.long, device=dev)  # (nnz,)
-        vals = torch.as_tensor(coo.data, dtype=torch.float32, device=dev)  # (nnz,)
         # int32 positions while I^2 fits (half the index traffic of int64)
         small = n_items * n_items < 2**31
         idx = torch.int32 if small else torch.long
@@ -227,9 +218,8 @@ class EASE(Recommender):
             flat *= n_items
             flat += hist.to(idx)[:, None]
             buf = self.B.T.contiguous()
-        terms = buf.reshape(-1).index_select(0, flat.reshape(-1)).view(flat.shape)  # (nnz, C)
-        if not bool((vals == 1).all()):  # weighted histories (binary ones skip the pass)
-            terms *= vals[:, None]
+        # (nnz, C); every stored entry counts 1, as in energies (a binary history)
+        terms = buf.reshape(-1).index_select(0, flat.reshape(-1)).view(flat.shape)
         out = torch.zeros(cand.shape, dtype=torch.float32, device=dev)  # (B, C)
         return out.index_add_(0, rows, terms).neg_()
 

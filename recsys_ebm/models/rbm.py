@@ -49,6 +49,7 @@ from recsys_ebm.models.base import (
     Recommender,
     as_user_items,
     check_fit_inputs,
+    check_items_at,
     csr_to_torch,
     mask_block,
 )
@@ -366,17 +367,7 @@ class RBM(Recommender):
         """(U, C) float32 exact dF of each row at its own item indices ``items`` (U, C)."""
         n_items = self._check_fitted()
         user_items = as_user_items(user_items, n_items)
-        idx = np.asarray(items)
-        if (
-            idx.ndim != 2
-            or idx.shape[0] != user_items.shape[0]
-            or not np.issubdtype(idx.dtype, np.integer)
-            or (idx.size and (idx.min() < 0 or idx.max() >= n_items))
-        ):
-            raise ValueError(
-                f"items: expected ({user_items.shape[0]}, C) int item indices in [0, {n_items}),"
-                f" got {idx.dtype} array of shape {idx.shape}"
-            )
+        idx = check_items_at(items, user_items.shape[0], n_items)  # (U, C)
         with torch.no_grad():
             v = self.visible(user_items)  # (U, I)
             x = self._hidden_input(user_items)  # (U, H)
