@@ -94,7 +94,8 @@ def cascade_top(
         if not bool(coef[:, j].any()):  # weight 0 for every user here: no share in E
             continue
         f: EnergyFactors = m.energy_factors(user_items, users=users)
-        redo = not f.exact and (f.rescore or (rescore == "all" and _has_exact_at(m)))
+        exact_at = isinstance(m, ApproximateScorer)  # has energies_at beside its proxy
+        redo = not f.exact and (f.rescore or (rescore == "all" and exact_at))
         u, v = _with_bias(f, dev)  # (B, d + 1), (I, d + 1)
         if redo:
             exact_later.append((j, coef[:, j : j + 1] * u, v))
@@ -136,10 +137,6 @@ def _smallest(s: torch.Tensor, c: int) -> tuple[torch.Tensor, torch.Tensor]:
     s -= m
     idx = torch.topk(s.view(torch.int32), c, dim=1, largest=False, sorted=False).indices
     return s.gather(1, idx) + m, idx
-
-
-def _has_exact_at(model: Any) -> bool:
-    return isinstance(model, ApproximateScorer) or hasattr(type(model), "energies_at")
 
 
 def _with_bias(f: EnergyFactors, dev: torch.device) -> tuple[torch.Tensor, torch.Tensor]:

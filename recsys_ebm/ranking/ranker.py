@@ -310,16 +310,18 @@ class Ranker(Recommender):
         """The cascade (calibrated blend, fast serving) holds about 4 (B, I) arrays (the scores,
         each re-scored proxy's own product, the masks), not 2 K + 4: 3x larger blocks within
         the same budget, which the per-block matmul and top-C run faster on."""
-        if batch_size is None and self._serves_by_cascade():
-            return block_rows(n_cols, 4)
+        blender = self._fast_blender()
+        if batch_size is None and blender is not None:
+            if supports_cascade(self.components, blender):
+                return block_rows(n_cols, 4)
         return self._block_rows(n_cols, batch_size)
 
-    def _serves_by_cascade(self) -> bool:
+    def _fast_blender(self) -> Blender | None:
+        """The fitted blender when :meth:`recommend` may take a fast path (config
+        ``fast_serving``, candidates from the whole catalogue), else None (or not fitted)."""
         if not (self.config.fast_serving and self.config.candidates == "all"):
-            return False
-        return self.weights is not None and supports_cascade(
-            self.components, self._blender(self.weights)
-        )
+            return None
+        return None if self.weights is None else self._blender(self.weights)
 
     def _top_block(
         self,
@@ -330,29 +332,16 @@ class Ranker(Recommender):
         exclude: np.ndarray | None,
     ) -> tuple[torch.Tensor, torch.Tensor] | None:
         """The fast path of :meth:`recommend` over the whole catalogue (config ``fast_serving``):
-        approximate-then-exact scoring of the expensive components
-        (:func:`recsys_ebm.ranking._candidates.blend_top`); None (every item exact) when no
-        component approximates or candidates come from the retriever."""
-        if not (self.config.fast_serving and self.config.candidates == "all"):
+        the calibrated blend's cascade (:func:`recsys_ebm.ranking._cascade.cascade_top`: one
+        matmul of every component's energy factors, exact re-scoring of the top candidates), or
+        for a z-scored blend the approximate-then-exact scoring of the expensive components
+        (:func:`recsys_ebm.ranking._candidates.blend_top`); None (every item exact) when neither
+        applies or candidates come from the retriever."""
+        blender = self._fast_blender()
+        if blender is None:
             return None
-        assert self.weights is not None and self.pop_energy is not None
-        blender = self._blender(self.weights)
-        if supports_cascade(self.components, blender):  # the calibrated blend: one matmul
-            return cascade_top(
-                self.components,
-                blender,
-                self.pop_energy.to(self.device),
-                user_items,
-                users,
-                k,
-                exclude_seen,
-                exclude,
-                self.serve_candidates,
-                self.config.rescore,
-            )
-        if not any(isinstance(m, ApproximateScorer) for m in self.components):
-            return None
-        return blend_top(
+        assert self.pop_energy is not None
+        args = (
             self.components,
             blender,
             self.pop_energy.to(self.device),
@@ -363,6 +352,11 @@ class Ranker(Recommender):
             exclude,
             self.serve_candidates,
         )
+        if supports_cascade(self.components, blender):  # the calibrated blend: one matmul
+            return cascade_top(*args, self.config.rescore)
+        if any(isinstance(m, ApproximateScorer) for m in self.components):
+            return blend_top(*args)
+        return None
 
     def is_fallback(self, user_items: sp.csr_matrix) -> np.ndarray:
         """(U,) bool: rows served by the popularity fallback (empty history)."""
