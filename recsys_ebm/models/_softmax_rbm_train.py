@@ -93,7 +93,8 @@ class SoftmaxRBMTrainer(CDTrainer):
         # PCD: one fantasy rating per entry
         self.chain = self.levels_all.clone() if cfg.persistent else None
         self.level_values = torch.as_tensor(model.rating_levels, dtype=torch.float32, device=dev)
-        self.active = np.flatnonzero(codes.getnnz(axis=1) > 0)  # cases with >= 1 rating
+        self.n_ratings = np.diff(codes.indptr)  # (cases,) ratings per case
+        self.active = np.flatnonzero(self.n_ratings > 0)  # cases with >= 1 rating
 
     def train_epoch(self, epoch: int) -> dict[str, float]:
         cfg, model, dev = self.config, self.model, self.model.device
@@ -110,7 +111,7 @@ class SoftmaxRBMTrainer(CDTrainer):
             touched = torch.zeros(self.chain.shape[0], dtype=torch.bool, device=dev)
         for step, users in batches:
             if dp is not None:  # this rank's cases; the draws are the global batch's
-                counts = np.diff(self.codes.indptr)[users]  # (n,) ratings per case
+                counts = self.n_ratings[users]  # (n,) ratings per case
                 users = dp.local(users, self.dev_gen)
                 dp.local_entries(counts, self.dev_gen)
             pos_np, rows_np = batch_entries(self.codes, users)
