@@ -250,7 +250,9 @@ def test_rbm_two_ranks_equal_one_process(ranks, name):
     # rank 0 validated; its score and the summed reconstruction error are the 1-process ones
     loss = "conditional_nll" if name == "rbm-hybrid" else "reconstruction_error"
     for a, b in zip(h0, ref_hist, strict=True):
-        assert a["valid_ndcg@10"] == pytest.approx(b["valid_ndcg@10"], abs=1e-6)
+        assert ("valid_ndcg@10" in a) == ("valid_ndcg@10" in b)  # validated the same epochs
+        if "valid_ndcg@10" in b:
+            assert a["valid_ndcg@10"] == pytest.approx(b["valid_ndcg@10"], abs=1e-6)
         assert a[loss] == pytest.approx(b[loss], rel=1e-5)
 
 
@@ -276,7 +278,9 @@ def test_retriever_two_ranks_equal_one_process(ranks, name):
     _assert_params_equal(p1, p0)
     for a, b in zip(info0["history"], ref_info["history"], strict=True):
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-5)
-        assert a["valid_ndcg@10"] == pytest.approx(b["valid_ndcg@10"], abs=1e-6)
+        assert ("valid_ndcg@10" in a) == ("valid_ndcg@10" in b)  # validated the same epochs
+        if "valid_ndcg@10" in b:
+            assert a["valid_ndcg@10"] == pytest.approx(b["valid_ndcg@10"], abs=1e-6)
 
 
 def test_retriever_checkpoint_from_one_process_resumes_on_two_ranks(ranks):

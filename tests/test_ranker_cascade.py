@@ -163,7 +163,7 @@ def test_cascade_needs_a_calibrated_blend_and_bad_options_are_named():
 
 
 def test_integer_topk_of_shifted_energies_equals_the_float_topk():
-    from recsys_ebm.ranking._cascade import _smallest
+    from recsys_ebm.models._candidates import smallest as _smallest
 
     g = torch.Generator().manual_seed(3)
     s = torch.randn(6, 50, generator=g) * 100 - 40  # negatives and positives

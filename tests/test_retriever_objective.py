@@ -13,7 +13,11 @@ import scipy.sparse as sp
 import torch
 
 from recsys_ebm.data.synthetic import checkerboard
-from recsys_ebm.models._retriever_loss import log_inclusion, multi_positive_softmax
+from recsys_ebm.models._retriever_loss import (
+    log_inclusion,
+    multi_positive_softmax,
+    target_softmax_each,
+)
 from recsys_ebm.models._retriever_objective import holdout_split, sampled_candidates
 from recsys_ebm.models._retriever_towers import TwoTower, sparse_history
 from recsys_ebm.models.retriever import Retriever
@@ -155,7 +159,9 @@ def test_parameter_gradient_against_finite_differences(mode):
 
     net.zero_grad()
     loss().backward()
-    eps = 1e-2
+    base = float(loss().detach())
+    eps = 3e-3
+    checked, kinks = 0, 0
     for name, p in net.named_parameters():
         flat = p.data.view(-1)
         for k in range(0, flat.numel(), max(1, flat.numel() // 6)):
@@ -166,8 +172,15 @@ def test_parameter_gradient_against_finite_differences(mode):
                 flat[k] = old - eps
                 down = float(loss())
                 flat[k] = old
+            # a ReLU of the user tower switching within +-eps: the one-sided slopes disagree and
+            # no finite difference measures the gradient there
             fd = (up - down) / (2 * eps)
+            if abs((up - base) - (base - down)) / eps > 2e-3 + 0.2 * abs(fd):
+                kinks += 1
+                continue
             assert float(p.grad.view(-1)[k]) == pytest.approx(fd, rel=0.03, abs=2e-3), (name, k)
+            checked += 1
+    assert kinks <= 2 and checked >= 30, (kinks, checked)
 
 
 def test_masked_input_items_leave_the_loss_unchanged(step):
@@ -200,6 +213,37 @@ def test_a_row_without_negatives_has_zero_loss_and_finite_gradients(mode):
     multi_positive_softmax(e, t, mask=m, mode=mode).backward()
     assert torch.isfinite(e.grad).all()
     assert float(e.grad[0, 2]) == 0.0  # the removed input item gets no gradient
+
+def test_each_loss_gradient_is_autograds_of_the_plain_formula():
+    """target_softmax_each writes its gradient by hand: it equals torch.autograd.gradcheck's
+    numerical Jacobian (float64) and autograd through the plain masked logsumexp, with a row
+    whose candidates are all removed and a row without a target among the rows."""
+    rng = np.random.default_rng(3)
+    z = torch.tensor(rng.normal(0, 2, size=(5, 9)), dtype=torch.float64, requires_grad=True)
+    t = torch.tensor(rng.random((5, 9)) < 0.3)
+    t[0, 1] = True
+    t[3] = False  # no target: out of the mean
+    removed = t | torch.tensor(rng.random((5, 9)) < 0.3)
+    removed[4] = True  # nothing to rank against: loss 0, gradient 0
+    t[4, 2] = True
+    rows, cols = t.nonzero(as_tuple=True)
+    assert torch.autograd.gradcheck(
+        lambda x: target_softmax_each(x, removed, rows, cols), (z,), eps=1e-6, atol=1e-7
+    )
+
+    def plain(x: torch.Tensor) -> torch.Tensor:
+        log_neg = torch.logsumexp(x.masked_fill(removed, -1e30), dim=1)
+        per = torch.nn.functional.softplus(log_neg[rows] - x[rows, cols])
+        n_t = t.sum(1)
+        nll = torch.zeros(5, dtype=x.dtype).index_add(0, rows, per)
+        return (nll[n_t > 0] / n_t[n_t > 0]).mean()
+
+    got = torch.autograd.grad(target_softmax_each(z, removed, rows, cols), z)[0]
+    want = torch.autograd.grad(plain(z), z)[0]
+    assert float(target_softmax_each(z, removed, rows, cols)) == pytest.approx(float(plain(z)))
+    np.testing.assert_allclose(got.numpy(), want.numpy(), atol=1e-12)
+    assert float(got[4].abs().sum()) == 0.0
+
 
 def test_holdout_split_partitions_every_history():
     rng = np.random.default_rng(0)

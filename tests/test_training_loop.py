@@ -92,6 +92,38 @@ def test_early_stopping_restores_the_best_epoch_and_reports_it():
     assert [h["epoch"] for h in res.history] == [0, 1, 2, 3]
 
 
+def test_validate_every_scores_some_epochs_and_counts_patience_in_epochs():
+    """validate_every=3: the monitor runs after epochs 2, 5, 8, 11; the best epoch is a
+    validated one; patience counts epochs (2 validations without a gain = 6 epochs >= patience
+    5 stop the run after epoch 11)."""
+    task = Noisy()
+    calls = []
+
+    def monitor() -> float:
+        calls.append(len(task.epochs_trained) - 1)
+        return [0.2, 0.7, 0.5, 0.6][len(calls) - 1]
+
+    ws = {}
+    res = run_training(
+        task, epochs=20, fingerprint="f", monitor=monitor, monitor_name="valid_ndcg@10",
+        patience=5, validate_every=3, callback=lambda e, m: ws.update({e: task.w.clone()}),
+    )  # fmt: skip
+    assert calls == [2, 5, 8, 11] and res.stopped_early and res.epochs_run == 12
+    assert res.best_epoch == 5 and res.best_score == 0.7
+    assert torch.equal(task.w, ws[5]) and task.epochs_trained == list(range(12))
+    assert [h["epoch"] for h in res.history if "valid_ndcg@10" in h] == [2, 5, 8, 11]
+    # without early stopping the last epoch is validated too
+    calls.clear()
+    res = run_training(
+        Noisy(), epochs=4, fingerprint="f", monitor=lambda: calls.append(1) or 0.1,
+        validate_every=3,
+    )  # fmt: skip
+    assert len(calls) == 2 and [h["epoch"] for h in res.history if "valid_score" in h] == [2, 3]
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(ValueError, match="validate_every"):
+            run_training(Noisy(), epochs=2, fingerprint="f", validate_every=bad)
+
+
 def test_minimising_monitor_and_no_monitor():
     res = run_training(
         Noisy(), epochs=5, fingerprint="f", monitor=scripted([3, 2, 2.5, 2.6, 1]),

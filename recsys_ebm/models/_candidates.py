@@ -23,7 +23,7 @@ from collections.abc import Callable
 
 import torch
 
-__all__ = ["block_rows", "bounded_topk", "candidate_count"]
+__all__ = ["block_rows", "bounded_topk", "candidate_count", "smallest"]
 
 #: candidates scored exactly per served item (C = factor x k, at least k + _MIN_EXTRA): on the
 #: RBM of benchmarks/recommend.py every row was certified at C = 1.32 k and 3.6 % at C = k
@@ -56,6 +56,18 @@ def candidate_count(k: int, n_items: int, n_candidates: int | None = None) -> in
     return max(min(k, n_items), min(int(n_candidates), n_items))
 
 
+def smallest(s: torch.Tensor, c: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, C) values and indices of the C smallest entries of each row of (B, I) ``s``
+    (unordered), overwriting ``s``. Each row is shifted by its minimum so that every entry is
+    >= 0 (+inf stays +inf), where the IEEE-754 bit patterns read as int32 sort as the floats
+    do: an integer top-k, about a third faster than the float one on CPUs."""
+    m = s.amin(dim=1, keepdim=True)  # (B, 1)
+    m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))  # a row of +inf: no shift
+    s -= m
+    idx = torch.topk(s.view(torch.int32), c, dim=1, largest=False, sorted=False).indices
+    return s.gather(1, idx) + m, idx
+
+
 def bounded_topk(
     lower: torch.Tensor,
     exact_at: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
@@ -85,13 +97,18 @@ def bounded_topk(
     rows = torch.arange(n_rows, device=dev)
     c = candidate_count(k, n_items, n_candidates)
     while rows.numel():
-        lb = lower[rows]  # (b, I)
         if c >= n_items:  # the whole catalogue: exact by construction
             items = torch.arange(n_items, device=dev).expand(rows.numel(), n_items)
-            bound, thr = lb, None
+            bound, thr = lower[rows], None
         else:
-            bound, items = torch.topk(lb, c + 1, dim=1, largest=False, sorted=True)  # (b, C+1)
-            thr, bound, items = bound[:, c], bound[:, :c], items[:, :c]
+            # the C + 1 lowest bounds, unordered (the integer top-k overwrites its copy): the
+            # largest of them is t, the others are the candidates
+            val, idx = smallest(lower[rows], c + 1)  # (b, C + 1)
+            last = val.argmax(dim=1, keepdim=True)  # (b, 1)
+            thr = val.gather(1, last).squeeze(1)  # (b,)
+            keep = torch.ones_like(val, dtype=torch.bool).scatter_(1, last, False)
+            b_rows = val.shape[0]
+            bound, items = val[keep].view(b_rows, c), idx[keep].view(b_rows, c)  # (b, C)
         exact = exact_at(rows, items).masked_fill(torch.isinf(bound) & (bound > 0), float("inf"))
         top_en, pos = torch.topk(exact, k, dim=1, largest=False, sorted=True)  # (b, k)
         if thr is None:

@@ -19,6 +19,8 @@ removed from the anchor's softmax (its logit set to -inf). The label column is n
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import scipy.sparse as sp
 import torch
@@ -30,6 +32,7 @@ __all__ = [
     "log_expected_counts",
     "log_inclusion",
     "multi_positive_softmax",
+    "target_softmax_each",
 ]
 
 #: logit of a removed candidate: exp() of it is exactly 0 in fp32, yet sums of it stay finite, so
@@ -104,21 +107,76 @@ def multi_positive_softmax(
     if log_q is not None:
         logits = logits - log_q.float()
     t = targets.to(torch.bool)
-    n_t = t.sum(1)  # (B,)
-    if mode == "shared":
-        if mask is not None:
-            logits = logits.masked_fill(mask & ~t, _REMOVED)
-        nll = -(torch.log_softmax(logits, dim=1) * t.to(logits.dtype)).sum(1)  # (B,)
-    else:
-        # one (B, C) pass for the denominator; the targets' terms are read at the targets only
-        # (|T| << B x C): -log p = log(e^z_t + e^n) - z_t = softplus(n - z_t), n = log_neg
-        removed = t if mask is None else t | mask
-        log_neg = torch.logsumexp(logits.masked_fill(removed, _REMOVED), dim=1)  # (B,)
+    if mode == "each":
         rows, cols = t.nonzero(as_tuple=True)  # (|T|,) row-major
-        per = torch.nn.functional.softplus(log_neg[rows] - logits[rows, cols])  # (|T|,)
-        nll = torch.zeros_like(log_neg).index_add(0, rows, per)  # (B,)
+        return target_softmax_each(logits, t if mask is None else t | mask, rows, cols)
+    if mask is not None:
+        logits = logits.masked_fill(mask & ~t, _REMOVED)
+    nll = -(torch.log_softmax(logits, dim=1) * t.to(logits.dtype)).sum(1)  # (B,)
+    n_t = t.sum(1)  # (B,)
     rows = n_t > 0
     return (nll[rows] / n_t[rows]).mean()
+
+
+def target_softmax_each(
+    logits: torch.Tensor, removed: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor
+) -> torch.Tensor:
+    """The ``"each"`` loss of :func:`multi_positive_softmax` from logits and target indices.
+
+    Args:
+        logits: (B, C) z = -E (- log Q), float.
+        removed: (B, C) bool, the row's targets and input items (out of every denominator; the
+            targets must be in it).
+        rows, cols: (T,) the targets' row and column, distinct pairs, any order.
+
+    Returns:
+        scalar: mean over rows with a target of their mean -log p(t) (each user weighs the same).
+    """
+    return _EachSoftmax.apply(logits, removed, rows, cols)
+
+
+class _EachSoftmax(torch.autograd.Function):
+    """L = mean_b 1/|T_b| sum_{t in T_b} softplus(n_b - z_t), n_b = log sum_{j kept} e^{z_bj}.
+
+    The gradient is written out rather than traced: dL/dz_bj = a_b q_bj for a kept j, with
+    q_b = softmax over the kept candidates and a_b = sum_t dL/dn_b = sum_t sigma(n_b - z_t) / K_t
+    (K_t = |T_b| x the number of rows with a target), and dL/dz_t = -sigma(n_b - z_t) / K_t at a
+    target. One (B, C) pass in the backward instead of the four of masked_fill + logsumexp +
+    indexing under autograd; the forward keeps one (B, C) buffer (the unnormalised q).
+    """
+
+    @staticmethod
+    def forward(  # noqa: D102
+        ctx: Any,
+        logits: torch.Tensor,
+        removed: torch.Tensor,
+        rows: torch.Tensor,
+        cols: torch.Tensor,
+    ) -> torch.Tensor:
+        z = logits.detach()
+        q = z.masked_fill(removed, float("-inf"))  # (B, C)
+        m = q.amax(1, keepdim=True)  # (B, 1); -inf where every candidate is removed
+        m = m.masked_fill(~torch.isfinite(m), 0.0)
+        q = q.sub_(m).exp_()  # (B, C) e^{z - m}, exactly 0 where removed
+        s = q.sum(1)  # (B,)
+        log_neg = m.squeeze(1) + torch.log(s)  # (B,); -inf for a row with nothing to rank against
+        d = log_neg[rows] - z[rows, cols]  # (T,)
+        n_t = torch.bincount(rows, minlength=z.shape[0]).to(z.dtype)  # (B,)
+        n_rows = (n_t > 0).sum().clamp_min(1)
+        k = n_t[rows] * n_rows  # (T,)
+        loss = (torch.nn.functional.softplus(d) / k).sum()
+        w = torch.sigmoid(d) / k  # (T,) dL/dn_b per target, = -dL/dz_t
+        a = torch.zeros_like(s).index_add_(0, rows, w)  # (B,)
+        ctx.save_for_backward(q, s, a, rows, cols, w)
+        return loss
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:  # noqa: D102
+        q, s, a, rows, cols, w = ctx.saved_tensors
+        coef = torch.where(s > 0, a / s.clamp_min(torch.finfo(s.dtype).tiny), 0.0) * grad
+        out = q * coef[:, None]  # (B, C)
+        out[rows, cols] = -w * grad  # the targets' own terms (q is 0 there: targets are removed)
+        return out, None, None, None
 
 
 def log_inclusion(

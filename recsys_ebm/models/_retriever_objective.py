@@ -34,31 +34,43 @@ import scipy.sparse as sp
 import torch
 
 from recsys_ebm.diagnostics import DivergenceError
-from recsys_ebm.models._retriever_loss import log_inclusion, multi_positive_softmax
-from recsys_ebm.models._retriever_towers import lookup, sparse_history
+from recsys_ebm.models._retriever_loss import (
+    log_inclusion,
+    multi_positive_softmax,
+    target_softmax_each,
+)
+from recsys_ebm.models._retriever_towers import csr_ones, lookup, sparse_history
 from recsys_ebm.models.training import EpochBatches
 
 if TYPE_CHECKING:
     from recsys_ebm.models._retriever_train import RetrieverTrainer
 
-__all__ = ["holdout_split", "sampled_candidates", "use_full_softmax", "user_epoch"]
+__all__ = [
+    "holdout_split",
+    "sampled_candidates",
+    "split_entries",
+    "use_full_softmax",
+    "user_epoch",
+]
 
 
-def holdout_split(
+def split_entries(
     rows: sp.csr_matrix, fraction: float, generator: torch.Generator
-) -> tuple[sp.csr_matrix, sp.csr_matrix]:
-    """(B, I) binary ``(inputs, targets)`` CSR from (B, I) histories.
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(nnz,) row, column and target flag of every entry of (B, I) histories, row-major.
 
     Each item is a target with probability ``fraction``; a non-empty row that drew no target
     gives its item with the smallest draw (so every non-empty row has a target; a one-item row's
-    input is empty, as a new user's).
+    input is empty, as a new user's). One float64 draw per entry, in row-major order.
     """
-    coo = rows.tocoo()
-    order = np.lexsort((coo.col, coo.row))  # row-major, whatever the input's order
-    r, c = coo.row[order], coo.col[order]
+    if not rows.has_canonical_format:  # sorted, distinct columns per row
+        rows = rows.copy()
+        rows.sum_duplicates()
+    n_rows = rows.shape[0]
+    r = np.repeat(np.arange(n_rows), np.diff(rows.indptr))  # (nnz,)
+    c = rows.indices.astype(np.int64, copy=False)
     u = torch.rand(len(r), generator=generator, dtype=torch.float64).numpy()  # (nnz,)
     tgt = u < fraction
-    n_rows = rows.shape[0]
     has = np.zeros(n_rows, dtype=bool)
     has[r[tgt]] = True
     if not has[r].all():
@@ -66,6 +78,14 @@ def holdout_split(
         by_draw = np.lexsort((u, r))
         first = by_draw[np.r_[True, r[by_draw][1:] != r[by_draw][:-1]]]
         tgt[first[~has[r[first]]]] = True
+    return r, c, tgt
+
+
+def holdout_split(
+    rows: sp.csr_matrix, fraction: float, generator: torch.Generator
+) -> tuple[sp.csr_matrix, sp.csr_matrix]:
+    """(B, I) binary ``(inputs, targets)`` CSR from (B, I) histories (:func:`split_entries`)."""
+    r, c, tgt = split_entries(sp.csr_matrix(rows), fraction, generator)
     ones = np.ones
     inputs = sp.csr_matrix(
         (ones(int((~tgt).sum()), np.float32), (r[~tgt], c[~tgt])), shape=rows.shape
@@ -118,12 +138,36 @@ def use_full_softmax(config: Any, n_items: int) -> bool:
     return config.softmax == "full"
 
 
+def _full_each_batch(
+    rows: sp.csr_matrix, lo: int, hi: int, fraction: float, gen: torch.Generator, dev: torch.device
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """This rank's rows [lo, hi) of a global batch, for the exact catalogue softmax in ``"each"``
+    mode: (B_r, I) sparse inputs, (B_r, I) bool history (targets and inputs, out of every
+    denominator) and the (T,) targets' rows and columns. The split draws cover the global batch
+    (every rank's generator stays in step)."""
+    r, c, tgt = split_entries(rows, fraction, gen)  # (nnz,) of the global batch
+    if (lo, hi) != (0, rows.shape[0]):  # a rank's share (row-major: one contiguous run)
+        a, b = np.searchsorted(r, [lo, hi])
+        r, c, tgt = r[a:b] - lo, c[a:b], tgt[a:b]
+    shape = (hi - lo, rows.shape[1])
+    flat = np.zeros(shape[0] * shape[1], dtype=bool)
+    flat[r * shape[1] + c] = True
+    removed = torch.from_numpy(flat).view(shape)  # (B_r, I)
+    t_rows = torch.as_tensor(r[tgt]).to(dev)
+    t_cols = torch.as_tensor(c[tgt]).to(dev)
+    keep = ~tgt  # the inputs, row-major: their CSR structure
+    indptr = np.r_[0, np.cumsum(np.bincount(r[keep], minlength=shape[0]))]
+    return csr_ones(indptr, c[keep], shape, dev), removed.to(dev), t_rows, t_cols
+
+
 def user_epoch(task: RetrieverTrainer, epoch: int) -> dict[str, float]:
     """One pass over the users with a training item, in a seeded random order (module doc)."""
     cfg, net, gen, train = task.config, task.net, task.gen, task.train
     dev = task.model.device
     n_items = train.shape[1]
     full = use_full_softmax(cfg, n_items)
+    # the exact softmax in "each" mode runs from index form: no (B, I) target / input masks
+    by_index = full and cfg.target_softmax == "each"
     t0 = time.perf_counter()
     net.train()
     perm = task.active_users[torch.randperm(len(task.active_users), generator=gen).numpy()]
@@ -134,20 +178,32 @@ def user_epoch(task: RetrieverTrainer, epoch: int) -> dict[str, float]:
     total, n_seen = 0.0, 0
     for step, users in batches:  # users: (B,) the global batch
         b = len(users)
-        inputs, targets = holdout_split(train[users], cfg.holdout_fraction, gen)
-        if full:
-            log_q = cands = None
-            tmask = _dense(targets, None, n_items)  # (B, I)
-            mask = _dense(inputs, None, n_items)
+        lo, hi = (0, b) if task.dp is None else task.dp.bounds(b)
+        mine = slice(lo, hi)  # this rank's rows of the global batch (all without torchrun)
+        if by_index:
+            hist, removed, t_rows, t_cols = _full_each_batch(
+                train[users], lo, hi, cfg.holdout_fraction, gen, dev
+            )
+            cands = None
         else:
-            neg, probs = torch.zeros(0, dtype=torch.long), None  # no sampler: the targets only
-            if task.sampler is not None:
-                neg, probs = task.sampler.sample(cfg.n_negatives, gen), task.sampler.probs  # (S,)
+            inputs, targets = holdout_split(train[users], cfg.holdout_fraction, gen)
+            if full:
+                log_q = cands = None
+                tmask = _dense(targets, None, n_items)  # (B, I)
+                mask = _dense(inputs, None, n_items)
+            else:
+                neg, probs = torch.zeros(0, dtype=torch.long), None  # no sampler: targets only
+                if task.sampler is not None:
+                    neg = task.sampler.sample(cfg.n_negatives, gen)  # (S,)
+                    probs = task.sampler.probs
 
-            def log_pi(c: torch.Tensor, n_t: int = targets.nnz, probs: Any = probs) -> torch.Tensor:
-                return log_inclusion(c, n_t, cfg.n_negatives, task.freq, probs)
+                def log_pi(
+                    c: torch.Tensor, n_t: int = targets.nnz, probs: Any = probs
+                ) -> torch.Tensor:
+                    return log_inclusion(c, n_t, cfg.n_negatives, task.freq, probs)
 
-            cands, tmask, mask, log_q = sampled_candidates(inputs, targets, neg, log_pi)
+                cands, tmask, mask, log_q = sampled_candidates(inputs, targets, neg, log_pi)
+            hist = sparse_history(inputs[mine], dev)
         uid = None
         if net.user_emb is not None:
             uid = torch.as_tensor(users)
@@ -156,11 +212,8 @@ def user_epoch(task: RetrieverTrainer, epoch: int) -> dict[str, float]:
         id_drop = None
         if cfg.item_id_dropout > 0:
             id_drop = (torch.rand(n_items, generator=gen) < cfg.item_id_dropout).to(dev)
-        mine = slice(None)  # this rank's rows of the global batch (all without torchrun)
         if task.dp is not None:
-            mine = slice(*task.dp.bounds(b))
             task.dp.local(users)  # records the split for the all-reduce's weights
-        hist = sparse_history(inputs[mine], dev)
         autocast = (
             torch.autocast("cuda", dtype=torch.bfloat16) if task.amp else contextlib.nullcontext()
         )
@@ -169,20 +222,23 @@ def user_epoch(task: RetrieverTrainer, epoch: int) -> dict[str, float]:
             in_table = table if net.in_emb is None else net.item_table(which="in", id_drop=id_drop)
             u = net.encode(hist, None if uid is None else uid[mine].to(dev), in_table)  # (B, D)
             v = net.normalize(table if cands is None else lookup(table, cands.to(dev)))  # (C, D)
-            energies = net.energy(u, v)  # (B, C)
-        loss = multi_positive_softmax(
-            energies,
-            tmask[mine].to(dev),
-            mask=mask[mine].to(dev),
-            log_q=None if log_q is None else log_q[mine].to(dev),
-            mode=cfg.target_softmax,
-        )
+            logits = net.logits(u, v)  # (B, C) = -E
+        if by_index:
+            loss = target_softmax_each(logits.float(), removed, t_rows, t_cols)
+        else:
+            loss = multi_positive_softmax(
+                -logits,
+                tmask[mine].to(dev),
+                mask=mask[mine].to(dev),
+                log_q=None if log_q is None else log_q[mine].to(dev),
+                mode=cfg.target_softmax,
+            )
         if task.dp is None:
             loss_value = float(loss.detach())
             task.opt.zero_grad(set_to_none=True)
             loss.backward()
         else:  # backward and all-reduce now; the global batch's loss
-            loss_value = task.dp.backward(loss, energies, task.opt, net)
+            loss_value = task.dp.backward(loss, logits, task.opt, net)
         if not np.isfinite(loss_value):
             raise DivergenceError(
                 f"Retriever diverged at epoch {epoch + 1}, step {step + 1}: the softmax loss "

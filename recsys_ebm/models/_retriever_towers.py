@@ -30,13 +30,14 @@ that into different top-20 lists (478 of 943 ML-100K users). Values are the same
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import scipy.sparse as sp
 import torch
 from torch import nn
 
-__all__ = ["TwoTower", "lookup", "sparse_history"]
+__all__ = ["TwoTower", "csr_ones", "lookup", "sparse_history"]
 
 # attention logits are bounded to +-_ATT_BOUND so exp() of them never under/overflows in fp32
 _ATT_BOUND = 10.0
@@ -47,12 +48,44 @@ def lookup(table: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     return nn.functional.embedding(idx, table)
 
 
+def csr_ones(
+    indptr: np.ndarray, indices: np.ndarray, shape: tuple[int, int], device: torch.device
+) -> torch.Tensor:
+    """(B, I) torch sparse CSR of ones from a CSR structure (sorted, distinct columns per row).
+
+    CSR rather than COO: torch's CSR x dense product is several times faster on the CPU
+    (ML-100K's 943 x 1682 histories x (1682, 129): 0.65 ms vs 4.4 ms forward, 2.5 ms vs 7.9 ms
+    with the backward), which the validation pass and every training step pay.
+    """
+    with warnings.catch_warnings():  # "CSR support is in beta": the product used here is stable
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+        t = torch.sparse_csr_tensor(
+            torch.as_tensor(np.asarray(indptr, dtype=np.int64)),
+            torch.as_tensor(np.asarray(indices, dtype=np.int64)),
+            torch.ones(len(indices), dtype=torch.float32),
+            size=shape,
+            check_invariants=False,  # built from a canonical CSR
+        )
+    return t.to(device)
+
+
 def sparse_history(m: sp.spmatrix, device: torch.device) -> torch.Tensor:
-    """(B, I) scipy sparse history -> torch sparse COO of ones on ``device``."""
-    coo = m.tocoo()
-    idx = torch.as_tensor(np.vstack([coo.row, coo.col]).astype(np.int64))
-    ones = torch.ones(coo.nnz, dtype=torch.float32)
-    return torch.sparse_coo_tensor(idx, ones, coo.shape, check_invariants=False).to(device)
+    """(B, I) scipy sparse history -> torch sparse CSR of ones on ``device`` (each stored item
+    once, whatever its value)."""
+    m = sp.csr_matrix(m)
+    if not m.has_canonical_format:
+        m = m.copy()
+        m.sum_duplicates()
+    return csr_ones(m.indptr, m.indices, m.shape, device)
+
+
+def _row_counts(history: torch.Tensor) -> torch.Tensor:
+    """(B,) entries per row of a sparse CSR or COO (B, I) history of ones (the sum of a row's
+    values, read off the CSR row pointers)."""
+    if history.layout == torch.sparse_csr:
+        crow = history.crow_indices()
+        return crow[1:] - crow[:-1]
+    return torch.sparse.sum(history, 1).to_dense()
 
 
 class TwoTower(nn.Module):
@@ -125,6 +158,11 @@ class TwoTower(nn.Module):
             self.register_buffer("log_tau", log_tau)
 
     # ------------------------------------------------------------------ item tower
+    @property
+    def all_warm(self) -> bool:
+        """Whether every item has its own trained row (no item falls back to the OOV row)."""
+        return bool(self.warm.all())
+
     def _rows(self, id_drop: torch.Tensor | None = None) -> torch.Tensor:
         """(I,) id-embedding row of each item: itself if warm (and not dropped), else OOV."""
         idx = torch.arange(self.n_items, device=self.warm.device)
@@ -136,7 +174,10 @@ class TwoTower(nn.Module):
     ) -> torch.Tensor:
         """(I, D) raw item vectors g(i) (``which="in"``: the user tower's input table)."""
         table = self.id_emb if which == "out" or self.in_emb is None else self.in_emb
-        v = lookup(table, self._rows(id_drop))  # (I, D)
+        if id_drop is None and self.all_warm:
+            v = table[: self.n_items]  # (I, D) every item its own row: a view, no gather
+        else:
+            v = lookup(table, self._rows(id_drop))  # (I, D)
         if self.meta_proj is not None:
             v = v + self.item_features @ self.meta_proj  # (I, G) @ (G, D)
         return v
@@ -156,23 +197,25 @@ class TwoTower(nn.Module):
         users: torch.Tensor | None,
         in_table: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """(B, D) user vectors from a sparse COO (B, I) binary history and (B,) user rows.
+        """(B, D) user vectors from a sparse (B, I) binary history (CSR or COO) and (B,) user rows.
 
         ``users`` holds training-row indices, -1 for unknown users (no id embedding).
         ``in_table`` (I, D) lets the training step reuse one item-table computation.
         """
         v = self.item_table(which="in") if in_table is None else in_table  # (I, D)
-        if self.pooling == "attention":
-            s = torch.tanh(v @ self.att_w) @ self.att_q  # (I,) attention logits q . k_j
-            s = _ATT_BOUND * torch.tanh(s / _ATT_BOUND)
-            w = torch.exp(s - s.max().detach())  # (I,) in (e^-2B, 1]: safe in fp32
-        else:
-            w = torch.ones(v.shape[0], device=v.device, dtype=v.dtype)
         # sparse products in fp32, outside autocast: CUDA has no bf16 sparse addmm, and autocast
         # would cast the fp32 operands back to bf16 (first CUDA run: NotImplementedError)
         with torch.autocast(v.device.type, enabled=False):
-            num = torch.sparse.mm(history, (v * w[:, None]).float())  # (B, D) sum_j w_j g_j
-            den = torch.sparse.mm(history, w[:, None].float())  # (B, 1) sum_j w_j
+            if self.pooling == "attention":
+                s = torch.tanh(v @ self.att_w) @ self.att_q  # (I,) attention logits q . k_j
+                s = _ATT_BOUND * torch.tanh(s / _ATT_BOUND)
+                w = torch.exp(s - s.max().detach())[:, None]  # (I, 1) in (e^-2B, 1]: safe in fp32
+                # one product: [sum_j w_j g_j, sum_j w_j]
+                both = torch.sparse.mm(history, torch.cat([v * w, w], 1).float())
+                num, den = both[:, :-1], both[:, -1:]  # (B, D), (B, 1)
+            else:  # mean: the weights are 1, the denominator the history's length
+                num = torch.sparse.mm(history, v.float())  # (B, D)
+                den = _row_counts(history).to(num.dtype)[:, None]  # (B, 1)
         h = num / den.clamp_min(1e-12)  # empty history -> 0
         if self.user_emb is not None and users is not None:
             known = users >= 0
@@ -191,3 +234,7 @@ class TwoTower(nn.Module):
         # -1/tau scales the (B, D) factor, not the (B, C) product: one pass over B x C, not three
         scale = -1.0 / self.tau().to(user_vecs.dtype)
         return (user_vecs * scale) @ item_vecs.T
+
+    def logits(self, user_vecs: torch.Tensor, item_vecs: torch.Tensor) -> torch.Tensor:
+        """(B, C) -E(u, i) = sim(u, i) / tau: a softmax's logits without a negation pass."""
+        return (user_vecs * (1.0 / self.tau().to(user_vecs.dtype))) @ item_vecs.T

@@ -114,8 +114,10 @@ class RetrieverTrainer:
             n_items, n_users, features, torch.as_tensor(counts > 0), self.gen
         )
         model.net = self.net
+        # fused: one kernel for every parameter (a third of the per-step optimizer time on CPU)
         self.opt = torch.optim.Adam(
-            self.net.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay
+            self.net.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay,
+            fused=True,
         )
         self.sampler = None
         if cfg.negatives != "none":
@@ -282,6 +284,7 @@ def train_retriever(
         monitor_name="valid_ndcg@10",
         maximize=True,
         patience=cfg.patience,
+        validate_every=cfg.validate_every,
         max_abs_param=cfg.max_abs_param,
         who="Retriever",
         callback=callback,

@@ -41,6 +41,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
+from recsys_ebm.models._candidates import smallest
 from recsys_ebm.models.base import mask_block
 from recsys_ebm.models.capabilities import ApproximateScorer, EnergyFactors, FactorScorer
 
@@ -114,7 +115,7 @@ def cascade_top(
     centre[~served] = 0.0
     mask_block(s, user_items, exclude_seen, exclude)
     c = cascade_candidates(k, n_items, n_candidates)
-    val, cand = _smallest(s, c)  # (B, C)
+    val, cand = smallest(s, c)  # (B, C)
     if proxies:  # ascending item order: the exact gathers then walk memory forwards
         cand, order = cand.sort(dim=1)
         val = val.gather(1, order)
@@ -125,18 +126,6 @@ def cascade_top(
             val = val + torch.where(served[:, None], fix, torch.zeros_like(fix))
     top, pos = torch.topk(val, min(k, c), dim=1, largest=False, sorted=True)  # (B, k)
     return top - centre[:, None], cand.gather(1, pos)
-
-
-def _smallest(s: torch.Tensor, c: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(B, C) values and indices of the C smallest entries of each row of (B, I) ``s``
-    (unordered), overwriting ``s``. Each row is shifted by its minimum so that every entry is
-    >= 0 (+inf stays +inf), where the IEEE-754 bit patterns read as int32 sort as the floats
-    do: an integer top-k, about a third faster than the float one on CPUs."""
-    m = s.amin(dim=1, keepdim=True)  # (B, 1)
-    m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))  # a row of +inf: no shift
-    s -= m
-    idx = torch.topk(s.view(torch.int32), c, dim=1, largest=False, sorted=False).indices
-    return s.gather(1, idx) + m, idx
 
 
 def _with_bias(f: EnergyFactors, dev: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
