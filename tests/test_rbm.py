@@ -84,6 +84,16 @@ def test_monitoring_curves_and_early_stopping():
     assert m.fit_info["best_valid_ndcg@10"] == max(x["valid_ndcg@10"] for x in scored)
 
 
+def test_validate_every_reaches_the_rbm_loop():
+    board = checkerboard(seed=0)
+    m = small(epochs=5, patience=0, validate_every=2).fit(board.train, board.test)
+    h = m.fit_info["history"]
+    assert [x["epoch"] for x in h if "valid_ndcg@10" in x] == [1, 3, 4]  # and the last
+    assert m.fit_info["best_epoch"] in (1, 3, 4)
+    with pytest.raises(ConfigError, match="validate_every: expected >= 1"):
+        small(validate_every=0)
+
+
 def test_checkpoint_resume_equals_uninterrupted(tmp_path):
     board = checkerboard(seed=0)
     ref = small(epochs=6, persistent=True).fit(board.train, board.test)

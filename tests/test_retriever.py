@@ -164,14 +164,22 @@ def test_early_stopping_keeps_best_epoch(board):
     assert len(seen) == len(hist) <= 25
     for key in ("loss", "temperature", "epoch_seconds"):
         assert np.isfinite(hist[0][key])
-    # validated after every second epoch (validate_every=2) and after the last one
-    scored = [h for h in hist if "valid_ndcg@10" in h]
-    assert [h["epoch"] for h in scored][:2] == [1, 3] and np.isfinite(scored[0]["valid_ndcg@10"])
+    scored = [h for h in hist if "valid_ndcg@10" in h]  # validated after every epoch
+    assert len(scored) == len(hist) and np.isfinite(scored[0]["valid_ndcg@10"])
     assert hist[-1]["loss"] < hist[0]["loss"]
     best = max(h["valid_ndcg@10"] for h in scored)
     assert model.fit_info["best_valid_ndcg@10"] == best
     again = evaluate_ranking(model, board.train, board.test, (10,))["ndcg@10"]
     assert again == pytest.approx(best, abs=1e-6)
+
+
+def test_validate_every_two_validates_odd_epochs_and_the_last(board):
+    model = small(epochs=6, patience=0, validate_every=2).fit(board.train, board.test)
+    hist = model.fit_info["history"]
+    assert [h["epoch"] for h in hist if "valid_ndcg@10" in h] == [1, 3, 5]
+    assert model.fit_info["best_epoch"] in (1, 3, 5)
+    with pytest.raises(ConfigError, match="validate_every"):
+        small(validate_every=0)
 
 
 def test_checkpoint_resume_equals_uninterrupted(board, tmp_path):

@@ -322,6 +322,8 @@ def data_parallel(
     _ACTIVE = ctx
     try:
         yield ctx
+        if owns:  # normal exit: no rank tears its connections down while a peer still reads
+            dist.barrier()
     finally:
         _ACTIVE = None
         if owns:
