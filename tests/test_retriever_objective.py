@@ -18,8 +18,12 @@ from recsys_ebm.models._retriever_loss import (
     multi_positive_softmax,
     target_softmax_each,
 )
-from recsys_ebm.models._retriever_objective import holdout_split, sampled_candidates
-from recsys_ebm.models._retriever_towers import TwoTower, sparse_history
+from recsys_ebm.models._retriever_objective import (
+    _full_each_batch,
+    holdout_split,
+    sampled_candidates,
+)
+from recsys_ebm.models._retriever_towers import PairedHistory, TwoTower, sparse_history
 from recsys_ebm.models.retriever import Retriever
 
 
@@ -243,6 +247,40 @@ def test_each_loss_gradient_is_autograds_of_the_plain_formula():
     assert float(target_softmax_each(z, removed, rows, cols)) == pytest.approx(float(plain(z)))
     np.testing.assert_allclose(got.numpy(), want.numpy(), atol=1e-12)
     assert float(got[4].abs().sum()) == 0.0
+
+
+def test_training_batch_pools_as_the_serving_path_with_the_same_gradient():
+    """A training batch's inputs come with their transpose (PairedHistory) so the pooling's
+    backward needs no sort: the user vectors and every parameter's gradient equal those of the
+    plain CSR history (sparse_history) of the same inputs, for a rank's share of the batch too."""
+    rng = np.random.default_rng(5)
+    rows = sp.csr_matrix((rng.random((9, 7)) < 0.5).astype(np.float32))
+    rows[3] = 0
+    rows.eliminate_zeros()
+    for lo, hi in ((0, 9), (4, 9)):
+        hist, removed, t_rows, t_cols = _full_each_batch(
+            rows, lo, hi, 0.5, torch.Generator().manual_seed(1), torch.device("cpu")
+        )
+        assert isinstance(hist, PairedHistory)
+        inputs = rows[lo:hi].toarray() > 0
+        inputs[t_rows.numpy(), t_cols.numpy()] = False  # the targets leave the input
+        np.testing.assert_array_equal(removed.numpy(), rows[lo:hi].toarray() > 0)
+        np.testing.assert_array_equal(hist.rows.to_dense().numpy() > 0, inputs)
+        np.testing.assert_array_equal(hist.cols.to_dense().numpy().T > 0, inputs)
+        plain = sparse_history(sp.csr_matrix(inputs.astype(np.float32)), torch.device("cpu"))
+        grads = []
+        for h in (hist, plain):
+            net = _tiny_net(seed=1)
+            net.pooling = "mean"
+            u = net.encode(h, None)
+            (u * torch.arange(u.numel()).view_as(u)).sum().backward()
+            grads.append((u.detach(), [p.grad for p in net.parameters()]))
+        torch.testing.assert_close(grads[0][0], grads[1][0], rtol=0, atol=0)
+        assert sum(g is not None for g in grads[0][1]) >= 4  # the id table and the MLP
+        for a, b in zip(grads[0][1], grads[1][1], strict=True):
+            assert (a is None) == (b is None)
+            if a is not None:
+                torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
 def test_holdout_split_partitions_every_history():

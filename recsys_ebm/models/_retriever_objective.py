@@ -39,7 +39,12 @@ from recsys_ebm.models._retriever_loss import (
     multi_positive_softmax,
     target_softmax_each,
 )
-from recsys_ebm.models._retriever_towers import csr_ones, lookup, sparse_history
+from recsys_ebm.models._retriever_towers import (
+    PairedHistory,
+    csr_ones,
+    lookup,
+    sparse_history,
+)
 from recsys_ebm.models.training import EpochBatches
 
 if TYPE_CHECKING:
@@ -140,11 +145,11 @@ def use_full_softmax(config: Any, n_items: int) -> bool:
 
 def _full_each_batch(
     rows: sp.csr_matrix, lo: int, hi: int, fraction: float, gen: torch.Generator, dev: torch.device
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+) -> tuple[PairedHistory, torch.Tensor, torch.Tensor, torch.Tensor]:
     """This rank's rows [lo, hi) of a global batch, for the exact catalogue softmax in ``"each"``
-    mode: (B_r, I) sparse inputs, (B_r, I) bool history (targets and inputs, out of every
-    denominator) and the (T,) targets' rows and columns. The split draws cover the global batch
-    (every rank's generator stays in step)."""
+    mode: (B_r, I) sparse inputs (with their transpose), (B_r, I) bool history (targets and
+    inputs, out of every denominator) and the (T,) targets' rows and columns. The split draws
+    cover the global batch (every rank's generator stays in step)."""
     r, c, tgt = split_entries(rows, fraction, gen)  # (nnz,) of the global batch
     if (lo, hi) != (0, rows.shape[0]):  # a rank's share (row-major: one contiguous run)
         a, b = np.searchsorted(r, [lo, hi])
@@ -155,9 +160,14 @@ def _full_each_batch(
     removed = torch.from_numpy(flat).view(shape)  # (B_r, I)
     t_rows = torch.as_tensor(r[tgt]).to(dev)
     t_cols = torch.as_tensor(c[tgt]).to(dev)
-    keep = ~tgt  # the inputs, row-major: their CSR structure
-    indptr = np.r_[0, np.cumsum(np.bincount(r[keep], minlength=shape[0]))]
-    return csr_ones(indptr, c[keep], shape, dev), removed.to(dev), t_rows, t_cols
+    r_in, c_in = r[~tgt], c[~tgt]  # the inputs, row-major: their CSR structure
+    indptr = np.r_[0, np.cumsum(np.bincount(r_in, minlength=shape[0]))]
+    order = np.argsort(c_in, kind="stable")  # the transpose's, for the pooling's backward
+    t_indptr = np.r_[0, np.cumsum(np.bincount(c_in, minlength=shape[1]))]
+    hist = PairedHistory(
+        csr_ones(indptr, c_in, shape, dev), csr_ones(t_indptr, r_in[order], shape[::-1], dev)
+    )
+    return hist, removed.to(dev), t_rows, t_cols
 
 
 def user_epoch(task: RetrieverTrainer, epoch: int) -> dict[str, float]:

@@ -31,13 +31,14 @@ from __future__ import annotations
 
 import math
 import warnings
+from typing import Any, NamedTuple
 
 import numpy as np
 import scipy.sparse as sp
 import torch
 from torch import nn
 
-__all__ = ["TwoTower", "csr_ones", "lookup", "sparse_history"]
+__all__ = ["PairedHistory", "TwoTower", "csr_ones", "lookup", "sparse_history"]
 
 # attention logits are bounded to +-_ATT_BOUND so exp() of them never under/overflows in fp32
 _ATT_BOUND = 10.0
@@ -77,6 +78,31 @@ def sparse_history(m: sp.spmatrix, device: torch.device) -> torch.Tensor:
         m = m.copy()
         m.sum_duplicates()
     return csr_ones(m.indptr, m.indices, m.shape, device)
+
+
+class PairedHistory(NamedTuple):
+    """A (B, I) sparse CSR history of ones and its (I, B) transpose, also CSR: the pooling's
+    backward (H^T @ grad) then reads the transpose as built with the batch, where autograd would
+    convert H^T to CSR by a sort at every step (0.6 of the 1.3 ms of an ML-100K batch's pooling,
+    forward and backward; the values are bitwise the same)."""
+
+    rows: torch.Tensor
+    cols: torch.Tensor
+
+
+class _PooledSum(torch.autograd.Function):
+    """H @ X for a sparse CSR H with a given CSR H^T: dL/dX = H^T @ dL/dOut."""
+
+    @staticmethod
+    def forward(  # noqa: D102
+        ctx: Any, h: torch.Tensor, h_t: torch.Tensor, x: torch.Tensor
+    ) -> torch.Tensor:
+        ctx.h_t = h_t
+        return torch.sparse.mm(h, x)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:  # noqa: D102
+        return None, None, torch.sparse.mm(ctx.h_t, grad)
 
 
 def _row_counts(history: torch.Tensor) -> torch.Tensor:
@@ -193,7 +219,7 @@ class TwoTower(nn.Module):
     # ------------------------------------------------------------------ user tower
     def encode(
         self,
-        history: torch.Tensor,
+        history: torch.Tensor | PairedHistory,
         users: torch.Tensor | None,
         in_table: torch.Tensor | None = None,
     ) -> torch.Tensor:
@@ -207,12 +233,17 @@ class TwoTower(nn.Module):
         # would cast the fp32 operands back to bf16 (first CUDA run: NotImplementedError)
         with torch.autocast(v.device.type, enabled=False):
             if self.pooling == "attention":
+                if isinstance(history, PairedHistory):
+                    history = history.rows
                 s = torch.tanh(v @ self.att_w) @ self.att_q  # (I,) attention logits q . k_j
                 s = _ATT_BOUND * torch.tanh(s / _ATT_BOUND)
                 w = torch.exp(s - s.max().detach())[:, None]  # (I, 1) in (e^-2B, 1]: safe in fp32
                 # one product: [sum_j w_j g_j, sum_j w_j]
                 both = torch.sparse.mm(history, torch.cat([v * w, w], 1).float())
                 num, den = both[:, :-1], both[:, -1:]  # (B, D), (B, 1)
+            elif isinstance(history, PairedHistory):  # mean, a training batch
+                num = _PooledSum.apply(history.rows, history.cols, v.float())  # (B, D)
+                den = _row_counts(history.rows).to(num.dtype)[:, None]  # (B, 1)
             else:  # mean: the weights are 1, the denominator the history's length
                 num = torch.sparse.mm(history, v.float())  # (B, D)
                 den = _row_counts(history).to(num.dtype)[:, None]  # (B, 1)
