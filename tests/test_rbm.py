@@ -6,6 +6,7 @@ import torch
 from recsys_ebm.data.synthetic import checkerboard
 from recsys_ebm.diagnostics import ConfigError, DivergenceError, ModelFitError
 from recsys_ebm.models.rbm import RBM
+from tests.checkpointing import resumed_after_stop
 from tests.recommender_mixin import RecommenderTestMixin
 
 
@@ -98,19 +99,10 @@ def test_checkpoint_resume_equals_uninterrupted(tmp_path):
     board = checkerboard(seed=0)
     ref = small(epochs=6, persistent=True).fit(board.train, board.test)
 
-    class Stop(Exception):
-        pass
-
-    def stop_after_2(epoch, metrics):
-        if epoch == 2:
-            raise Stop
-
     ckpt = str(tmp_path / "ckpt")
-    with pytest.raises(Stop):
-        small(epochs=6, persistent=True, checkpoint_dir=ckpt).fit(
-            board.train, board.test, callback=stop_after_2
-        )
-    resumed = small(epochs=6, persistent=True, checkpoint_dir=ckpt).fit(board.train, board.test)
+    resumed = resumed_after_stop(
+        lambda **kw: small(epochs=6, persistent=True, **kw), board.train, board.test, ckpt, 2
+    )
     for name in ("W", "b", "c"):
         torch.testing.assert_close(getattr(resumed, name), getattr(ref, name))
     # a checkpoint of another config or matrix is refused, never silently resumed

@@ -20,6 +20,7 @@ from recsys_ebm.models._rbm_conditional import (
 from recsys_ebm.models.popularity import Popularity
 from recsys_ebm.models.rbm import RBM
 from recsys_ebm.models.rbm_likelihood import all_states
+from tests.checkpointing import resumed_after_stop
 
 
 def _params(n_v, n_h, scale, seed):
@@ -144,17 +145,7 @@ def test_conditional_checkpoint_resume_equals_uninterrupted(tmp_path):
     kw.update(progress=False, device="cpu")
     ref = RBM(**kw).fit(train, valid)
 
-    class Stop(Exception):
-        pass
-
-    def stop_after_1(epoch, metrics):
-        if epoch == 1:
-            raise Stop
-
-    ckpt = str(tmp_path / "ckpt")
-    with pytest.raises(Stop):
-        RBM(**kw, checkpoint_dir=ckpt).fit(train, valid, callback=stop_after_1)
-    resumed = RBM(**kw, checkpoint_dir=ckpt).fit(train, valid)
+    resumed = resumed_after_stop(lambda **c: RBM(**kw, **c), train, valid, tmp_path / "ckpt", 1)
     for name in ("W", "b", "c"):
         torch.testing.assert_close(getattr(resumed, name), getattr(ref, name))
 

@@ -18,6 +18,7 @@ from recsys_ebm.models._rbm_math import free_energy_delta
 from recsys_ebm.models.ease import EASE
 from recsys_ebm.models.rbm import RBM
 from recsys_ebm.models.rbm_likelihood import all_states
+from tests.checkpointing import resumed_after_stop
 
 KW = dict(objective="conditional", lateral="ease", progress=False, device="cpu")
 
@@ -167,17 +168,7 @@ def test_checkpoint_resume_keeps_the_lateral_scale(tmp_path):
     kw = dict(KW, n_hidden=4, epochs=3, batch_size=64, patience=0, lateral_l2=30.0)
     ref = RBM(**kw).fit(train, valid)
 
-    class Stop(Exception):
-        pass
-
-    def stop_after_1(epoch, metrics):
-        if epoch == 1:
-            raise Stop
-
-    ckpt = str(tmp_path / "ckpt")
-    with pytest.raises(Stop):
-        RBM(**kw, checkpoint_dir=ckpt).fit(train, valid, callback=stop_after_1)
-    resumed = RBM(**kw, checkpoint_dir=ckpt).fit(train, valid)
+    resumed = resumed_after_stop(lambda **c: RBM(**kw, **c), train, valid, tmp_path / "ckpt", 1)
     for name in ("W", "b", "c", "a"):
         torch.testing.assert_close(getattr(resumed, name), getattr(ref, name))
 

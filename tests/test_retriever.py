@@ -17,6 +17,7 @@ from recsys_ebm.models._retriever_train import batch_history
 from recsys_ebm.models.ann import ItemIndex
 from recsys_ebm.models.popularity import Popularity
 from recsys_ebm.models.retriever import Retriever, genre_features
+from tests.checkpointing import resumed_after_stop
 from tests.recommender_mixin import RecommenderTestMixin
 
 
@@ -187,17 +188,8 @@ def test_checkpoint_resume_equals_uninterrupted(board, tmp_path):
     kw.update(user_embedding=True, item_id_dropout=0.1)
     ref = small(**kw).fit(board.train, board.test)
 
-    class Stop(Exception):
-        pass
-
-    def stop_at_2(epoch, metrics):
-        if epoch == 2:
-            raise Stop
-
     ckpt = str(tmp_path / "ckpt")
-    with pytest.raises(Stop):
-        small(**kw, checkpoint_dir=ckpt).fit(board.train, board.test, callback=stop_at_2)
-    resumed = small(**kw, checkpoint_dir=ckpt).fit(board.train, board.test)
+    resumed = resumed_after_stop(lambda **c: small(**kw, **c), board.train, board.test, ckpt, 2)
     for (name, a), (_, b) in zip(
         ref.net.state_dict().items(), resumed.net.state_dict().items(), strict=True
     ):

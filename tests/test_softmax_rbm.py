@@ -19,6 +19,7 @@ from recsys_ebm.evaluation.evaluate import evaluate_models
 from recsys_ebm.models import get_model_class, load_model
 from recsys_ebm.models._softmax_rbm_math import sample_levels
 from recsys_ebm.models.softmax_rbm import SoftmaxRBM
+from tests.checkpointing import resumed_after_stop
 from tests.recommender_mixin import RecommenderTestMixin
 
 
@@ -422,18 +423,9 @@ def test_checkpoint_resume_equals_uninterrupted(dataset, tmp_path):
     train, valid = dataset.ratings("train"), dataset.ratings("valid")
     ref = small(epochs=6, persistent=True, patience=3).fit(train, valid)
 
-    class Stop(Exception):
-        pass
-
-    def stop_after_2(epoch, metrics):
-        if epoch == 2:
-            raise Stop
-
     ckpt = str(tmp_path / "ckpt")
     cfg = dict(epochs=6, persistent=True, patience=3, checkpoint_dir=ckpt)
-    with pytest.raises(Stop):
-        small(**cfg).fit(train, valid, callback=stop_after_2)
-    resumed = small(**cfg).fit(train, valid)
+    resumed = resumed_after_stop(lambda **c: small(**{**cfg, **c}), train, valid, ckpt, 2)
     for name in ("W", "b", "c"):
         torch.testing.assert_close(getattr(resumed, name), getattr(ref, name))
     assert resumed.fit_info["history"] == ref.fit_info["history"]
