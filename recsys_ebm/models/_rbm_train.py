@@ -48,8 +48,6 @@ class CDSchedule:
         self._check_positive("n_hidden", "epochs", "batch_size", "learning_rate", "init_std")
         self._check_positive("lr_decay", "max_abs_param")
         self._check_nonnegative("patience", "seed")
-        if getattr(self, "validate_every", 1) < 1:
-            raise ConfigError(f"{name}.validate_every: expected >= 1, got {self.validate_every}")
         if self.cd_k < 0 or any(k < 0 for k in self.k_schedule):
             raise ConfigError(
                 f"{name}.cd_k/k_schedule: expected >= 0, got {self.cd_k}, {list(self.k_schedule)}"
@@ -295,7 +293,7 @@ def train_rbm(
         monitor_name="valid_ndcg@10",
         maximize=True,
         patience=cfg.patience,
-        validate_every=getattr(cfg, "validate_every", 1),
+        validate_every=cfg.validate_every,
         max_abs_param=cfg.max_abs_param,
         who=type(model).__name__,
         hint=task.hint,

@@ -115,6 +115,10 @@ class RBMConfig(CDSchedule, Config):
 
     def validate(self) -> None:
         self._validate_cd()
+        if self.validate_every < 1:
+            raise ConfigError(
+                f"RBMConfig.validate_every: expected >= 1, got {self.validate_every}"
+            )
         self._check_positive("conditional_lr", "lateral_l2")
         if self.lateral != "none" and (self.objective != "conditional" or self.n_negatives):
             raise ConfigError(
