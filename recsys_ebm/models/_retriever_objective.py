@@ -41,6 +41,7 @@ from recsys_ebm.models._retriever_loss import (
 )
 from recsys_ebm.models._retriever_towers import (
     PairedHistory,
+    canonical_csr,
     csr_ones,
     lookup,
     sparse_history,
@@ -68,9 +69,7 @@ def split_entries(
     gives its item with the smallest draw (so every non-empty row has a target; a one-item row's
     input is empty, as a new user's). One float64 draw per entry, in row-major order.
     """
-    if not rows.has_canonical_format:  # sorted, distinct columns per row
-        rows = rows.copy()
-        rows.sum_duplicates()
+    rows = canonical_csr(rows)  # sorted, distinct columns per row
     n_rows = rows.shape[0]
     r = np.repeat(np.arange(n_rows), np.diff(rows.indptr))  # (nnz,)
     c = rows.indices.astype(np.int64, copy=False)
@@ -90,7 +89,7 @@ def holdout_split(
     rows: sp.csr_matrix, fraction: float, generator: torch.Generator
 ) -> tuple[sp.csr_matrix, sp.csr_matrix]:
     """(B, I) binary ``(inputs, targets)`` CSR from (B, I) histories (:func:`split_entries`)."""
-    r, c, tgt = split_entries(sp.csr_matrix(rows), fraction, generator)
+    r, c, tgt = split_entries(rows, fraction, generator)
     ones = np.ones
     inputs = sp.csr_matrix(
         (ones(int((~tgt).sum()), np.float32), (r[~tgt], c[~tgt])), shape=rows.shape

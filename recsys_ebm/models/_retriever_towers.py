@@ -38,7 +38,7 @@ import scipy.sparse as sp
 import torch
 from torch import nn
 
-__all__ = ["PairedHistory", "TwoTower", "csr_ones", "lookup", "sparse_history"]
+__all__ = ["PairedHistory", "TwoTower", "canonical_csr", "csr_ones", "lookup", "sparse_history"]
 
 # attention logits are bounded to +-_ATT_BOUND so exp() of them never under/overflows in fp32
 _ATT_BOUND = 10.0
@@ -70,13 +70,19 @@ def csr_ones(
     return t.to(device)
 
 
-def sparse_history(m: sp.spmatrix, device: torch.device) -> torch.Tensor:
-    """(B, I) scipy sparse history -> torch sparse CSR of ones on ``device`` (each stored item
-    once, whatever its value)."""
+def canonical_csr(m: sp.spmatrix) -> sp.csr_matrix:
+    """``m`` as CSR with sorted, distinct columns per row (a copy only when it is not already)."""
     m = sp.csr_matrix(m)
     if not m.has_canonical_format:
         m = m.copy()
         m.sum_duplicates()
+    return m
+
+
+def sparse_history(m: sp.spmatrix, device: torch.device) -> torch.Tensor:
+    """(B, I) scipy sparse history -> torch sparse CSR of ones on ``device`` (each stored item
+    once, whatever its value)."""
+    m = canonical_csr(m)
     return csr_ones(m.indptr, m.indices, m.shape, device)
 
 
@@ -106,12 +112,10 @@ class _PooledSum(torch.autograd.Function):
 
 
 def _row_counts(history: torch.Tensor) -> torch.Tensor:
-    """(B,) entries per row of a sparse CSR or COO (B, I) history of ones (the sum of a row's
-    values, read off the CSR row pointers)."""
-    if history.layout == torch.sparse_csr:
-        crow = history.crow_indices()
-        return crow[1:] - crow[:-1]
-    return torch.sparse.sum(history, 1).to_dense()
+    """(B,) entries per row of a sparse CSR (B, I) history of ones (the sum of a row's values),
+    read off the row pointers."""
+    crow = history.crow_indices()
+    return crow[1:] - crow[:-1]
 
 
 class TwoTower(nn.Module):
@@ -223,7 +227,8 @@ class TwoTower(nn.Module):
         users: torch.Tensor | None,
         in_table: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """(B, D) user vectors from a sparse (B, I) binary history (CSR or COO) and (B,) user rows.
+        """(B, D) user vectors from a sparse CSR (B, I) binary history (:func:`sparse_history`, or a
+        training batch's :class:`PairedHistory`) and (B,) user rows.
 
         ``users`` holds training-row indices, -1 for unknown users (no id embedding).
         ``in_table`` (I, D) lets the training step reuse one item-table computation.
