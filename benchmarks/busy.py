@@ -1,15 +1,19 @@
 """Busy-machine benchmark (issue 13): each job timed on the quiet machine, then again beside one
 CPU-bound busy process per CPU; prints both times and their ratio (target: at most 3x).
 
-    python benchmarks/busy.py [--ml100k PATH] [--parts main,rbm] [--old-spin]
+    python benchmarks/busy.py [--ml100k PATH] [--parts main,rbm] [--passive] [--old-spin]
 
 Jobs, each through the real CLI in a fresh process (so the CLI's own thread setup applies:
-threads from the affinity mask and cgroup quota, OpenMP's idle threads sleeping):
+threads from the affinity mask and cgroup quota, OpenMP's idle threads spinning briefly, then
+sleeping):
 
 * ``main``: the README's main job, ``recsys-ebm run pipelines/quickstart.toml``, into a fresh
   temporary run directory and MLflow store each time (nothing skipped);
 * ``rbm``: one early-stopped RBM fit, ``recsys-ebm train --model rbm``, on MovieLens 100K
   (``--ml100k``; when absent, on the bundled ml-latest-small), prepared once beforehand.
+
+``--passive`` adds a row with ``OMP_WAIT_POLICY=PASSIVE`` (idle threads sleep at once: the
+command line's policy until 2026-11-28, now a short spin first, ``GOMP_SPINCOUNT=1000``).
 
 Busy processes: ``stress-ng --cpu N`` when installed, else N Python busy loops, at normal
 priority, N = the machine's CPUs in this process's affinity mask. ``--old-spin`` adds a row with
@@ -97,13 +101,20 @@ def main() -> None:
     ap.add_argument("--parts", default="main,rbm", help="comma-separated: main, rbm")
     ap.add_argument("--threads", type=int, default=None, help="pass --threads N to every job")
     ap.add_argument("--old-spin", action="store_true", help="also time the RBM with old spinning")
+    ap.add_argument(
+        "--passive",
+        action="store_true",
+        help="also time the RBM with OMP_WAIT_POLICY=PASSIVE (the CLI's policy until 2026-11-28)",
+    )
     ap.add_argument("--busy", type=int, default=None, help="busy processes (default: CPUs)")
     args = ap.parse_args()
     parts = [p.strip() for p in args.parts.split(",") if p.strip()]
     env = {k: v for k, v in os.environ.items()}
     if args.threads is None:
-        for var in ("RECSYS_EBM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "OMP_WAIT_POLICY"):
+        for var in ("RECSYS_EBM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
             env.pop(var, None)
+    for var in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME"):  # the CLI's own policy
+        env.pop(var, None)
     extra = [] if args.threads is None else ["--threads", str(args.threads)]
     n_busy = args.busy or cpus()
     ml = Path(args.ml100k)
@@ -120,6 +131,9 @@ def main() -> None:
             prep = [*CLI, "prepare", "--input", source, "--out", str(tmp / "data")]
             timed([*prep, "--split", "random", "--seed", "0"], env, tmp / "prepare.log")
             jobs.append((f"RBM fit ({name})", rbm_fit, env))
+            if args.passive:
+                passive = {**env, "OMP_WAIT_POLICY": "PASSIVE"}
+                jobs.append((f"RBM fit ({name}), sleeping at once", rbm_fit, passive))
             if args.old_spin:
                 jobs.append((f"RBM fit ({name}), old spinning", rbm_fit, {**env, **OLD_SPIN}))
         print(

@@ -230,22 +230,33 @@ def current_threads() -> int:
     return _configured if _configured is not None else resolve_threads()
 
 
+#: what :func:`prepare_openmp` sets when the user chose no wait policy
+OPENMP_WAIT = {"GOMP_SPINCOUNT": "1000", "KMP_BLOCKTIME": "0"}
+
+
 def prepare_openmp(environ: MutableMapping[str, str] | None = None) -> bool:
-    """Make OpenMP's idle threads sleep instead of spin (``OMP_WAIT_POLICY=PASSIVE``) unless
-    the user chose a policy. For entry points only, and only before torch is imported (OpenMP
-    reads the variable once, when torch loads it); returns whether it was in time.
+    """Make OpenMP's idle threads spin only briefly, then sleep, unless the user chose a
+    policy (``OMP_WAIT_POLICY``, ``GOMP_SPINCOUNT`` or ``KMP_BLOCKTIME`` set): libgomp (torch's
+    OpenMP on Linux) spins 1,000 times (microseconds) at a barrier before it sleeps
+    (``GOMP_SPINCOUNT=1000``); Intel's and LLVM's runtimes sleep at once
+    (``KMP_BLOCKTIME=0``). For entry points only, and only before torch is imported (OpenMP
+    reads the variables once, when torch loads it); returns whether it was in time.
 
     Why: a thread that finishes its share of a parallel loop spins until the others finish. On
-    a busy machine the others are often descheduled, so the spinning threads burn the CPU time
+    a busy machine the others are often descheduled, so long-spinning threads burn the CPU time
     the late ones need. Measured 2026-11-27 on a 2-core machine loaded by other jobs: 3 RBM
-    epochs on ML-100K with 2 threads took 172-175 s with libgomp's default spinning, 37-51 s
-    with ``GOMP_SPINCOUNT=10000`` and 20-29 s with ``PASSIVE`` (one thread: 33-35 s).
+    epochs on ML-100K with 2 threads took 172-175 s with libgomp's default spinning (300,000),
+    37-51 s with ``GOMP_SPINCOUNT=10000`` and 20-29 s with ``OMP_WAIT_POLICY=PASSIVE``. But
+    sleeping at once costs a wake-up at every parallel region, and training runs thousands of
+    small ones: 2026-11-28, an early-stopped RBM fit on ML-100K (2 threads, best of 3) took
+    3.8 s quiet and 3.7 s beside two busy loops with ``PASSIVE``, 2.4 s and 4.5 s with
+    ``GOMP_SPINCOUNT=1000``, 2.6 s and 6.2 s with 3000 (benchmarks/README.md, "Busy machine").
     """
     env = os.environ if environ is None else environ
     if "torch" in sys.modules:
         return False
-    if "OMP_WAIT_POLICY" not in env and "GOMP_SPINCOUNT" not in env:
-        env["OMP_WAIT_POLICY"] = "PASSIVE"
+    if not any(v in env for v in ("OMP_WAIT_POLICY", *OPENMP_WAIT)):
+        env.update(OPENMP_WAIT)
     return True
 
 

@@ -128,3 +128,49 @@ def test_saved_model_loads_on_cpu(tmp_path):
     loaded = RBM.load(tmp_path / "m", device="cpu")
     assert loaded.W.device.type == "cpu"
     np.testing.assert_allclose(loaded.energies(board.train), m.energies(board.train), rtol=1e-5)
+
+
+def test_binary_rows_equal_the_models_visible_rows():
+    from recsys_ebm.models._rbm_train import BinaryRows
+
+    # ratings, an explicit zero, a duplicate entry and an empty row: visible is 1 where > 0
+    m = sp.csr_matrix(
+        (
+            np.array([4.0, 0.0, 1.0, 2.0, 3.0, 5.0, 1.0]),
+            np.array([3, 1, 0, 0, 2, 4, 4]),
+            np.array([0, 2, 2, 5, 7]),
+        ),
+        shape=(4, 6),
+    )
+    rbm = small()
+    rows = BinaryRows(m, torch.device("cpu"))
+    for pick in ([0, 1, 2, 3], [3, 0], [1], [2, 2, 0]):
+        idx = np.asarray(pick)
+        np.testing.assert_array_equal(rows(idx).numpy(), rbm.visible(m[idx]).numpy())
+    assert rows(np.array([1])).sum() == 0  # the empty row
+    rng = np.random.default_rng(0)
+    big = sp.random(50, 40, density=0.2, format="csr", random_state=0)
+    rows = BinaryRows(big, torch.device("cpu"))
+    idx = rng.permutation(50)[:17]
+    np.testing.assert_array_equal(rows(idx).numpy(), rbm.visible(big[idx]).numpy())
+
+
+def test_free_energy_gap_equals_the_dense_free_energies():
+    from recsys_ebm.models._rbm_math import free_energy
+    from recsys_ebm.models._rbm_train import FreeEnergyGap
+
+    board = checkerboard(seed=0)
+    m = small(epochs=3).fit(board.train, board.test)
+    gap = FreeEnergyGap(board.train, board.test, seed=5, device=torch.device("cpu"))
+    got = gap(m)
+    users = np.flatnonzero(board.test.getnnz(axis=1) > 0)
+    sample = np.random.default_rng(5).choice(users, size=min(500, users.size), replace=False)
+    means = []
+    for part in (board.train, board.test):
+        v = m.visible(part[sample])
+        f = free_energy(v, m.W, m.b, m.c) / v.sum(dim=1).clamp(min=1)
+        means.append(float(f.mean()))
+    assert got["free_energy_train"] == pytest.approx(means[0], rel=1e-5)
+    assert got["free_energy_valid"] == pytest.approx(means[1], rel=1e-5)
+    assert got["free_energy_gap"] == pytest.approx(means[0] - means[1], rel=1e-4, abs=1e-6)
+    assert FreeEnergyGap(board.train, None, seed=5, device=torch.device("cpu"))(m) == {}

@@ -147,7 +147,7 @@ def test_fast_serving_and_energies_at_equal_the_exact_path_with_lateral(tmp_path
     ref = m.recommend(train, 10)[0]
     assert (fast == ref).mean() > 0.999
     # the lower bound stays below the exact dF, the lateral term included
-    lower = m._bound(train)[2].numpy()
+    lower = m._bound(train)[1].numpy()
     assert (lower <= exact + 1e-4).all()
     f = m.energy_factors(train)  # the cascade's proxy: the same expansion plus the exact term
     proxy = (f.user @ f.item.T + f.bias).numpy()

@@ -18,6 +18,7 @@ from recsys_ebm.device import (
     cgroup_cpu_quota,
     parse_cfs,
     parse_cpu_max,
+    prepare_openmp,
     resolve_threads,
 )
 from recsys_ebm.diagnostics import ConfigError
@@ -34,14 +35,16 @@ rc = main(["prepare", *sys.argv[1:], "--input", "/nonexistent/u.data", "--out", 
 import torch
 from recsys_ebm.device import current_threads
 from recsys_ebm.models.implicit_adapter import ALS
+wait = [os.environ.get(v) for v in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME")]
 print(json.dumps({"rc": rc, "torch": torch.get_num_threads(), "current": current_threads(),
-                  "als": ALS()._make().num_threads, "wait": os.environ.get("OMP_WAIT_POLICY")}))
+                  "als": ALS()._make().num_threads, "wait": wait}))
 """
 
 
 def _clean_env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in (THREADS_ENV, "OMP_NUM_THREADS")}
-    env.pop("OMP_WAIT_POLICY", None)
+    for var in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME"):
+        env.pop(var, None)
     env.update(extra)
     return env
 
@@ -75,7 +78,7 @@ def test_cli_threads_follow_the_affinity_mask():
     one = {min(os.sched_getaffinity(0))}
     got, err = _child(cpus=one)
     assert got["rc"] == 2  # the bad input, after the threads were set
-    assert got == {"rc": 2, "torch": 1, "current": 1, "als": 1, "wait": "PASSIVE"}, err
+    assert got == {"rc": 2, "torch": 1, "current": 1, "als": 1, "wait": [None, "1000", "0"]}, err
     # more threads than the mask allows are lowered to it, with a warning
     got, err = _child("--threads", "4", cpus=one)
     assert (got["torch"], got["als"]) == (1, 1)
@@ -95,7 +98,29 @@ def test_flag_beats_variable_beats_default_in_the_cli():
     assert (got["torch"], got["als"]) == (2, 2)
     # the old advice (README) still works; a wait policy the user chose is kept
     got, _ = _child(OMP_NUM_THREADS="1", OMP_WAIT_POLICY="ACTIVE")
-    assert (got["torch"], got["wait"]) == (1, "ACTIVE")
+    assert (got["torch"], got["wait"]) == (1, ["ACTIVE", None, None])
+    got, _ = _child(GOMP_SPINCOUNT="50")  # so is a spin count, alone
+    assert got["wait"] == [None, "50", None]
+
+
+@pytest.mark.parametrize(
+    "env, expected",
+    [
+        ({}, {"GOMP_SPINCOUNT": "1000", "KMP_BLOCKTIME": "0"}),  # a short spin, then sleep
+        ({"OMP_WAIT_POLICY": "PASSIVE"}, {"OMP_WAIT_POLICY": "PASSIVE"}),  # the user's choice
+        ({"KMP_BLOCKTIME": "5"}, {"KMP_BLOCKTIME": "5"}),
+    ],
+)
+def test_prepare_openmp_sets_a_short_spin_unless_the_user_chose(env, expected, monkeypatch):
+    monkeypatch.delitem(sys.modules, "torch", raising=False)  # as at an entry point's start
+    environ = dict(env)
+    assert prepare_openmp(environ) is True
+    assert environ == expected
+    # once torch is loaded it is too late for OpenMP: nothing is changed
+    monkeypatch.setitem(sys.modules, "torch", object())
+    environ = dict(env)
+    assert prepare_openmp(environ) is False
+    assert environ == env
 
 
 @pytest.mark.parametrize(

@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     # MLflow's per-file artifact progress bars flood logs of batch jobs and pipelines; a user
     # who wants them sets the variable to true
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    # OpenMP's idle threads sleep instead of spinning (read once, when torch loads OpenMP)
+    # OpenMP's idle threads spin briefly, then sleep (read once, when torch loads OpenMP)
     prepare_openmp()
     parser = build_parser()
     args = parser.parse_args(argv)

@@ -43,7 +43,7 @@ import torch
 import torch.nn.functional as F
 
 from recsys_ebm.models._rbm_lateral import lateral_input
-from recsys_ebm.models._rbm_train import RBMTrainer, free_energy_gap
+from recsys_ebm.models._rbm_train import RBMTrainer
 from recsys_ebm.models.training import EpochBatches
 
 if TYPE_CHECKING:
@@ -289,7 +289,7 @@ class ConditionalTrainer(RBMTrainer):
                 mine = slice(*self.dp.bounds(len(rows)))
                 draws = cfg.batch_size if cfg.persistent else None
                 rows = self.dp.local(rows, self.dev_gen, draws_for=draws)
-            v = model.visible(train[rows])  # (B, I)
+            v = self.rows(rows)  # (B, I)
             u = torch.rand(shape, generator=self.dev_gen, device=v.device)[mine]
             target = ((u < cfg.holdout_fraction) & (v > 0)).float()  # (B, I) held out
             if self.sampled:
@@ -327,7 +327,7 @@ class ConditionalTrainer(RBMTrainer):
         }
         if cfg.objective == "hybrid":
             metrics["cd_k"] = k
-        metrics.update(free_energy_gap(model, train, self.valid, cfg.seed + epoch))
+        metrics.update(self.energy_gap(model))
         self.lr *= cfg.lr_decay
         return metrics
 

@@ -66,11 +66,12 @@ class GlobalBatchGenerator(torch.Generator):
     WHOLE global batch and keeps the rank's rows (module docstring).
 
     ``rows = (lo, n)`` (set by :meth:`DataParallel.local`) says where the rank's rows start in a
-    global batch of ``n``; :meth:`bernoulli` of a (n_r, X) probability tensor then draws a
-    (n, X) Bernoulli tensor with the rank's probabilities at rows lo..lo+n_r (the draw consumes
-    the generator per element whatever the probabilities, on CPU and on CUDA's Philox) and
-    returns those rows: bit-identical to a 1-process ``torch.bernoulli`` of the global batch.
-    Every other use is a plain generator.
+    global batch of ``n``; :meth:`uniform_rows` (the binary RBM's samples) draws the (n, X)
+    uniforms of the global batch and returns the rank's rows lo..lo+n_r, and :meth:`bernoulli`
+    of a (n_r, X) probability tensor (the softmax RBM's hidden samples) draws a (n, X) Bernoulli
+    tensor with the rank's probabilities at those rows (the draw consumes the generator per
+    element whatever the probabilities, on CPU and on CUDA's Philox) and returns them: both
+    bit-identical to a 1-process draw of the global batch. Every other use is a plain generator.
     """
 
     rows: tuple[int, int] | None = None
@@ -88,6 +89,17 @@ class GlobalBatchGenerator(torch.Generator):
         lo, n = self.entries
         full = torch.rand(n, 1, generator=self, dtype=dtype, device=device)  # (n, 1)
         return full[lo : lo + n_local]
+
+    def uniform_rows(
+        self, shape: torch.Size, dtype: torch.dtype, device: torch.device
+    ) -> torch.Tensor:
+        """(n_r, X) U(0, 1) draws, as the rank's rows of the global batch's (n, X) draw (the
+        binary RBM's Gibbs samples: ``_rbm_math._bernoulli``)."""
+        if self.rows is None:
+            return torch.rand(shape, generator=self, dtype=dtype, device=device)
+        lo, n = self.rows
+        full = torch.rand((n, *shape[1:]), generator=self, dtype=dtype, device=device)
+        return full[lo : lo + shape[0]]
 
     def bernoulli(self, p: torch.Tensor) -> torch.Tensor:
         """(n_r, X) 0/1 samples of ``p`` (n_r, X), drawn as rows of the global batch."""

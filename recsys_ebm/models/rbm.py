@@ -206,8 +206,17 @@ class RBM(Recommender):
             vk, phk, _ = gibbs_chain(chain, self.W, self.b, self.c, k, generator)
             recon = None
         n0, nk = v0.shape[0], vk.shape[0]
+        # (I, H) <v h>_data - <v h>_model: the second product accumulates into the first (BLAS
+        # scales the output in place), no separate divide and subtract passes over (I, H)
+        if vk is v0:  # CD-0: the chain never moved, the gradient is exactly zero
+            g_w = torch.zeros_like(self.W)
+        else:
+            # (a data-parallel rank with no rows of a batch: empty products, its share dropped)
+            g_w = torch.mm(v0.T, ph0).addmm_(
+                vk.T, phk, beta=1.0 / max(n0, 1), alpha=-1.0 / max(nk, 1)
+            )
         grads = {
-            "W": v0.T @ ph0 / n0 - vk.T @ phk / nk,  # (I, H)
+            "W": g_w,  # (I, H)
             "b": v0.mean(0) - vk.mean(0),
             "c": ph0.mean(0) - phk.mean(0),
         }
@@ -269,17 +278,17 @@ class RBM(Recommender):
 
     def _bound(
         self, user_items: sp.csr_matrix
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """(v (B, I), x = c + v W (B, H), lower bound of dF (B, I), the lateral term a v L
-        (B, I) or None) of CSR history rows. The lateral term is exact, so subtracting it from
-        the RBM's bound keeps a bound."""
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """(x = c + v W (B, H), lower bound of dF (B, I), the lateral term a v L (B, I) or None)
+        of CSR history rows, without densifying them. The lateral term is exact, so
+        subtracting it from the RBM's bound keeps a bound."""
         assert self.W is not None and self.b is not None and self.c is not None
         x = self._hidden_input(user_items)  # (B, H)
         lower = free_energy_delta_lower(x, self.W, self.b)
         lat = self._lateral(user_items)
         if lat is not None:
             lower -= lat
-        return self.visible(user_items), x, lower, lat
+        return x, lower, lat
 
     def _top_block(
         self,
@@ -294,8 +303,11 @@ class RBM(Recommender):
         if self.serve_candidates == 0:
             return None
         with torch.no_grad():
-            v, x, lower, lat = self._bound(user_items)
+            x, lower, lat = self._bound(user_items)
             mask_block(lower, user_items, exclude_seen, exclude)
+            # with the history masked its items are never served: their exact dF (which reads
+            # v) is never needed, and the (B, I) history is not densified
+            v = None if exclude_seen else self.visible(user_items)
             W, b = self.W, self.b
 
             def exact_at(rows: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
@@ -326,7 +338,7 @@ class RBM(Recommender):
         for s in range(0, user_items.shape[0], batch_size):
             block = user_items[s : s + batch_size]
             with torch.no_grad():
-                lower = mask_block(self._bound(block)[2], block, exclude_seen, None)
+                lower = mask_block(self._bound(block)[1], block, exclude_seen, None)
                 val, idx = torch.topk(lower, c, dim=1, largest=False, sorted=True)
             out[s : s + batch_size] = idx.masked_fill(torch.isinf(val), -1).cpu().numpy()
         return out
