@@ -2,10 +2,10 @@
 (:func:`recsys_ebm.models.training.run_training`), and the parts the softmax RBMs share with it.
 
 Per epoch: users are shuffled with the seeded generator; each minibatch of CSR rows is densified
-alone (:class:`BinaryRows`; the whole matrix never is); the gradient step uses momentum and L2 weight decay
-(Hinton 2010, secs. 9-10). Monitoring: reconstruction error, the mean free-energy gap between
-users' training and validation profiles (it widens as the model overfits; Hinton 2010 sec. 6),
-and validation NDCG@10 for early stopping (the best epoch's parameters are kept).
+alone (:class:`BinaryRows`; the whole matrix never is); the gradient step uses momentum and L2
+weight decay (Hinton 2010, secs. 9-10). Monitoring: reconstruction error, the mean free-energy
+gap between users' training and validation profiles (it widens as the model overfits; Hinton
+2010 sec. 6), and validation NDCG@10 for early stopping (the best epoch's parameters are kept).
 """
 
 from __future__ import annotations
