@@ -20,6 +20,7 @@ epochs, patience 5).
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from pathlib import Path
 
@@ -48,8 +49,6 @@ def main() -> None:
     from recsys_ebm.device import prepare_openmp
 
     prepare_openmp()  # OpenMP's wait policy as the command line sets it (before torch loads)
-    import os
-
     import torch
 
     from recsys_ebm.data.prepare import prepare_dataset

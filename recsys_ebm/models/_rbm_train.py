@@ -19,8 +19,9 @@ import torch.nn.functional as F
 
 from recsys_ebm.diagnostics import ConfigError
 from recsys_ebm.io import checkpoint_fingerprint
+from recsys_ebm.models._checks import csr_to_torch
+from recsys_ebm.models._rbm_lateral import binary_rows
 from recsys_ebm.models._rbm_math import hidden_prob, visible_prob
-from recsys_ebm.models._retriever_towers import sparse_history
 from recsys_ebm.models.distributed import GlobalBatchGenerator
 from recsys_ebm.models.distributed import current as current_data_parallel
 from recsys_ebm.models.training import (
@@ -96,14 +97,14 @@ def momentum_step(
 class BinaryRows:
     """(B, I) 0/1 float rows of a (U, I) CSR matrix (1 where the entry is > 0, as
     :meth:`RBM.visible <recsys_ebm.models.rbm.RBM.visible>` reads them), densified per
-    minibatch from index arrays: the whole matrix never is. The CSR is made binary and
-    canonical once; a batch then costs one ragged gather of its column indices and one scatter
-    (about 0.4 ms less than scipy's fancy row indexing plus ``toarray`` for 32 of ML-100K's
-    rows, which a CD epoch pays at every step)."""
+    minibatch from index arrays: the whole matrix never is. The CSR is read as a binary
+    canonical pattern once (:func:`binary_rows`: the caller's matrix is not modified); a batch
+    then costs one ragged gather of its column indices and one scatter (about 0.4 ms less than
+    scipy's fancy row indexing plus ``toarray`` for 32 of ML-100K's rows, which a CD epoch pays
+    at every step)."""
 
     def __init__(self, m: sp.csr_matrix, device: torch.device) -> None:
-        b = sp.csr_matrix(m > 0)  # binary, duplicates summed, explicit zeros dropped
-        b.sort_indices()
+        b = binary_rows(m)  # duplicates summed, then 1 where > 0: sorted, distinct columns
         self.indptr, self.indices = b.indptr.astype(np.int64), b.indices.astype(np.int64)
         self.n_cols, self.device = b.shape[1], device
 
@@ -298,9 +299,9 @@ class FreeEnergyGap:
         rng = np.random.default_rng(seed)
         sample = rng.choice(rows, size=min(500, rows.size), replace=False)
         for m in (train, valid):
-            v = sp.csr_matrix(m[sample] > 0)  # binary, as RBM.visible
+            v = binary_rows(m[sample])  # as RBM.visible reads the rows
             n = torch.as_tensor(v.getnnz(axis=1), dtype=torch.float32, device=device)
-            self.parts.append((sparse_history(v, device), n.clamp(min=1)))  # (S, I), (S,)
+            self.parts.append((csr_to_torch(v, device), n.clamp(min=1)))  # (S, I), (S,)
 
     def __call__(self, model: RBM) -> dict[str, float]:
         """``free_energy_train``, ``free_energy_valid``, ``free_energy_gap``; empty without
@@ -309,9 +310,10 @@ class FreeEnergyGap:
             return {}
         out = []
         with torch.no_grad():
+            # F(v) = -b.v - sum_j softplus(c_j + (vW)_j), from one product with [W, b] (I, H + 1)
+            wb = torch.cat([model.W, model.b[:, None]], 1)
             for hist, n in self.parts:
-                # F(v) = -b.v - sum_j softplus(c_j + (vW)_j), from one product with [W, b]
-                vwb = torch.sparse.mm(hist, torch.cat([model.W, model.b[:, None]], 1))
+                vwb = torch.sparse.mm(hist, wb)  # (S, H + 1)
                 f = -vwb[:, -1] - F.softplus(vwb[:, :-1] + model.c).sum(dim=1)  # (S,)
                 out.append(float((f / n).mean()))  # per item: profiles differ in length
         return {
