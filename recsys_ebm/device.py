@@ -248,9 +248,10 @@ def prepare_openmp(environ: MutableMapping[str, str] | None = None) -> bool:
     epochs on ML-100K with 2 threads took 172-175 s with libgomp's default spinning (300,000),
     37-51 s with ``GOMP_SPINCOUNT=10000`` and 20-29 s with ``OMP_WAIT_POLICY=PASSIVE``. But
     sleeping at once costs a wake-up at every parallel region, and training runs thousands of
-    small ones: 2026-11-28, an early-stopped RBM fit on ML-100K (2 threads, best of 3) took
-    3.8 s quiet and 3.7 s beside two busy loops with ``PASSIVE``, 2.4 s and 4.5 s with
-    ``GOMP_SPINCOUNT=1000``, 2.6 s and 6.2 s with 3000 (benchmarks/README.md, "Busy machine").
+    small ones: 2026-11-28, an early-stopped RBM fit on ML-100K (2 threads, 3 runs each) took
+    2.8-3.1 s quiet and 3.6-5.3 s beside two busy loops with ``PASSIVE``, 1.9 s and 4.5-7.0 s
+    with ``GOMP_SPINCOUNT=1000`` (``python benchmarks/openmp_wait.py``; benchmarks/README.md,
+    "Busy machine").
     """
     env = os.environ if environ is None else environ
     if "torch" in sys.modules:
