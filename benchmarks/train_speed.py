@@ -2,7 +2,7 @@
 fit of the RBM and of the retriever on MovieLens 100K in at most 15x ALS's time).
 
     python benchmarks/train_speed.py [--ml100k PATH] [--threads 2] [--repeats 5]
-        [--models rbm,retriever] [--earlier-retriever]
+        [--models rbm,retriever] [--earlier-retriever] [--retriever-variants]
 
 MovieLens 100K (``--ml100k``; the bundled ml-latest-small when absent), per-user random split
 20% test / 10% valid, seed 0. Each fit is timed from a fresh model to a fitted one (the RBM and
@@ -14,7 +14,10 @@ figure); the ratio is model time / ALS time. OpenMP's wait policy is the command
 (``recsys_ebm.device.prepare_openmp``: a short spin, then sleep), unless set in the environment:
 the times are those a ``recsys-ebm train`` user gets. ``--earlier-retriever`` also times the
 retriever's default before issue 13 (``objective="interaction"``, batch 512, lr 1e-3, 40
-epochs, patience 5).
+epochs, patience 5). ``--retriever-variants`` also times the retriever without each of the
+fourth session's changes in the same rounds: fp32 training (``mixed_precision=False``; the
+default trains under bf16 autocast where the CPU multiplies bf16 natively, see
+``recsys_ebm.device.native_bf16``), the random item-table start (``init="random"``), and both.
 """
 
 from __future__ import annotations
@@ -44,6 +47,8 @@ def main() -> None:
     ap.add_argument("--models", default="rbm,retriever", help="comma-separated registry names")
     ap.add_argument("--earlier-retriever", action="store_true",
                     help="also time the retriever's pre-issue-13 default (interaction objective)")
+    ap.add_argument("--retriever-variants", action="store_true",
+                    help="also the retriever in fp32, from a random start, and both")
     args = ap.parse_args()
 
     from recsys_ebm.device import prepare_openmp
@@ -65,8 +70,12 @@ def main() -> None:
         for v in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME")
         if v in os.environ
     )
+    from recsys_ebm.device import native_bf16
+
+    bf16 = native_bf16(torch.device("cpu"))
     print(f"{src.name}: {ds.n_users} users x {ds.n_items} items, train {ds.train.nnz:,}; "
-          f"{args.threads} threads, best of {args.repeats}; OpenMP: {policy or 'defaults'}")
+          f"{args.threads} threads, best of {args.repeats}; OpenMP: {policy or 'defaults'}; "
+          f"native bf16 products on this CPU: {'yes' if bf16 else 'no (fp32 training)'}")
 
     als_cls = get_model_class("als")
     runs = [("implicit ALS (64 factors, 15 iterations)", None, {})]
@@ -75,6 +84,11 @@ def main() -> None:
         earlier = dict(objective="interaction", batch_size=512, learning_rate=1e-3, epochs=40,
                        patience=5)
         runs.append(("retriever (earlier default, interaction)", "retriever", earlier))
+    if args.retriever_variants:
+        runs.append(("retriever, fp32", "retriever", {"mixed_precision": False}))
+        runs.append(("retriever, random init", "retriever", {"init": "random"}))
+        runs.append(("retriever, fp32 + random init (before)", "retriever",
+                     {"mixed_precision": False, "init": "random"}))
 
     def fit(name, kw):  # noqa: ANN001, ANN202
         if name is None:

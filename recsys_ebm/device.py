@@ -30,6 +30,7 @@ __all__ = [
     "check_threads",
     "configure_threads",
     "current_threads",
+    "native_bf16",
     "prepare_openmp",
     "resolve_device",
     "resolve_threads",
@@ -71,6 +72,30 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
             f"device: {device!r} requested but CUDA is not available; use 'auto' or 'cpu'"
         )
     return dev
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether bf16 matrix products run natively on ``device``: CUDA, or a CPU with AVX512-BF16
+    or AMX tiles (Intel Cooper Lake / Sapphire Rapids and later, AMD Zen 4 and later), where
+    oneDNN multiplies bf16 with fp32 accumulation. Elsewhere a CPU emulates them, slower than
+    fp32, so mixed precision stays off. (A (256, 128) x (128, 1,627) product forward and backward,
+    one thread of this project's AMD EPYC: 5.5 ms in fp32, 2.5 ms under bf16 autocast.)"""
+    import torch
+
+    if device.type == "cuda":
+        return True
+    if device.type != "cpu":
+        return False
+    cpu = getattr(torch, "cpu", None)
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    for name in checks:
+        fn = getattr(cpu, name, None)
+        try:
+            if fn is not None and bool(fn()):
+                return True
+        except RuntimeError:  # pragma: no cover - a torch built without the CPU probes
+            continue
+    return False
 
 
 # --------------------------------------------------------------------------- CPU quota

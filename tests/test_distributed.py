@@ -148,6 +148,9 @@ def _retriever_kw(**kw) -> dict:
         "embedding_size": 8, "n_hidden": 8, "epochs": 2, "batch_size": 23, "patience": 0,
         "history_dropout": 0.3, "user_embedding": True, "user_id_dropout": 0.2,
         "negatives": "uniform", "n_negatives": 5, "progress": False, "device": "cpu", "seed": 1,
+        # fp32: under bf16 autocast (a CPU with native bf16) each rank rounds its partial
+        # products apart, equal to one process only to bf16 precision; this checks the algorithm
+        "mixed_precision": False,
         **_OBJECTIVES, **kw,
     }  # fmt: skip
 

@@ -65,3 +65,23 @@ def test_two_fits_with_one_seed_on_two_threads_are_identical(two_threads):
     a, b = fit(), fit()
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_one_and_two_threads_give_the_same_bits():
+    """The README's claim: bit-identical for any number of CPU threads, with the defaults (the
+    spectral start, whose QR / SVD run on one thread; bf16 autocast where the CPU has it)."""
+    m = sp.random(200, 900, density=0.03, random_state=2, format="csr", dtype=np.float32)
+    m.data[:] = 1.0
+    before = torch.get_num_threads()
+    fits = []
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            r = Retriever(embedding_size=32, n_hidden=16, epochs=2, batch_size=64, patience=0,
+                          progress=False, device="cpu", seed=4).fit(m)
+            fits.append({k: v.clone() for k, v in r.net.state_dict().items()})
+            assert torch.get_num_threads() == threads  # the spectral start restored it
+    finally:
+        torch.set_num_threads(before)
+    a, b = fits
+    assert all(torch.equal(a[k], b[k]) for k in a)

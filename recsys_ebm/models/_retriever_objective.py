@@ -224,7 +224,7 @@ def user_epoch(task: RetrieverTrainer, epoch: int) -> dict[str, float]:
         if task.dp is not None:
             task.dp.local(users)  # records the split for the all-reduce's weights
         autocast = (
-            torch.autocast("cuda", dtype=torch.bfloat16) if task.amp else contextlib.nullcontext()
+            torch.autocast(dev.type, dtype=torch.bfloat16) if task.amp else contextlib.nullcontext()
         )
         with autocast:
             table = net.item_table(which="out", id_drop=id_drop)  # (I, D)

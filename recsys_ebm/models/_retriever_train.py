@@ -8,9 +8,11 @@ An epoch is one pass over the training interactions in a seeded random order. Ea
 user tower encodes (leave-one-out within the training split; valid and test are never inputs).
 Candidates are the batch's positives plus optional sampled negatives; accidental hits (any
 candidate in the anchor's training positives) are masked and logits carry the logQ correction
-(see :mod:`._retriever_loss`). Adam; bf16 autocast on CUDA; early stopping on validation NDCG@10
-(history = train, target = valid) keeping the best epoch's weights; a dict checkpoint (weights,
-optimizer, generator, curves) written atomically after every epoch and resumed from when present.
+(see :mod:`._retriever_loss`). Adam; bf16 autocast where bf16 products are native (CUDA, and
+CPUs with AVX512-BF16 or AMX: :func:`recsys_ebm.device.native_bf16`); early stopping on
+validation NDCG@10 (history = train, target = valid) keeping the best epoch's weights; a dict
+checkpoint (weights, optimizer, generator, curves) written atomically after every epoch and
+resumed from when present.
 Every random choice comes from one seeded CPU ``torch.Generator``.
 """
 
@@ -24,6 +26,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
+from recsys_ebm.device import native_bf16
 from recsys_ebm.diagnostics import DivergenceError
 from recsys_ebm.io import checkpoint_fingerprint
 from recsys_ebm.models._retriever_loss import (
@@ -34,6 +37,7 @@ from recsys_ebm.models._retriever_loss import (
 )
 from recsys_ebm.models._retriever_objective import user_epoch
 from recsys_ebm.models._retriever_towers import lookup, sparse_history
+from recsys_ebm.models._spectral import spectral_item_vectors
 from recsys_ebm.models.distributed import current as current_data_parallel
 from recsys_ebm.models.training import (
     EpochBatches,
@@ -113,6 +117,12 @@ class RetrieverTrainer:
         self.net = model.build_net(
             n_items, n_users, features, torch.as_tensor(counts > 0), self.gen
         )
+        if cfg.init == "spectral":  # every rank draws the same block: the same start
+            vecs = spectral_item_vectors(train, cfg.embedding_size, self.gen)  # (I, D)
+            with torch.no_grad():
+                for table in (self.net.id_emb, self.net.in_emb):
+                    if table is not None:
+                        table[:n_items] = vecs.to(table.device, table.dtype)
         model.net = self.net
         # fused: one kernel for every parameter (a third of the per-step optimizer time on CPU)
         self.opt = torch.optim.Adam(
@@ -128,7 +138,8 @@ class RetrieverTrainer:
         coo = train.tocoo()
         self.ex_users = coo.row.astype(np.int64)  # (N,) examples
         self.ex_items = coo.col.astype(np.int64)
-        self.amp = cfg.mixed_precision and model.device.type == "cuda"
+        # bf16 autocast where bf16 products are native (CUDA, AVX512-BF16 / AMX CPUs)
+        self.amp = cfg.mixed_precision and native_bf16(model.device)
         self.dp = current_data_parallel()  # data-parallel rank or None
 
     def check(self, epoch: int, step: int) -> None:
@@ -179,7 +190,7 @@ class RetrieverTrainer:
             if cfg.item_id_dropout > 0:
                 id_drop = (torch.rand(n_items, generator=gen) < cfg.item_id_dropout).to(dev)
             autocast = (
-                torch.autocast("cuda", dtype=torch.bfloat16)
+                torch.autocast(dev.type, dtype=torch.bfloat16)
                 if self.amp
                 else contextlib.nullcontext()
             )

@@ -65,6 +65,15 @@ class RetrieverConfig(Config):
     # the embedding parameters and less memorisation: 0.2177 vs 0.2136 untied, and the untied
     # tau = 0.1 model forgot the planted communities as it trained on (tests/test_retriever.py)
     tie_embeddings: bool = True
+    # item embeddings at initialisation: "spectral" = the top singular vectors of the
+    # column-normalised training matrix (models/_spectral.py: GF-CF's low-pass filter, Shen et
+    # al. 2021), "random" = N(0, 1/D) (the default before issue 13's fourth session). Best
+    # validation NDCG@10, mean of seeds 0 and 1, and the epochs the early-stopped fit ran
+    # (`python benchmarks/retriever.py --init --threads 1`): ML-100K 0.2212 vs 0.2222 (33 vs 60
+    # epochs), ml-latest-small 0.1673 vs 0.1668 (43 vs 63), movietweetings-100k 0.1183 vs 0.1194
+    # (19 vs 22): ties (the seeds alone move a figure by 0.001-0.004) in fewer epochs. PureSVD's
+    # vectors (no column normalisation) started lower and stayed there (ML-100K 0.2171)
+    init: Literal["spectral", "random"] = "spectral"
     user_embedding: bool = False  # add a user-id embedding for known users (fold-in still works)
     user_id_dropout: float = 0.2  # P(known user treated as unknown) in training: serves new users
     item_id_dropout: float = 0.0  # P(item id -> OOV row) in training; 0: OOV = mean embedding
@@ -121,9 +130,10 @@ class RetrieverConfig(Config):
     # the `negatives` sampler's draws with logQ; "auto" = full up to full_softmax_max_items
     softmax: Literal["auto", "full", "sampled"] = "auto"
     full_softmax_max_items: int = 50_000
-    # the user objective stops at epoch ~40-60 (ML-100K 65 epochs, best 54): epochs=150 and
-    # patience=10 ride out its noisier validation curve (few steps per epoch); a cosine learning
-    # rate over 15-20 epochs at lr 1e-2 stops at 0.213 (ML-100K), below the target
+    # the user objective stops at epoch ~20-70 (ML-100K: 38 epochs, best 28, from the spectral
+    # start; 65, best 55, from a random one): epochs=150 and patience=10 ride out its noisier
+    # validation curve (few steps per epoch); a cosine learning rate over 15-20 epochs at lr 1e-2
+    # stops at 0.213 (ML-100K), below the target
     epochs: int = 150
     # users per step for "user": B 256 + lr 3e-3: 0.2248 / 0.1652 vs B 128 + lr 1e-3: 0.2250 /
     # 0.1671 at half the steps per epoch (ML-100K fit 18 s vs 26 s, loaded machine, 1 thread);
@@ -141,7 +151,9 @@ class RetrieverConfig(Config):
     #: retriever test NDCG@10 (0.4451 / 0.3227 / 0.1311 vs 0.4463 / 0.3208 / 0.1310), but the
     #: ranker's blend moved with it (0.4591 / 0.3555 / 0.1426 vs 0.4608 / 0.3538 / 0.1445)
     validate_every: int = 1
-    mixed_precision: bool = True  # bf16 autocast, CUDA only
+    #: bf16 autocast in training where bf16 products are native: CUDA, and CPUs with AVX512-BF16 or
+    #: AMX (device.native_bf16); fp32 elsewhere. Serving and validation stay fp32
+    mixed_precision: bool = True
     max_abs_param: float = 1e4  # divergence guard: |weight| above this stops training
     checkpoint_dir: str = ""  # save after every epoch and resume from here when set
     #: progress on stderr: a tqdm bar on a terminal, timestamped lines in a log
