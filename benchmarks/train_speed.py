@@ -15,7 +15,7 @@ figure); the ratio is model time / ALS time. OpenMP's wait policy is the command
 the times are those a ``recsys-ebm train`` user gets. ``--earlier-retriever`` also times the
 retriever's default before issue 13 (``objective="interaction"``, batch 512, lr 1e-3, 40
 epochs, patience 5). ``--retriever-variants`` also times the retriever without each of the
-fourth session's changes in the same rounds: fp32 training (``mixed_precision=False``; the
+2026-11-28 changes in the same rounds: fp32 training (``mixed_precision=False``; the
 default trains under bf16 autocast where the CPU multiplies bf16 natively, see
 ``recsys_ebm.device.native_bf16``), the random item-table start (``init="random"``), and both.
 """

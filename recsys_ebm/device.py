@@ -78,8 +78,9 @@ def native_bf16(device: torch.device) -> bool:
     """Whether bf16 matrix products run natively on ``device``: CUDA, or a CPU with AVX512-BF16
     or AMX tiles (Intel Cooper Lake / Sapphire Rapids and later, AMD Zen 4 and later), where
     oneDNN multiplies bf16 with fp32 accumulation. Elsewhere a CPU emulates them, slower than
-    fp32, so mixed precision stays off. (A (256, 128) x (128, 1,627) product forward and backward,
-    one thread of this project's AMD EPYC: 5.5 ms in fp32, 2.5 ms under bf16 autocast.)"""
+    fp32, so mixed precision stays off. (The retriever's early-stopped ml-latest-small fit on this
+    project's 2-core AMD EPYC: 3.11 s with, 3.66 s without; `python benchmarks/train_speed.py
+    --retriever-variants`, benchmarks/README.md.)"""
     import torch
 
     if device.type == "cuda":

@@ -67,7 +67,7 @@ class RetrieverConfig(Config):
     tie_embeddings: bool = True
     # item embeddings at initialisation: "spectral" = the top singular vectors of the
     # column-normalised training matrix (models/_spectral.py: GF-CF's low-pass filter, Shen et
-    # al. 2021), "random" = N(0, 1/D) (the default before issue 13's fourth session). Best
+    # al. 2021), "random" = N(0, 1/D) (the default until 2026-11-28). Best
     # validation NDCG@10, mean of seeds 0 and 1, and the epochs the early-stopped fit ran
     # (`python benchmarks/retriever.py --init --threads 1`): ML-100K 0.2212 vs 0.2222 (33 vs 60
     # epochs), ml-latest-small 0.1673 vs 0.1668 (43 vs 63), movietweetings-100k 0.1183 vs 0.1194
