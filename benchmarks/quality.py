@@ -2,7 +2,8 @@
 
     python benchmarks/quality.py [--datasets ml-100k,ml-latest-small,movietweetings-100k]
         [--ml100k PATH] [--threads 2] [--device auto|cpu|cuda] [--bpr] [--softmax-rbm]
-        [--components ease,als,rbm,retriever] [--ranker reuse|fit] [--json OUT.json]
+        [--components ease,als,rbm,retriever] [--ranker reuse|fit] [--ranker-set JSON]
+        [--json OUT.json]
 
 Protocol (README.md's): per-user random split, 20% test and 10% validation, seed 0; every model
 ranks the whole catalogue for every test user from train + valid, that history masked.
@@ -10,6 +11,7 @@ Every choice is made on validation only, and every final fit sees train + valid:
 
 * popularity: fitted on train + valid.
 * EASE: L2 from {50, 100, 250, 500, 1000} on validation NDCG@10, refitted on train + valid.
+* DLAE: EASE with input dropout 0.5 (``EASE(dropout=0.5)``, Steck 2020), the same L2 search.
 * ALS (implicit): factors {32, 64, 128} x alpha {1, 5} on validation, refitted. BPR (``--bpr``,
   slow): implicit's defaults with 64 factors, fitted on train + valid.
 * the EBMs (``rbm``, ``retriever``, ``softmax-rbm`` with ``--softmax-rbm``): their defaults,
@@ -47,6 +49,8 @@ DATASETS = {
 }
 SPLIT = dict(split="random", test_fraction=0.2, valid_fraction=0.1, seed=0)
 TARGET_RANKER = 1.05  # ranker NDCG@10 >= 1.05 x EASE's (issue 12)
+#: table rows that are another registry model's config: DLAE is EASE with input dropout 0.5
+REGISTRY = {"dlae": "ease"}
 
 
 def _has_field(cls: Any, name: str) -> bool:
@@ -72,6 +76,7 @@ def select_refit(name: str, grid: list[dict], ds: Any, device: str, threads: int
     """Pick params on validation NDCG@10 (fit on train), refit the best on train + valid."""
     from recsys_ebm.evaluation.protocol import evaluate_ranking
 
+    name = REGISTRY.get(name, name)
     t0 = time.perf_counter()
     best, best_score, first = grid[0], -1.0, None
     if len(grid) > 1:
@@ -120,12 +125,18 @@ def reuse_ranker(models: dict[str, tuple], ds: Any, overrides: dict, dev: str, t
     first, final, secs = [], [], 0.0
     for name in cfg.components:
         params = (cfg.component_config or {}).get(name, {})
-        single = models.get(name)
-        if (
-            single is not None
-            and single[3] is not None
-            and all(getattr(single[3].config, k) == v for k, v in params.items())
-        ):
+        rows = [name, *(k for k, v in REGISTRY.items() if v == name)]  # "ease": EASE, DLAE
+        single = next(
+            (
+                models[r]
+                for r in rows
+                if r in models
+                and models[r][3] is not None
+                and all(getattr(models[r][3].config, k) == v for k, v in params.items())
+            ),
+            None,
+        )
+        if single is not None:
             first.append(single[3])
             final.append(single[0])
             secs += single[1]
@@ -168,6 +179,9 @@ def run_dataset(label: str, ds: Any, args: argparse.Namespace) -> list[dict]:
     grids: dict[str, list[dict]] = {
         "popularity": [{}],
         "ease": [{"l2": v, "l2_grid": []} for v in (50.0, 100.0, 250.0, 500.0, 1000.0)],
+        "dlae": [
+            {"l2": v, "l2_grid": [], "dropout": 0.5} for v in (50.0, 100.0, 250.0, 500.0, 1000.0)
+        ],
         "als": [{"factors": f, "alpha": a} for f in (32, 64, 128) for a in (1.0, 5.0)],
     }
     if args.bpr:
@@ -180,7 +194,12 @@ def run_dataset(label: str, ds: Any, args: argparse.Namespace) -> list[dict]:
     for name in ebms:
         models[name] = early_stop_refit(name, ds, dev, thr)
         print(f"  {name}: {models[name][1]:.1f} s ({models[name][2]})", flush=True)
-    overrides: dict[str, Any] = {"device": dev}
+    overrides: dict[str, Any] = {"device": dev, **json.loads(args.ranker_set)}
+    if "component_config" in overrides:  # merged into the default's (ALS keeps its factors)
+        from recsys_ebm.ranking import RankerConfig
+
+        base = dict(RankerConfig().component_config or {})
+        overrides["component_config"] = {**base, **overrides["component_config"]}
     if args.components:
         overrides["components"] = tuple(args.components.split(","))
     if args.ranker == "reuse":
@@ -281,6 +300,12 @@ def main(argv: list[str] | None = None) -> int:
         default="reuse",
         help="reuse: the default ranker built from the single models' own fits (the same fits "
         "Ranker().fit_dataset makes; half the time); fit: Ranker().fit_dataset from scratch",
+    )
+    ap.add_argument(
+        "--ranker-set",
+        default="{}",
+        help='JSON overrides of RankerConfig, e.g. \'{"component_config": {"ease": '
+        '{"dropout": 0.5}}}\' (merged into the default component_config)',
     )
     ap.add_argument("--json", default=None, help="also write every row to this JSON file")
     args = ap.parse_args(argv)

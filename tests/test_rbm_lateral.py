@@ -188,3 +188,39 @@ def test_ease_couplings_have_a_zero_diagonal_and_a_bad_l2_is_refused():
     assert L.shape == (80, 80) and float(L.diagonal().abs().max()) == 0.0
     with pytest.raises(ConfigError, match=r"RBMConfig.lateral_l2: expected > 0"):
         RBM(**KW, lateral_l2=0.0)
+
+
+def test_dlae_couplings_minimise_the_expected_dropout_loss_by_enumeration():
+    """lateral="dlae": B off the diagonal equals the minimiser of
+    E_mask ||X - (X * mask / (1 - p)) B||^2 + l2 ||B||^2, the expectation taken exactly over every
+    dropout mask of a tiny X (2^9 masks, each entry kept with probability 1 - p)."""
+    x = np.array([[1, 1, 0], [1, 0, 1], [1, 1, 1]], np.float64)
+    p, l2 = 0.4, 0.7
+    a = np.zeros((3, 3))  # sum_mask w X~^T X~
+    c = np.zeros((3, 3))  # sum_mask w X~^T X
+    for bits in range(2**9):
+        mask = np.array([(bits >> k) & 1 for k in range(9)], np.float64).reshape(3, 3)
+        w = np.prod(np.where(mask > 0, 1 - p, p)[x > 0])  # dropped entries of 0s are no event
+        if (mask[x == 0] > 0).any():
+            continue  # each 0 entry counted once (its mask bit is irrelevant)
+        xt = x * np.where(x > 0, mask, 0) / (1 - p)
+        a += w * xt.T @ xt
+        c += w * xt.T @ x
+    want = np.linalg.solve(a + l2 * np.eye(3), c)  # (3, 3) the exact minimiser
+    np.fill_diagonal(want, 0.0)
+    got = ease_couplings(sp.csr_matrix(x.astype(np.float32)), l2, torch.device("cpu"), p)
+    np.testing.assert_allclose(got.double().numpy(), want, rtol=1e-4, atol=1e-5)
+    # dropout 0 is EASE: the zero-diagonal constraint in place of the dropout penalty
+    ease = ease_couplings(sp.csr_matrix(x.astype(np.float32)), l2, torch.device("cpu"))
+    assert not np.allclose(ease.double().numpy(), want, atol=1e-3)
+
+
+def test_dlae_lateral_rbm_starts_at_the_dlae_ranking():
+    train, _ = _split(seed=2)
+    m = RBM(**{**KW, "lateral": "dlae"}, n_hidden=4, epochs=1, lateral_l2=30.0).fit(train)
+    want = ease_couplings(train, 30.0, torch.device("cpu"), m.config.holdout_fraction)
+    torch.testing.assert_close(m.L, want)
+    m.W, m.b = torch.zeros_like(m.W), torch.zeros_like(m.b)
+    e = m.energies(train)  # (U, I) = -a (v L)
+    lat = (lateral_input(train, want) * m.a).numpy()
+    np.testing.assert_allclose(e, -lat, rtol=1e-5, atol=1e-5)

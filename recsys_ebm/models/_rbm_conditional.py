@@ -292,22 +292,23 @@ class ConditionalTrainer(RBMTrainer):
             v = self.rows(rows)  # (B, I)
             u = torch.rand(shape, generator=self.dev_gen, device=v.device)[mine]
             target = ((u < cfg.holdout_fraction) & (v > 0)).float()  # (B, I) held out
+            v_in = v - target  # (B, I) the kept input
             if self.sampled:
                 neg = torch.multinomial(self.q, cfg.n_negatives, True, generator=self.dev_gen)
                 loss, grads = sampled_conditional_gradient(
-                    v - target, target, model.W, model.b, model.c, neg, self.q[neg].log()
+                    v_in, target, model.W, model.b, model.c, neg, self.q[neg].log()
                 )
             elif model.L is not None:  # the semi-restricted RBM (_rbm_lateral)
                 lat = (  # (B, I); cross-fitted: each row's from the other fold's B
-                    lateral_input(v - target, model.L)
+                    lateral_input(v_in, model.L)
                     if model.crossfit is None
-                    else model.crossfit.input(rows, v - target)
+                    else model.crossfit.input(rows, v_in)
                 )
                 loss, grads = conditional_gradient(
-                    v - target, target, model.W, model.b, model.c, lat=lat, a=model.a
+                    v_in, target, model.W, model.b, model.c, lat=lat, a=model.a
                 )
             else:
-                loss, grads = conditional_gradient(v - target, target, model.W, model.b, model.c)
+                loss, grads = conditional_gradient(v_in, target, model.W, model.b, model.c)
             total += loss * v.shape[0]
             n_held += int(target.sum())
             if cfg.objective == "hybrid" and cfg.cd_weight:

@@ -23,6 +23,12 @@ et al. 2000), which is what ``objective="conditional"`` trains; its joint F is t
 semi-restricted RBM's with L's symmetric part (exact for a symmetric L, as the tests check).
 The hidden units, trained by the conditional objective, model what the pairwise term misses.
 
+``lateral="dlae"`` fixes L at the denoising linear autoencoder's B instead (DLAE; Steck 2020,
+"Autoencoders that don't overfit towards the identity"): EASE's closed form trained under input
+dropout p = ``holdout_fraction``, the squared-loss solution of the very task the conditional
+objective trains on (predict a random held-out part of a row from the rest). Dropout replaces
+EASE's zero-diagonal constraint by an L2 penalty that grows with an item's popularity.
+
 Cross-fitting (``lateral_crossfit``): B fitted on every training row has seen each row's
 held-out targets (EASE reconstructs X from X; a rare item's couplings are mostly its few users'
 own co-occurrences), so on training rows the term is over-confident and the conditional
@@ -59,15 +65,27 @@ def binary_rows(m: sp.csr_matrix) -> sp.csr_matrix:
     return m
 
 
-def ease_couplings(train: sp.csr_matrix, l2: float, device: torch.device) -> torch.Tensor:
-    """(I, I) EASE's B = -P D^-1 (zero diagonal) of the binarised ``train`` with L2 ``l2``
-    (:class:`~recsys_ebm.models.ease.EASE`'s own solve)."""
+def ease_couplings(
+    train: sp.csr_matrix, l2: float, device: torch.device, dropout: float = 0.0
+) -> torch.Tensor:
+    """(I, I) item-item couplings of the binarised ``train`` (zero diagonal), with L2 ``l2``.
+
+    ``dropout`` 0: EASE's B = -P D^-1, P = (G + l2 I)^-1, G = X^T X
+    (:class:`~recsys_ebm.models.ease.EASE`'s own solve).
+    ``dropout`` p > 0: the denoising linear autoencoder (DLAE; Steck 2020, "Autoencoders that
+    don't overfit towards the identity", NeurIPS): the closed-form minimiser of the expected
+    squared error of reconstructing X from X with each entry dropped with probability p,
+    B = (G + Lambda)^-1 G with Lambda = l2 I + p / (1 - p) diag(G), its diagonal zeroed
+    (:meth:`EASE._solve <recsys_ebm.models.ease.EASE._solve>`).
+    With p = ``holdout_fraction`` it solves, under a Gaussian likelihood, the same task as the
+    conditional objective: predict a random held-out part of each row from the rest.
+    """
     from recsys_ebm.models.ease import EASE
 
     x = binary_rows(train).astype(np.float32, copy=True)
     x.data[:] = 1.0
     gram = EASE._gram(x, device)  # (I, I)
-    return EASE._solve(gram, float(l2), inplace=True).contiguous()
+    return EASE._solve(gram, float(l2), inplace=True, dropout=dropout).contiguous()
 
 
 def lateral_input(v: torch.Tensor | sp.csr_matrix, L: torch.Tensor) -> torch.Tensor:
@@ -94,6 +112,7 @@ class CrossFit:
         l2: float,
         full: torch.Tensor,
         generator: torch.Generator,
+        dropout: float = 0.0,
     ) -> None:
         n = train.shape[0]
         self.fold = (torch.rand(n, generator=generator) < 0.5).numpy()  # (U,) bool
@@ -103,7 +122,9 @@ class CrossFit:
             if other.size in (0, n):
                 self.couplings = [full, full]
                 break
-            self.couplings.append(ease_couplings(train[other], l2 * other.size / n, full.device))
+            self.couplings.append(
+                ease_couplings(train[other], l2 * other.size / n, full.device, dropout)
+            )
 
     def input(self, rows: np.ndarray, v_in: torch.Tensor) -> torch.Tensor:
         """(B, I) v_in L_fold(row) for the (B,) training ``rows`` and their (B, I) inputs."""

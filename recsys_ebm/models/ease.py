@@ -3,6 +3,8 @@
 Closed form: with Gram matrix G = X^T X + lambda I and P = G^-1,
     B_ij = -P_ij / P_jj  (i != j),  B_jj = 0,
 and the score of item j for a user with history x is (x B)_j. Energy = -(x B)_j.
+``dropout`` p > 0 solves the denoising linear autoencoder (DLAE, Steck 2020) instead:
+B_ij = -P_ij Lambda_jj with P = (X^T X + Lambda)^-1, Lambda = lambda I + p/(1-p) diag(X^T X).
 
 Memory: the item-item matrices are I x I float32. Fitting holds G (4 I^2 bytes), overwritten in
 place by its Cholesky factor, and P = G^-1 from torch.cholesky_inverse (another 4 I^2 bytes),
@@ -49,6 +51,11 @@ class EASEConfig(Config):
     l2: float = 250.0
     #: candidates for ``l2`` searched on the validation split (empty = use ``l2`` as is)
     l2_grid: tuple[float, ...] = (50.0, 100.0, 250.0, 500.0, 1000.0)
+    #: 0: EASE (Steck 2019). p > 0: the denoising linear autoencoder DLAE (Steck 2020), trained
+    #: in closed form under input dropout p (EASE._solve). Validation NDCG@10 at p = 0.5 and
+    #: l2 = 250 against EASE's best l2: ML-100K 0.2177 vs 0.2132, ml-latest-small 0.1709 vs
+    #: 0.1689, movietweetings-100k 0.1269 vs 0.1247 (benchmarks/README.md, "DLAE").
+    dropout: float = 0.0
     #: progress on stderr (one step per solve and validation pass): a tqdm bar on a terminal,
     #: timestamped lines in a log (:mod:`recsys_ebm.progress`)
     progress: bool = True
@@ -56,6 +63,8 @@ class EASEConfig(Config):
 
     def validate(self) -> None:
         self._check_positive("l2")  # finiteness of l2 and of every l2_grid value: Config
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"EASEConfig.dropout: expected in [0, 1), got {self.dropout}")
         if any(v <= 0 for v in self.l2_grid):
             raise ConfigError(
                 f"EASEConfig.l2_grid: expected positive values, got {list(self.l2_grid)}"
@@ -78,10 +87,22 @@ class EASE(Recommender):
         return torch.from_numpy(g).to(device)
 
     @staticmethod
-    def _solve(gram: torch.Tensor, l2: float, *, inplace: bool = False) -> torch.Tensor:
-        """B from a Gram matrix; with ``inplace`` the Gram matrix's memory is reused."""
+    def _solve(
+        gram: torch.Tensor, l2: float, *, inplace: bool = False, dropout: float = 0.0
+    ) -> torch.Tensor:
+        """B from a Gram matrix; with ``inplace`` the Gram matrix's memory is reused.
+
+        ``dropout`` p > 0 gives the denoising linear autoencoder instead (DLAE; Steck 2020,
+        "Autoencoders that don't overfit towards the identity", NeurIPS): the closed-form
+        minimiser of E ||X - (X * M / (1 - p)) B||^2 + l2 ||B||^2 over dropout masks M that keep
+        each entry with probability 1 - p, B = (G + Lambda)^-1 G with G = X^T X and
+        Lambda = l2 I + p / (1 - p) diag(G): dropout acts as an L2 penalty that grows with an
+        item's popularity, in place of EASE's zero-diagonal constraint. Ranking masks the
+        seen items, so only B's off-diagonal part, -P_ij Lambda_jj with P = (G + Lambda)^-1,
+        is kept (the diagonal is zeroed as EASE's)."""
         g = gram if inplace else gram.clone()
-        g.diagonal().add_(l2)
+        lam = g.diagonal() * (dropout / (1.0 - dropout)) + l2 if dropout > 0 else None  # (I,)
+        g.diagonal().add_(l2 if lam is None else lam)
         try:
             torch.linalg.cholesky(g, out=g)  # (I, I) lower factor, in place
         except torch.linalg.LinAlgError as exc:  # l2 too small for an (almost) singular X^T X
@@ -89,9 +110,12 @@ class EASE(Recommender):
                 f"EASE: X^T X + l2 I is not positive definite with l2={l2:g} (items with "
                 f"identical histories need a larger l2); raise l2 / the l2_grid values ({exc})"
             ) from exc
-        p = torch.cholesky_inverse(g)  # (I, I) = (X^T X + l2 I)^-1
+        p = torch.cholesky_inverse(g)  # (I, I) = (X^T X + l2 I)^-1, or (G + Lambda)^-1
         del g
-        p.div_(-p.diagonal().clone())  # B_ij = -P_ij / P_jj (column-wise)
+        if lam is None:
+            p.div_(-p.diagonal().clone())  # B_ij = -P_ij / P_jj (column-wise)
+        else:
+            p.mul_(-lam[None, :])  # DLAE: B_ij = -P_ij Lambda_jj (column-wise)
         p.diagonal().zero_()
         return p
 
@@ -128,7 +152,7 @@ class EASE(Recommender):
             scores = {}
             for step, l2 in enumerate(grid):
                 bar.set_postfix(step=f"solve l2={l2:g}")
-                self.B = self._solve(gram, l2)
+                self.B = self._solve(gram, l2, dropout=self.config.dropout)
                 self._check_finite(l2)
                 desc = "validate ease" if show else None
                 scores[l2] = evaluate_ranking(self, binary, valid, (10,), progress_desc=desc)[
@@ -144,7 +168,7 @@ class EASE(Recommender):
             }
             self.config = self.config.replace(l2=best)
         bar.set_postfix(step=f"solve l2={self.config.l2:g}")
-        self.B = self._solve(gram, self.config.l2, inplace=True)
+        self.B = self._solve(gram, self.config.l2, inplace=True, dropout=self.config.dropout)
         del gram
         self._check_finite(self.config.l2)
         bar.update(1)

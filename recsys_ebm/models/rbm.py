@@ -8,7 +8,8 @@ difference dF_i (see :mod:`recsys_ebm.models._rbm_math`): energy(u, i) = dF_i(v_
 ``objective="conditional"`` / ``"hybrid"`` instead trains the conditional that ranking uses,
 softmax(-dF) over the catalogue, on held-out parts of each training row (alone or mixed with CD;
 Larochelle & Bengio 2008): :mod:`recsys_ebm.models._rbm_conditional`.
-``lateral="ease"`` adds fixed item-item couplings (EASE's matrix, scaled by a learned a) to the
+``lateral="ease"`` (or ``"dlae"``) adds fixed item-item couplings (EASE's matrix, or its
+denoising variant DLAE's, scaled by a learned a) to the
 energy: the semi-restricted RBM of :mod:`recsys_ebm.models._rbm_lateral`, where dF_i gains
 -a (v L)_i.
 """
@@ -106,8 +107,13 @@ class RBMConfig(CDSchedule, Config):
     #: :mod:`recsys_ebm.models._rbm_lateral`); needs ``objective="conditional"``, exact
     #: softmax. Opt-in: it does not beat EASE on validation (n_hidden 20, batch 128: ML-100K
     #: 0.2125 vs EASE 0.2132, ml-latest-small 0.1669 vs 0.1689, movietweetings-100k 0.1190 vs
-    #: 0.1247; benchmarks/rbm_objectives.py)
-    lateral: Literal["none", "ease"] = "none"
+    #: 0.1247; benchmarks/rbm_objectives.py). "dlae": the couplings of EASE trained under input
+    #: dropout p = ``holdout_fraction`` (DLAE, Steck 2020: the closed-form squared-loss solution
+    #: of the conditional objective's own held-out task; _rbm_lateral.ease_couplings). Also
+    #: opt-in: its couplings alone rank above EASE on validation on all three datasets, but the
+    #: trained hidden units add at most +0.0012 (ml-latest-small) and cost 0.006 on
+    #: movietweetings-100k (benchmarks/README.md, "DLAE couplings")
+    lateral: Literal["none", "ease", "dlae"] = "none"
     lateral_l2: float = 250.0  # EASE's default L2
     #: train against two-fold cross-fitted couplings (_rbm_lateral: B fitted on all rows has
     #: seen each row's held-out targets); serving uses the B of all training rows
@@ -167,11 +173,12 @@ class RBM(Recommender):
             if train is None:
                 raise ValueError("train: expected the training matrix with lateral, got None")
             # start at EASE's ranking: b = 0 and a = the softmax's best scale for it
-            self.L = ease_couplings(train, cfg.lateral_l2, self.device)  # (I, I)
+            drop = cfg.holdout_fraction if cfg.lateral == "dlae" else 0.0
+            self.L = ease_couplings(train, cfg.lateral_l2, self.device, drop)  # (I, I)
             self.b = torch.zeros(n_items, device=self.device)
             self.crossfit = None  # the training couplings (dropped after fit)
             if cfg.lateral_crossfit:
-                self.crossfit = CrossFit(train, cfg.lateral_l2, self.L, generator)
+                self.crossfit = CrossFit(train, cfg.lateral_l2, self.L, generator, drop)
             a = fit_scale(train, self.L, cfg.holdout_fraction, generator, crossfit=self.crossfit)
             self.a = torch.tensor([a], dtype=torch.float32, device=self.device)
 
