@@ -1,6 +1,6 @@
 """Retriever benchmark: quality on MovieLens 100K beside ALS and EASE, training and serving speed.
 
-    python benchmarks/retriever.py [--ml100k PATH] [--search] [--ablation] [--init]
+    python benchmarks/retriever.py [--ml100k PATH] [--search] [--ablation [--rows 2,8]] [--init]
         [--datasets D1,D2] [--seeds 0,1] [--skip-quality] [--threads N]
 
 Quality: per-user random split (20% test, 10% valid) with seed 0, the protocol of
@@ -93,6 +93,7 @@ ABLATION: list[tuple[str, dict[str, Any]]] = [
     ("defaults, temperature 0.1", {"temperature": 0.1}),
     ("defaults, attention pooling", {"pooling": "attention"}),
     ("defaults, no genres", {"use_metadata": False}),
+    ("defaults without the item log-prior (item_bias=False)", {"item_bias": False}),
 ]
 DATASETS = {"ml-100k": None, "ml-latest-small": "data/ml-latest-small"}
 DATASETS["movietweetings-100k"] = "data/movietweetings-100k"
@@ -159,8 +160,8 @@ def _split(path: Path) -> Any:
     return prepare_dataset(path, split="random", test_fraction=0.2, valid_fraction=0.1, seed=0)
 
 
-def ablation(ml: Path, only: list[str] | None = None) -> None:
-    """Print the ablation table (module docstring) for each dataset."""
+def ablation(ml: Path, only: list[str] | None = None, rows: list[int] | None = None) -> None:
+    """Print the ablation table (module docstring) for each dataset (``rows``: a subset)."""
     from recsys_ebm.evaluation.protocol import evaluate_ranking
     from recsys_ebm.models.ease import EASE
     from recsys_ebm.models.retriever import Retriever
@@ -182,7 +183,9 @@ def ablation(ml: Path, only: list[str] | None = None) -> None:
         refit = EASE(l2=l2, l2_grid=(), progress=False).fit(full.train)
         t = evaluate_ranking(refit, hist, ds.test, (10,))["ndcg@10"]
         print(f"  {'EASE (L2 ' + format(l2, 'g') + ')':<54} valid {best_v:.4f}  test {t:.4f}")
-        for label, overrides in ABLATION:
+        for r, (label, overrides) in enumerate(ABLATION):
+            if rows is not None and r not in rows:
+                continue
             t0 = time.perf_counter()
             model = Retriever(progress=False, **overrides).fit_dataset(ds)
             fit_s = time.perf_counter() - t0
@@ -328,6 +331,7 @@ def main() -> None:
     ap.add_argument(
         "--datasets", default="", help="comma-separated subset of the ablation's datasets"
     )
+    ap.add_argument("--rows", default="", help="--ablation rows to run, 0-based, e.g. 2,8")
     ap.add_argument("--init", action="store_true", help="random vs spectral item embeddings")
     ap.add_argument("--seeds", default="0,1", help="model seeds of --init")
     ap.add_argument("--skip-quality", action="store_true")
@@ -349,7 +353,8 @@ def main() -> None:
     if args.search and have_ml:
         search(ml)
     if args.ablation:
-        ablation(ml, [d for d in args.datasets.split(",") if d] or None)
+        rows = [int(r) for r in args.rows.split(",") if r.strip()] or None
+        ablation(ml, [d for d in args.datasets.split(",") if d] or None, rows)
     if args.init:
         seeds = [int(x) for x in args.seeds.split(",") if x.strip()]
         init_comparison(ml, [d for d in args.datasets.split(",") if d] or None, seeds)

@@ -299,8 +299,9 @@ if MAX_USERS is not None and MAX_USERS < ds.n_users:  # users are indexed 0..U-1
 # in-batch negatives), a few epochs; the settings are pinned so the notebook does not move when
 # the library's defaults do (the default objective is now "user": a catalogue softmax per user;
 # the default item table starts at the training matrix's spectral vectors, init="spectral", which
-# already rank well before any training: a random start shows what training itself learns)
-model = Retriever(objective="interaction", init="random", embedding_size=EMBEDDING_SIZE, n_hidden=128, batch_size=512,
+# already rank well before any training: a random start shows what training itself learns; the
+# default item log-prior b_i, item_bias=True, is left out so that E is the cosine alone)
+model = Retriever(objective="interaction", init="random", item_bias=False, embedding_size=EMBEDDING_SIZE, n_hidden=128, batch_size=512,
                   learning_rate=5e-3, epochs=EPOCHS, patience=0, validate_every=1, temperature=0.1,
                   tie_embeddings=False, use_metadata=False, progress=False, seed=SEED,
                   device="cpu").fit_dataset(ds)

@@ -148,8 +148,10 @@ def test_encode_users_item_embeddings_and_energy_agree(board):
     v = model.item_embeddings()
     assert u.shape == (7, 16) and v.shape == (32, 16)
     np.testing.assert_allclose(np.linalg.norm(u, axis=1), 1, rtol=1e-5)  # cosine: unit norm
+    b = model.item_biases()
+    assert b.shape == (32,) and np.abs(b).max() > 0  # trained log-priors (item_bias default)
     np.testing.assert_allclose(
-        -(u @ v.T) / model.temperature, model.energies(board.train[:7]), rtol=1e-4, atol=1e-4
+        -(u @ v.T) / model.temperature - b, model.energies(board.train[:7]), rtol=1e-4, atol=1e-4
     )
     exact = model.retrieve(board.train, 6)
     items, _ = model.recommend(board.train, n=6)
@@ -404,3 +406,45 @@ def test_mixed_precision_training_matches_fp32(board):
     for mp in (False, True):
         m = small(mixed_precision=mp, **longer).fit(board.train)
         assert evaluate_ranking(m, board.train, board.test, (10,))["ndcg@10"] > 0.9
+
+
+def _zipf_matrix(n_users=200, n_items=40, per_user=8, seed=0):
+    """Histories drawn from a Zipf popularity over the items and nothing else."""
+    rng = np.random.default_rng(seed)
+    p = 1.0 / np.arange(1, n_items + 1)
+    p /= p.sum()
+    rows, cols = [], []
+    for u in range(n_users):
+        items = rng.choice(n_items, size=per_user, replace=False, p=p)
+        rows += [u] * per_user
+        cols += list(items)
+    return sp.csr_matrix((np.ones(len(rows), np.float32), (rows, cols)), shape=(n_users, n_items))
+
+
+def test_item_bias_learns_the_popularity_prior():
+    """With histories that carry nothing but popularity, the learned log-priors b_i follow the
+    items' log counts; without item_bias they are all zero."""
+    x = _zipf_matrix()
+    m = small(epochs=20).fit(x)
+    b = m.item_biases()
+    counts = np.asarray(x.getnnz(axis=0), np.float64)
+    assert np.corrcoef(b, np.log1p(counts))[0, 1] > 0.5  # 0.72 measured
+    assert b[:5].mean() > b[-5:].mean() + 0.1  # the 5 most popular items above the 5 rarest
+    off = small(epochs=2, init="random", item_bias=False).fit(x)
+    assert not off.item_biases().any() and off.net.item_bias is None
+
+
+def test_a_saved_retriever_without_item_bias_still_loads(tmp_path, board):
+    """Model directories written before ``item_bias`` existed (no tensor, no config key) load
+    as bias-free models with the same energies."""
+    import json
+
+    m = small(epochs=2, item_bias=False).fit(board.train)
+    m.save(tmp_path / "m")
+    meta_path = tmp_path / "m" / "model.json"
+    meta = json.loads(meta_path.read_text())
+    meta["config"].pop("item_bias")
+    meta_path.write_text(json.dumps(meta))
+    back = Retriever.load(tmp_path / "m", device="cpu")
+    assert back.config.item_bias is False
+    np.testing.assert_allclose(back.energies(board.train), m.energies(board.train), atol=1e-6)

@@ -177,8 +177,9 @@ def test_log_expected_counts_and_sampler():
 @pytest.fixture(scope="module")
 def fitted():
     board = checkerboard(seed=0)
-    model = Retriever(
-        epochs=10, batch_size=32, device="cpu", progress=False, embedding_size=16, n_hidden=32
+    model = Retriever(  # the temperature laws below are those of sim / tau: no item log-prior
+        epochs=10, batch_size=32, device="cpu", progress=False, embedding_size=16, n_hidden=32,
+        item_bias=False,
     )
     return model.fit(board.train), board
 

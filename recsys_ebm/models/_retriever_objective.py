@@ -231,7 +231,8 @@ def user_epoch(task: RetrieverTrainer, epoch: int) -> dict[str, float]:
             in_table = table if net.in_emb is None else net.item_table(which="in", id_drop=id_drop)
             u = net.encode(hist, None if uid is None else uid[mine].to(dev), in_table)  # (B, D)
             v = net.normalize(table if cands is None else lookup(table, cands.to(dev)))  # (C, D)
-            logits = net.logits(u, v)  # (B, C) = -E
+            bias = net.biases(id_drop, None if cands is None else cands.to(dev))  # (C,) or None
+            logits = net.logits(u, v, bias)  # (B, C) = -E
         if by_index:
             loss = target_softmax_each(logits.float(), removed, t_rows, t_cols)
         else:

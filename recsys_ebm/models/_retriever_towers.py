@@ -133,6 +133,8 @@ class TwoTower(nn.Module):
         similarity: "cosine" or "dot".
         temperature, learn_temperature, tau_min, tau_max: tau and its clamp.
         generator: seeded CPU generator for the initialisation.
+        item_bias: a learned per-item log-prior b_i in the energy (module docstring of
+            :mod:`recsys_ebm.models.retriever`, ``RetrieverConfig.item_bias``).
     """
 
     def __init__(
@@ -152,6 +154,7 @@ class TwoTower(nn.Module):
         tau_min: float,
         tau_max: float,
         generator: torch.Generator,
+        item_bias: bool = False,
     ) -> None:
         super().__init__()
         self.n_items, self.dim = n_items, dim
@@ -181,6 +184,9 @@ class TwoTower(nn.Module):
         # the residual branch starts small: f(u) ~ pooled history at initialisation
         self.w2 = randn(n_hidden, dim, scale=0.1 / math.sqrt(n_hidden))
         self.b2 = nn.Parameter(torch.zeros(dim))
+        # (I + 1,) item log-prior b_i, row I = OOV (cold items share it, as their vectors); 0 at
+        # the start: the initial energies are the bias-free model's
+        self.item_bias = nn.Parameter(torch.zeros(n_items + 1)) if item_bias else None
         log_tau = torch.tensor(math.log(temperature))
         if learn_temperature:
             self.log_tau = nn.Parameter(log_tau)
@@ -211,6 +217,19 @@ class TwoTower(nn.Module):
         if self.meta_proj is not None:
             v = v + self.item_features @ self.meta_proj  # (I, G) @ (G, D)
         return v
+
+    def biases(
+        self, id_drop: torch.Tensor | None = None, items: torch.Tensor | None = None
+    ) -> torch.Tensor | None:
+        """(I,) or (C,) item log-priors b_i (of ``items`` when given), each item's own row or the
+        OOV row as :meth:`item_table` picks; None without ``item_bias``."""
+        if self.item_bias is None:
+            return None
+        if id_drop is None and self.all_warm:
+            b = self.item_bias[: self.n_items]  # (I,)
+        else:
+            b = self.item_bias[self._rows(id_drop)]  # (I,)
+        return b if items is None else b[items]
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
         """Unit-norm rows for cosine similarity; unchanged for dot products."""
@@ -265,12 +284,19 @@ class TwoTower(nn.Module):
         """Temperature, clamped to [tau_min, tau_max] (a learned tau cannot run to 0)."""
         return self.log_tau.exp().clamp(self.tau_min, self.tau_max)
 
-    def energy(self, user_vecs: torch.Tensor, item_vecs: torch.Tensor) -> torch.Tensor:
-        """(B, C) E(u, i) = -sim(u, i) / tau from (B, D) users and (C, D) candidate vectors."""
+    def energy(
+        self, user_vecs: torch.Tensor, item_vecs: torch.Tensor, bias: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """(B, C) E(u, i) = -sim(u, i) / tau - b_i from (B, D) users, (C, D) candidate vectors
+        and their (C,) log-priors ``bias`` (None: no bias term)."""
         # -1/tau scales the (B, D) factor, not the (B, C) product: one pass over B x C, not three
         scale = -1.0 / self.tau().to(user_vecs.dtype)
-        return (user_vecs * scale) @ item_vecs.T
+        e = (user_vecs * scale) @ item_vecs.T
+        return e if bias is None else e - bias.to(e.dtype)
 
-    def logits(self, user_vecs: torch.Tensor, item_vecs: torch.Tensor) -> torch.Tensor:
-        """(B, C) -E(u, i) = sim(u, i) / tau: a softmax's logits without a negation pass."""
-        return (user_vecs * (1.0 / self.tau().to(user_vecs.dtype))) @ item_vecs.T
+    def logits(
+        self, user_vecs: torch.Tensor, item_vecs: torch.Tensor, bias: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """(B, C) -E(u, i) = sim(u, i) / tau + b_i: a softmax's logits without a negation pass."""
+        z = (user_vecs * (1.0 / self.tau().to(user_vecs.dtype))) @ item_vecs.T
+        return z if bias is None else z + bias.to(z.dtype)

@@ -210,7 +210,7 @@ class RetrieverTrainer:
                             net.normalize(lookup(table, cands[b:].to(dev))),  # (S, D)
                         ]
                     )
-                energies = net.energy(u, v)  # (B, C)
+                energies = net.energy(u, v, net.biases(id_drop, cands.to(dev)))  # (B, C)
             loss = info_nce(
                 energies,
                 labels.to(dev),
@@ -311,6 +311,8 @@ def train_retriever(
             for table in (net.id_emb, net.in_emb):
                 if table is not None and warm.any():
                     table[n_items] = table[:n_items][warm].mean(0)
+            if net.item_bias is not None and warm.any():  # and the mean warm log-prior
+                net.item_bias[n_items] = net.item_bias[:n_items][warm].mean()
     net.eval()
     model.invalidate_cache()
     history = result.history

@@ -1,7 +1,10 @@
 """Energy-based contrastive two-tower retriever (registry name ``retriever``).
 
-Energy E(u, i) = -sim(f(u), g(i)) / tau (towers in :mod:`._retriever_towers`); training minimises
-the cross-entropy of the conditional EBM p(i | u) ∝ exp(-E(u, i)). The default objective
+Energy E(u, i) = -sim(f(u), g(i)) / tau - b_i (towers in :mod:`._retriever_towers`; b_i a
+learned item log-prior, ``item_bias``: p(i | u) = p(i) exp(sim / tau) / Z, and cosine logits
+bounded by 1/tau cannot carry an item's popularity themselves, as the bias of word2vec's and
+YouTube's softmax models does); training minimises the cross-entropy of the conditional EBM
+p(i | u) ∝ exp(-E(u, i)). The default objective
 (``objective="user"``, :mod:`._retriever_objective`) is per user: a random half of each user's
 training history is held out and predicted from the rest by the exact softmax over the whole
 catalogue (sampled with logQ correction beyond ``full_softmax_max_items``), the input items
@@ -14,7 +17,8 @@ in, with no retraining.
 
 Serving: :meth:`recommend` (top-n by lowest energy: user vectors, one matmul against the item
 matrix, top-k), :meth:`retrieve` (candidate lists for the ranker, exact or through an optional
-faiss index, :mod:`recsys_ebm.models.ann`), :meth:`encode_users` and :meth:`item_embeddings`.
+faiss index over [v_i, tau b_i] queried with [u, 1], :mod:`recsys_ebm.models.ann`),
+:meth:`encode_users`, :meth:`item_embeddings` and :meth:`item_biases`.
 
 Fallbacks (documented policy, never an IndexError):
 * empty history -> the user tower's learned "no information" vector (pooled history = 0);
@@ -27,7 +31,6 @@ Fallbacks (documented policy, never an IndexError):
 
 from __future__ import annotations
 
-import dataclasses
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -37,161 +40,15 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from recsys_ebm.config import Config
 from recsys_ebm.data.vocab import Vocabulary
 from recsys_ebm.device import resolve_device
-from recsys_ebm.diagnostics import ConfigError, DataWarning
+from recsys_ebm.diagnostics import DataWarning
+from recsys_ebm.models._retriever_config import RetrieverConfig
 from recsys_ebm.models._retriever_towers import TwoTower, sparse_history
 from recsys_ebm.models.base import EpochCallback, Recommender, as_user_items, check_fit_inputs
 from recsys_ebm.models.capabilities import EnergyFactors
 
 __all__ = ["Retriever", "RetrieverConfig", "genre_features"]
-
-
-@dataclasses.dataclass(frozen=True)
-class RetrieverConfig(Config):
-    # Defaults: validation NDCG@10 (early-stopped; per-user random split 20/10, seed 0) only.
-    # Towers, tau, metadata: an 18-config search of the interaction objective on ML-100K
-    # (`python benchmarks/retriever.py --search --threads 1`, D=64 and no history dropout unless
-    # noted; "untied" = a separate input table); the objective's fields: the user-level search
-    # on ML-100K and ml-latest-small (`--ablation`; figures "ML-100K / ml-latest-small").
-    # Repeats with seed 1 moved a figure by 0.0002-0.0008: smaller gaps are ties.
-    embedding_size: int = 128  # D; 0.2185 vs 0.2177 at 64 (tied): a tie, and the best overall
-    n_hidden: int = 256  # width of the user tower's residual MLP
-    # history pooling; attention (learned query) ties (0.2175 vs 0.2177) at 1.25x the epoch time;
-    # with the user objective it loses (ML-100K 0.2157 vs 0.2228, B 128)
-    pooling: Literal["mean", "attention"] = "mean"
-    # tie: the user tower pools the item tower's own vectors (else a separate input table). Half
-    # the embedding parameters and less memorisation: 0.2177 vs 0.2136 untied, and the untied
-    # tau = 0.1 model forgot the planted communities as it trained on (tests/test_retriever.py)
-    tie_embeddings: bool = True
-    # item embeddings at initialisation: "spectral" = the top singular vectors of the
-    # column-normalised training matrix (models/_spectral.py: GF-CF's low-pass filter, Shen et
-    # al. 2021), "random" = N(0, 1/D) (the default until 2026-11-28). Best
-    # validation NDCG@10, mean of seeds 0 and 1, and the epochs the early-stopped fit ran
-    # (`python benchmarks/retriever.py --init --threads 1`): ML-100K 0.2212 vs 0.2222 (33 vs 60
-    # epochs), ml-latest-small 0.1673 vs 0.1668 (43 vs 63), movietweetings-100k 0.1183 vs 0.1194
-    # (19 vs 22): ties (the seeds alone move a figure by 0.001-0.004) in fewer epochs. PureSVD's
-    # vectors (no column normalisation) started lower and stayed there (ML-100K 0.2171)
-    init: Literal["spectral", "random"] = "spectral"
-    user_embedding: bool = False  # add a user-id embedding for known users (fold-in still works)
-    user_id_dropout: float = 0.2  # P(known user treated as unknown) in training: serves new users
-    item_id_dropout: float = 0.0  # P(item id -> OOV row) in training; 0: OOV = mean embedding
-    # genre features in the item tower: 0.2177 vs 0.2140 without; user objective 0.2228 vs 0.2197
-    use_metadata: bool = True
-    # cosine + tau is the stable InfoNCE default; dot (tau 1) with the user objective (B 256):
-    # 0.2138 / 0.1462 vs 0.2247 / 0.1652
-    similarity: Literal["cosine", "dot"] = "cosine"
-    # tau (initial value when learned): 0.2 beats 0.1 (0.2136 vs 0.2090 untied: 0.1 peaks at
-    # epoch 4, then overfits) and 0.3 (0.2099 untied), and 0.15 (0.2150 vs 0.2177 tied); user
-    # objective (ML-100K, B 128): 0.2228 vs 0.2144 (0.1) and 0.2093 (0.3)
-    temperature: float = 0.2
-    learn_temperature: bool = False  # learned tau falls and overfits: 0.2120 vs 0.2136 (untied)
-    tau_min: float = 0.01  # clamp for a learned tau (1/tau bounds the logits' scale)
-    tau_max: float = 1.0
-    # extra sampled negatives (objective="interaction", and the user objective's sampled softmax)
-    negatives: Literal["none", "uniform", "popularity"] = "none"
-    n_negatives: int = 0  # sampled negatives per batch (shared by all rows)
-    popularity_alpha: float = 0.75  # p_j ∝ count_j^alpha for popularity sampling (word2vec)
-    # Yi et al. 2019: in-batch negatives are drawn by popularity, so without the correction the
-    # model learns p(i|u)/p(i) (PMI) and under-ranks popular items: 0.2136 with, 0.1267 without
-    # (untied). The planted-community test turns it off: there the community signal *is* the PMI.
-    # objective="interaction" only (the user objective's sampled softmax always corrects)
-    logq_correction: bool = True
-    # drop each input history item in training (Mult-VAE style), so the user tower sees short
-    # histories like a new user's: at D=128 0.2189 vs 0.2185 (none) and 0.2183 (0.3), a tie, but
-    # validation NDCG@10 served from only 5 history items is 0.1743 vs 0.1702 without.
-    # objective="interaction" only (the user objective's held-out split drops the input)
-    history_dropout: float = 0.5
-    # the training objective: "user" = one row per user and step, a random part of the history
-    # held out and predicted from the rest by a catalogue softmax (_retriever_objective.py);
-    # "interaction" = one row per training interaction, in-batch InfoNCE (the default until
-    # issue 13). Validation NDCG@10, "user" (B 256, lr 3e-3, patience 10) vs "interaction" (B 512,
-    # lr 1e-3, patience 5): ML-100K 0.2248 vs 0.2189, ml-latest-small 0.1652 vs 0.1656,
-    # movietweetings-100k 0.1196 vs 0.1203 (the last two ties: seeds move a figure by ~0.002).
-    # Issue 13 (fit time, `python benchmarks/train_speed.py --earlier-retriever`): "interaction"
-    # re-encodes a user's history for every one of their interactions (137 steps of 512 histories
-    # per ML-100K epoch); "user" encodes each user once per epoch and scores all their targets
-    # with one catalogue softmax (4 steps per epoch): ML-100K fit 9.2 s vs 32.9 s (1 thread, ALS
-    # 0.41 s in the same run); 2 threads 5.8 s, 34x ALS (target 15x: a third of it is the 65
-    # per-epoch validations). On movietweetings-100k (16.5k users x 9k items) the catalogue
-    # softmax costs more per epoch than the interaction batches: 288 s vs 138 s (1 thread, loaded
-    # machine); softmax="sampled" takes 117 s for 0.1188. With objective="interaction"
-    # set batch_size=512, learning_rate=1e-3, epochs=40, patience=5 (the values it was tuned at).
-    objective: Literal["user", "interaction"] = "user"
-    # P(a history item is a target), objective="user": 0.5 vs 0.2: 0.2228 vs 0.2235 (a tie) on
-    # ML-100K but 0.1652 vs 0.1630 on ml-latest-small (B 256); 0.8: 0.2073; 0.3: 0.2202 (B 256)
-    holdout_fraction: float = 0.5
-    # "shared": one softmax for all of a user's targets (multinomial, Mult-VAE); "each": each
-    # target against the non-positives only, the other targets masked as accidental hits:
-    # 0.2250 vs 0.2228 (B 128), 0.1652 vs 0.1652 (B 256)
-    target_softmax: Literal["shared", "each"] = "each"
-    # objective="user": "full" = the exact catalogue softmax; "sampled" = the batch's targets +
-    # the `negatives` sampler's draws with logQ; "auto" = full up to full_softmax_max_items
-    softmax: Literal["auto", "full", "sampled"] = "auto"
-    full_softmax_max_items: int = 50_000
-    # the user objective stops at epoch ~20-70 (ML-100K: 38 epochs, best 28, from the spectral
-    # start; 65, best 55, from a random one): epochs=150 and patience=10 ride out its noisier
-    # validation curve (few steps per epoch); a cosine learning rate over 15-20 epochs at lr 1e-2
-    # stops at 0.213 (ML-100K), below the target
-    epochs: int = 150
-    # users per step for "user": B 256 + lr 3e-3: 0.2248 / 0.1652 vs B 128 + lr 1e-3: 0.2250 /
-    # 0.1671 at half the steps per epoch (ML-100K fit 18 s vs 26 s, loaded machine, 1 thread);
-    # B 128 + lr 3e-3 overfits (0.2193); B 256 + lr 1e-2: 0.2197; B 512 + lr 1e-2: 0.2217;
-    # D 64: 0.2189. Interactions per step for "interaction" (512 chosen; 1024 ties)
-    batch_size: int = 256
-    # Adam. Faster but lower on movietweetings-100k (ML-100K / ml-latest-small / movietweetings,
-    # epochs run on ML-100K): 5e-3 0.2212 / 0.1658 / 0.1182 (40 epochs), 7e-3 0.2222 / 0.1665 /
-    # 0.1181 (37) vs 3e-3 0.2248 / 0.1652 / 0.1196 (65); interaction default 0.1203 there
-    learning_rate: float = 3e-3
-    weight_decay: float = 0.0  # L2 through Adam; 1e-6 (B 256) on ml-latest-small: 0.1653 vs 0.1652
-    patience: int = 10  # epochs without validation NDCG@10 gain before stopping (0 = never)
-    #: validation NDCG@10 after every this many epochs (and the last): a full ranking of the
-    #: validation users, 15-25 % of the ML-100K fit. 2 cut the fit by about a tenth at the same
-    #: retriever test NDCG@10 (0.4451 / 0.3227 / 0.1311 vs 0.4463 / 0.3208 / 0.1310), but the
-    #: ranker's blend moved with it (0.4591 / 0.3555 / 0.1426 vs 0.4608 / 0.3538 / 0.1445)
-    validate_every: int = 1
-    #: bf16 autocast in training where bf16 products are native: CUDA, and CPUs with AVX512-BF16 or
-    #: AMX (device.native_bf16); fp32 elsewhere. Serving and validation stay fp32
-    mixed_precision: bool = True
-    max_abs_param: float = 1e4  # divergence guard: |weight| above this stops training
-    checkpoint_dir: str = ""  # save after every epoch and resume from here when set
-    #: progress on stderr: a tqdm bar on a terminal, timestamped lines in a log
-    #: (:mod:`recsys_ebm.progress`)
-    progress: bool = True
-    seed: int = 0
-    device: str = "auto"
-
-    def validate(self) -> None:
-        name = type(self).__name__
-        self._check_positive("embedding_size", "n_hidden", "epochs", "batch_size")
-        self._check_positive("learning_rate", "temperature", "tau_min", "tau_max")
-        self._check_positive("max_abs_param")
-        self._check_nonnegative("popularity_alpha", "seed")
-        if not self.tau_min <= self.temperature <= self.tau_max:
-            raise ConfigError(
-                f"{name}.temperature: expected within [tau_min, tau_max] = "
-                f"[{self.tau_min}, {self.tau_max}], got {self.temperature}"
-            )
-        if not 0.0 < self.holdout_fraction < 1.0:
-            raise ConfigError(
-                f"{name}.holdout_fraction: expected (0, 1), got {self.holdout_fraction}"
-            )
-        self._check_positive("full_softmax_max_items")
-        for f in ("user_id_dropout", "item_id_dropout", "history_dropout"):
-            if not 0.0 <= getattr(self, f) < 1.0:
-                raise ConfigError(f"{name}.{f}: expected [0, 1), got {getattr(self, f)}")
-        self._check_positive("validate_every")
-        if self.weight_decay < 0 or self.n_negatives < 0 or self.patience < 0:
-            raise ConfigError(
-                f"{name}.weight_decay/n_negatives/patience: expected >= 0, got "
-                f"{self.weight_decay}/{self.n_negatives}/{self.patience}"
-            )
-        if (self.negatives == "none") != (self.n_negatives == 0):
-            raise ConfigError(
-                f"{name}.n_negatives: expected > 0 exactly when negatives is not 'none', got "
-                f"negatives={self.negatives!r}, n_negatives={self.n_negatives}"
-            )
 
 
 def genre_features(dataset: Any) -> tuple[np.ndarray, list[str]] | None:
@@ -305,6 +162,7 @@ class Retriever(Recommender):
             tau_min=cfg.tau_min,
             tau_max=cfg.tau_max,
             generator=generator,
+            item_bias=cfg.item_bias,
         )
         return net.to(self.device)
 
@@ -324,6 +182,11 @@ class Retriever(Recommender):
             with torch.no_grad():
                 self._item_cache = net.item_vectors().float()  # (I, D)
         return self._item_cache
+
+    def _biases(self) -> torch.Tensor | None:
+        """(I,) float32 item log-priors b_i, or None without ``item_bias``."""
+        b = self._net().biases()
+        return None if b is None else b.detach().float()
 
     def _user_rows(self, users: np.ndarray | None) -> torch.Tensor | None:
         net = self._net()
@@ -348,24 +211,28 @@ class Retriever(Recommender):
         self, user_items: sp.csr_matrix, users: np.ndarray | None, items: np.ndarray | None
     ) -> torch.Tensor:
         u = self._encode_block(user_items, users)  # (B, D)
-        v = self._items()  # (I, D)
+        v, b = self._items(), self._biases()  # (I, D), (I,) or None
         if items is not None:
-            v = v[torch.as_tensor(items, device=v.device)]
+            idx = torch.as_tensor(items, device=v.device)
+            v, b = v[idx], None if b is None else b[idx]
         with torch.no_grad():
-            return self._net().energy(u, v)  # (B, I) = -u v^T / tau
+            return self._net().energy(u, v, b)  # (B, I) = -u v^T / tau - b
 
     def energy_factors(
         self, user_items: sp.csr_matrix, *, users: np.ndarray | None = None
     ) -> EnergyFactors:
-        """Exact: E(u, i) = (-u / tau) . v_i (capabilities.FactorScorer; the ranker's cascade)."""
+        """Exact: E(u, i) = (-u / tau) . v_i - b_i (capabilities.FactorScorer; the ranker's
+        cascade)."""
         user_items = as_user_items(user_items, self._check_fitted())
         users = self._check_users(users, user_items.shape[0])
         u = self._encode_block(user_items, users)  # (B, D)
-        return EnergyFactors(u * (-1.0 / self.temperature), self._items(), None, exact=True)
+        b = self._biases()
+        bias = None if b is None else -b
+        return EnergyFactors(u * (-1.0 / self.temperature), self._items(), bias, exact=True)
 
     @property
     def temperature(self) -> float:
-        """tau: E(u, i) = -(encode_users(u) @ item_embeddings()[i]) / tau."""
+        """tau: E(u, i) = -(encode_users(u) @ item_embeddings()[i]) / tau - item_biases()[i]."""
         return float(self._net().tau().detach())
 
     def encode_users(self, histories: sp.csr_matrix, users: np.ndarray | None = None) -> np.ndarray:
@@ -385,6 +252,18 @@ class Retriever(Recommender):
     def item_embeddings(self) -> np.ndarray:
         """(I, D) float32 item vectors (unit-norm for cosine; cold items share the OOV row)."""
         return self._items().cpu().numpy().copy()
+
+    def item_biases(self) -> np.ndarray:
+        """(I,) float32 item log-priors b_i of the energy (zeros without ``item_bias``)."""
+        b = self._biases()
+        n = self._check_fitted()
+        return np.zeros(n, np.float32) if b is None else b.cpu().numpy().copy()
+
+    def _index_vectors(self) -> np.ndarray:
+        """(I, D + 1) item vectors [v_i, tau b_i]: with queries [u, 1], the inner product is
+        tau x -E(u, i), so a maximum-inner-product index ranks by energy."""
+        tau = self.temperature
+        return np.hstack([self.item_embeddings(), tau * self.item_biases()[:, None]])
 
     def retrieve(
         self,
@@ -420,14 +299,16 @@ class Retriever(Recommender):
             return items
         user_items = as_user_items(user_items, n_items)
         users = self._check_users(users, user_items.shape[0])
-        queries = self.encode_users(user_items, users)
+        queries = self.encode_users(user_items, users)  # (U, D)
+        queries = np.hstack([queries, np.ones((queries.shape[0], 1), np.float32)])  # [u, 1]
         return index.search(queries, n_candidates, seen=user_items if exclude_seen else None)
 
     def build_index(self, kind: str = "hnsw", **options: Any) -> Any:
-        """An approximate nearest-neighbour index over :meth:`item_embeddings` (needs faiss)."""
+        """An approximate nearest-neighbour index over the item vectors with their log-priors,
+        [v_i, tau b_i] (:meth:`retrieve` queries it with [u, 1]; needs faiss)."""
         from recsys_ebm.models.ann import ItemIndex
 
-        return ItemIndex(self.item_embeddings(), kind=kind, **options)
+        return ItemIndex(self._index_vectors(), kind=kind, **options)
 
     def histories_from_ids(
         self,
@@ -484,6 +365,8 @@ class Retriever(Recommender):
     def _load_state(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
         assert self.n_items is not None
         self.genres = list(meta.get("genres", []))
+        if self.config.item_bias and "item_bias" not in tensors:  # saved before item_bias
+            self.config = self.config.replace(item_bias=False)
         gen = torch.Generator().manual_seed(0)  # shapes only: every value is overwritten
         net = self.build_net(
             self.n_items, int(meta["n_users"]), tensors.get("item_features"), tensors["warm"], gen
