@@ -187,3 +187,31 @@ def test_early_stopped_components_are_refitted_for_their_best_epoch_count(datase
     fresh = type(model)(model.config).fit(dataset.history("test"))
     h = dataset.history("test")[:20]
     np.testing.assert_allclose(model.energies(h), fresh.energies(h), rtol=1e-5, atol=1e-5)
+
+
+def test_equal_weights_fit_only_the_calibration():
+    """``search=False``: the temperatures are the same maximum-likelihood ones, the weights stay
+    equal, and the reported validation NDCG@10 is the equal blend's own."""
+    energies, seen, target = _two_experts(seed=2)
+    searched = Blender(norm="calibrated")
+    searched.fit(energies, target, seen=seen)
+    equal = Blender(norm="calibrated", search=False)
+    w = equal.fit(energies, target, seen=seen)
+    np.testing.assert_allclose(w, [0.5, 0.5])
+    torch.testing.assert_close(equal.betas, searched.betas)
+    fixed = Blender([0.5, 0.5], norm="calibrated").load_state(equal.state())
+    want = equal.blend(energies, seen=seen)
+    np.testing.assert_array_equal(fixed.blend(energies, seen=seen), want)
+    assert equal.valid_ndcg <= searched.valid_ndcg + 1e-9  # the search starts from equal weights
+
+
+def test_ranker_with_equal_weights_saves_and_loads(dataset, tmp_path):
+    r = Ranker(
+        components=("popularity", "ease"), component_config=FAST, weight_fit="equal", device="cpu"
+    ).fit_dataset(dataset)
+    assert r.fit_info["weights"] == [0.5, 0.5] and len(r.fit_info["blend_betas"]) == 2
+    loaded = load_model(r.save(tmp_path / "r"))
+    h = dataset.history("test")
+    np.testing.assert_array_equal(loaded.energies(h), r.energies(h))
+    with pytest.raises(ConfigError, match="RankerConfig.weight_fit"):
+        Ranker(weight_fit="grid")

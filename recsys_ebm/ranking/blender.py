@@ -68,6 +68,9 @@ class Blender:
         segments: number of history-length segments with their own weights (1 = one global
             weight vector).
         min_segment_users: fewest fit users for a segment to get its own weights.
+        search: :meth:`fit` searches the weights (coordinate search maximising validation
+            NDCG@10); False keeps equal weights and fits only the calibration (``norm =
+            "calibrated"``: the equal-weight log-linear pool of calibrated conditionals).
 
     Attributes:
         weights: (K,) float32 tensor of the current weights (None before :meth:`fit` when none
@@ -88,6 +91,7 @@ class Blender:
         norm: str = "zscore",
         segments: int = 1,
         min_segment_users: int = 50,
+        search: bool = True,
     ) -> None:
         if norm not in NORMS:
             raise ValueError(f"norm: expected one of {NORMS}, got {norm!r}")
@@ -104,6 +108,7 @@ class Blender:
         self.weights: torch.Tensor | None = None
         self.valid_ndcg: float | None = None
         self.norm, self.segments, self.min_segment_users = norm, segments, min_segment_users
+        self.search = bool(search)
         self.betas: torch.Tensor | None = None
         self.edges: torch.Tensor | None = None
         self.segment_weights: torch.Tensor | None = None
@@ -114,7 +119,7 @@ class Blender:
         w = None if self.weights is None else [round(float(x), 4) for x in self.weights]
         return (
             f"Blender(weights={w}, step={self.step}, rounds={self.rounds}, norm={self.norm!r}, "
-            f"segments={self.segments})"
+            f"segments={self.segments}, search={self.search})"
         )
 
     # ------------------------------------------------------------------ state
@@ -186,7 +191,8 @@ class Blender:
         candidates: Any = None,
         callback: Callable[[int, dict[str, float]], None] | None = None,
     ) -> np.ndarray:
-        """Learn the weights: coordinate search on the simplex maximising NDCG@10 on ``targets``.
+        """Learn the weights: coordinate search on the simplex maximising NDCG@10 on ``targets``
+        (equal weights with ``search=False``; the calibration is fitted either way).
 
         The search starts from the best of equal weights and each single component, so the
         result never scores below them on ``targets``.
@@ -222,11 +228,18 @@ class Blender:
             self.betas = torch.as_tensor(betas, dtype=torch.float32)
             z = z * self.betas.to(z.device)[:, None, None]
         kw = dict(step=self.step, rounds=self.rounds)
-        w, score = search_weights(z, seen_t, cand, targets, callback=callback, **kw)
+        if self.search:
+            w, score = search_weights(z, seen_t, cand, targets, callback=callback, **kw)
+        else:  # equal weights: only the calibration above is fitted
+            w = np.full(z.shape[0], 1.0 / z.shape[0])
+            score = _ndcg(z, torch.as_tensor(w, dtype=torch.float32), seen_t, cand, targets)
+            if callback is not None:
+                figures = {f"w{j}": float(x) for j, x in enumerate(w)}
+                callback(0, {"valid_ndcg@10": score, **figures})
         self.weights = torch.as_tensor(w / w.sum(), dtype=torch.float32)
         self.valid_ndcg = score
         self.edges = self.segment_weights = None
-        if self.segments > 1:
+        if self.segments > 1 and self.search:
             lengths = seen_t.sum(dim=1).cpu().numpy()  # (U,) history lengths
             edges = torch.as_tensor(segment_edges(lengths, self.segments))
             seg = segment_of(lengths, edges)  # (U,)

@@ -253,6 +253,7 @@ class Ranker(Recommender):
             device=self.device,
             norm=norm,
             segments=self.config.segments,
+            search=self.config.weight_fit == "search",
         )
         return blender if weights is None else blender.load_state(self.blend_state)
 
