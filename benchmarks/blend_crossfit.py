@@ -32,7 +32,7 @@ import numpy as np
 import scipy.sparse as sp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from quality import DATASETS, SPLIT  # noqa: E402  (the same datasets and split)
+from quality import DATASETS, SPLIT, dataset_names, dataset_path  # noqa: E402
 
 
 def likelihood_weights(z, stats, targets, steps: int = 300):  # noqa: ANN001, ANN201
@@ -117,14 +117,9 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
-    for name in (d.strip() for d in args.datasets.split(",") if d.strip()):
-        if name not in DATASETS:
-            ap.error(f"--datasets: expected names from {list(DATASETS)}, got {name!r}")
-        path = Path(args.ml100k) if name == "ml-100k" else DATASETS[name]
-        if not path.exists():
-            print(f"\n[skip] {name}: not found at {path} (pass --ml100k PATH)")
-            continue
-        run(name, path, seeds)
+    for name in dataset_names(ap, args.datasets):
+        if (path := dataset_path(name, args.ml100k)) is not None:
+            run(name, path, seeds)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from quality import DATASETS, SPLIT  # noqa: E402  (the same datasets and split)
+from quality import DATASETS, SPLIT, dataset_names, dataset_path  # noqa: E402
 
 L2S = (50.0, 100.0, 250.0, 500.0, 1000.0)
 DROPOUTS = (0.0, 0.25, 0.5, 0.67)
@@ -60,14 +60,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    for name in (d.strip() for d in args.datasets.split(",") if d.strip()):
-        if name not in DATASETS:
-            ap.error(f"--datasets: expected names from {list(DATASETS)}, got {name!r}")
-        path = Path(args.ml100k) if name == "ml-100k" else DATASETS[name]
-        if not path.exists():
-            print(f"\n[skip] {name}: not found at {path} (pass --ml100k PATH)")
-            continue
-        grid(name, path)
+    for name in dataset_names(ap, args.datasets):
+        if (path := dataset_path(name, args.ml100k)) is not None:
+            grid(name, path)
 
 
 if __name__ == "__main__":

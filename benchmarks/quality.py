@@ -53,6 +53,28 @@ TARGET_RANKER = 1.05  # ranker NDCG@10 >= 1.05 x EASE's (issue 12)
 REGISTRY = {"dlae": "ease"}
 
 
+def dataset_names(ap: argparse.ArgumentParser, datasets: str) -> list[str]:
+    """The names of a comma-separated ``--datasets`` value (``ap.error`` on an unknown one)."""
+    names = [d.strip() for d in datasets.split(",") if d.strip()]
+    unknown = [d for d in names if d not in DATASETS]
+    if unknown:
+        ap.error(f"--datasets: expected names from {list(DATASETS)}, got {unknown}")
+    return names
+
+
+def dataset_path(name: str, ml100k: str | Path) -> Path | None:
+    """Where dataset ``name`` is (``ml100k`` for ML-100K), or None, after a [skip] line, when it
+    is not there."""
+    path = Path(ml100k) if name == "ml-100k" else DATASETS[name]
+    if path.exists():
+        return path
+    print(
+        f"\n[skip] {name}: not found at {path}"
+        + (" (pass --ml100k PATH)" if name == "ml-100k" else "")
+    )
+    return None
+
+
 def _has_field(cls: Any, name: str) -> bool:
     return any(f.name == name for f in dataclasses.fields(cls.config_class))
 
@@ -309,10 +331,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--json", default=None, help="also write every row to this JSON file")
     args = ap.parse_args(argv)
-    names = [d.strip() for d in args.datasets.split(",") if d.strip()]
-    unknown = [d for d in names if d not in DATASETS]
-    if unknown:
-        ap.error(f"--datasets: expected names from {list(DATASETS)}, got {unknown}")
+    names = dataset_names(ap, args.datasets)
     if args.threads < 1:
         ap.error(f"--threads: expected a positive int, got {args.threads}")
 
@@ -328,14 +347,8 @@ def main(argv: list[str] | None = None) -> int:
     t_all = time.perf_counter()
     rows: list[dict] = []
     for name in names:
-        path = Path(args.ml100k) if name == "ml-100k" else DATASETS[name]
-        if not path.exists():
-            print(
-                f"\n[skip] {name}: not found at {path}"
-                + (" (pass --ml100k PATH)" if name == "ml-100k" else "")
-            )
-            continue
-        rows += run_dataset(name, prepare_dataset(path, **SPLIT), args)
+        if (path := dataset_path(name, args.ml100k)) is not None:
+            rows += run_dataset(name, prepare_dataset(path, **SPLIT), args)
     if not rows:
         return 0
     targets(rows)

@@ -215,3 +215,7 @@ def test_ranker_with_equal_weights_saves_and_loads(dataset, tmp_path):
     np.testing.assert_array_equal(loaded.energies(h), r.energies(h))
     with pytest.raises(ConfigError, match="RankerConfig.weight_fit"):
         Ranker(weight_fit="grid")
+    with pytest.raises(ConfigError, match=r"RankerConfig.segments: expected 1 with weight_fit"):
+        Ranker(weight_fit="equal", segments=2)
+    with pytest.raises(ValueError, match=r"segments: expected 1 with search=False .*got 3"):
+        Blender(norm="calibrated", search=False, segments=3)

@@ -85,6 +85,11 @@ class RankerConfig(Config):
         self._check_positive(
             "n_candidates", "weight_step", "search_rounds", "max_tune_users", "segments"
         )
+        if self.weight_fit == "equal" and self.segments > 1:
+            raise ConfigError(
+                f"RankerConfig.segments: expected 1 with weight_fit='equal' (equal weights leave "
+                f"nothing to learn per segment), got {self.segments}"
+            )
         if self.blend_norm not in NORMS:
             raise ConfigError(
                 f"RankerConfig.blend_norm: expected one of {list(NORMS)}, got {self.blend_norm!r}"

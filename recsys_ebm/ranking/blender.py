@@ -102,6 +102,11 @@ class Blender:
             raise ValueError(f"step: expected a grid step > 0, got {step!r}")
         if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds <= 0:
             raise ValueError(f"rounds: expected a positive int, got {rounds!r}")
+        if segments > 1 and not search:
+            raise ValueError(
+                f"segments: expected 1 with search=False (equal weights leave nothing to learn "
+                f"per segment), got {segments}"
+            )
         self.step = float(step)
         self.rounds = rounds
         self.device = torch.device(device)
@@ -239,7 +244,7 @@ class Blender:
         self.weights = torch.as_tensor(w / w.sum(), dtype=torch.float32)
         self.valid_ndcg = score
         self.edges = self.segment_weights = None
-        if self.segments > 1 and self.search:
+        if self.segments > 1:
             lengths = seen_t.sum(dim=1).cpu().numpy()  # (U,) history lengths
             edges = torch.as_tensor(segment_edges(lengths, self.segments))
             seg = segment_of(lengths, edges)  # (U,)
