@@ -3,7 +3,7 @@
     python benchmarks/quality.py [--datasets ml-100k,ml-latest-small,movietweetings-100k]
         [--ml100k PATH] [--threads 2] [--device auto|cpu|cuda] [--bpr] [--softmax-rbm]
         [--components ease,als,rbm,retriever] [--ranker reuse|fit] [--ranker-set JSON]
-        [--json OUT.json]
+        [--also-ranker JSON] [--json OUT.json] [--on-valid]
 
 Protocol (README.md's): per-user random split, 20% test and 10% validation, seed 0; every model
 ranks the whole catalogue for every test user from train + valid, that history masked.
@@ -22,6 +22,10 @@ Every choice is made on validation only, and every final fit sees train + valid:
   user does (it trains its own components); ``--ranker reuse`` (default, half the time) builds
   the same ranker from the single models' own fits: their train fits give the blend weights
   (learned on validation), their train + valid fits are the components (``reuse_ranker``).
+
+``--on-valid`` runs all of it one step back (:func:`validation_replica`): each user's training
+pairs are split again (1/8 inner validation), and the outer validation split plays test, so that
+a change to any default can be judged by the whole protocol without reading test.
 
 Per dataset a table: NDCG@10, Recall@20, fit seconds (selection + refit), and the paired
 comparison of per-user NDCG@10, ranker minus model: mean difference, paired t-test p and
@@ -73,6 +77,33 @@ def dataset_path(name: str, ml100k: str | Path) -> Path | None:
         + (" (pass --ml100k PATH)" if name == "ml-100k" else "")
     )
     return None
+
+
+def validation_replica(ds: Any, seed: int = 0) -> Any:
+    """The benchmark's split moved one step back, so that it never reads test (``--on-valid``).
+
+    Each user's training pairs are split again at random (``seed``): 1/8 of them become an inner
+    validation split (inner valid / inner train = 1/7, the outer valid / train ratio of the 70/10
+    split), the rest the inner train, and the outer validation split plays test. Every fit,
+    search and blend of the benchmark then runs as usual on the replica, and its "test" figures
+    are validation figures: a whole-protocol comparison made on validation only.
+    """
+    import dataclasses as dc
+
+    import polars as pl
+
+    from recsys_ebm.data.splits import TEST, pair_keys, random_split
+
+    train = ds.interactions["train"]
+    users, items = train["user_idx"].to_numpy(), train["item_idx"].to_numpy()
+    part = random_split(users, pair_keys(users, items, seed), 1 / 8, 0.0)
+    held = pl.Series(part == TEST)
+    inter = {
+        "train": train.filter(~held),
+        "valid": train.filter(held),
+        "test": ds.interactions["valid"],
+    }
+    return dc.replace(ds, interactions=inter)
 
 
 def _has_field(cls: Any, name: str) -> bool:
@@ -188,9 +219,34 @@ def per_user(model: Any, ds: Any) -> dict[str, np.ndarray]:
     return ranking_metrics(items, ds.test[rows], (10, 20))
 
 
+def build_ranker(models: dict, ds: Any, args: argparse.Namespace, sets: dict) -> tuple:
+    """The ranker with RankerConfig overrides ``sets``: (ranker, fit seconds, description)."""
+    from recsys_ebm.ranking import Ranker, RankerConfig
+
+    dev, thr = args.device, args.threads
+    overrides: dict[str, Any] = {"device": dev, **sets}
+    if "component_config" in overrides:  # merged into the default's (ALS keeps its factors)
+        base = dict(RankerConfig().component_config or {})
+        overrides["component_config"] = {**base, **overrides["component_config"]}
+    if args.components:
+        overrides["components"] = tuple(args.components.split(","))
+    if args.ranker == "reuse":
+        ranker, fit_s = reuse_ranker(models, ds, overrides, dev, thr)
+    else:
+        t0 = time.perf_counter()
+        ranker = Ranker(**overrides).fit_dataset(ds)
+        fit_s = time.perf_counter() - t0
+    info = ranker.fit_info
+    weights = ", ".join(
+        f"{c} {w:.2f}" for c, w in zip(info["components"], info["weights"], strict=True)
+    )
+    if "blend_betas" in info:
+        weights += "; inverse temperatures " + ", ".join(f"{b:.3g}" for b in info["blend_betas"])
+    return ranker, fit_s, f"{args.ranker}: weights {weights}"
+
+
 def run_dataset(label: str, ds: Any, args: argparse.Namespace) -> list[dict]:
     from recsys_ebm.evaluation.stats import paired_test
-    from recsys_ebm.ranking import Ranker
 
     dev, thr = args.device, args.threads
     print(
@@ -216,32 +272,15 @@ def run_dataset(label: str, ds: Any, args: argparse.Namespace) -> list[dict]:
     for name in ebms:
         models[name] = early_stop_refit(name, ds, dev, thr)
         print(f"  {name}: {models[name][1]:.1f} s ({models[name][2]})", flush=True)
-    overrides: dict[str, Any] = {"device": dev, **json.loads(args.ranker_set)}
-    if "component_config" in overrides:  # merged into the default's (ALS keeps its factors)
-        from recsys_ebm.ranking import RankerConfig
-
-        base = dict(RankerConfig().component_config or {})
-        overrides["component_config"] = {**base, **overrides["component_config"]}
-    if args.components:
-        overrides["components"] = tuple(args.components.split(","))
-    if args.ranker == "reuse":
-        ranker, fit_s = reuse_ranker(models, ds, overrides, dev, thr)
-    else:
-        t0 = time.perf_counter()
-        ranker = Ranker(**overrides).fit_dataset(ds)
-        fit_s = time.perf_counter() - t0
-    info = ranker.fit_info
-    weights = ", ".join(
-        f"{c} {w:.2f}" for c, w in zip(info["components"], info["weights"], strict=True)
-    )
-    if "blend_betas" in info:
-        weights += "; inverse temperatures " + ", ".join(f"{b:.3g}" for b in info["blend_betas"])
-    models["ranker"] = (ranker, fit_s, f"{args.ranker}: weights {weights}")
-    print(
-        f"  ranker: {models['ranker'][1]:.1f} s ({models['ranker'][2]}; "
-        f"valid NDCG@10 {info.get('valid_ndcg_at_10', float('nan')):.4f})",
-        flush=True,
-    )
+    variants = [json.loads(args.ranker_set)] + [
+        {**json.loads(args.ranker_set), **v} for v in json.loads(args.also_ranker)
+    ]
+    for n_var, sets in enumerate(variants):
+        key = "ranker" if n_var == 0 else f"ranker+{n_var}"
+        ranker, fit_s, desc = build_ranker(models, ds, args, sets)
+        models[key] = (ranker, fit_s, desc if n_var == 0 else f"{json.dumps(sets)}: {desc}")
+        valid = ranker.fit_info.get("valid_ndcg_at_10", float("nan"))
+        print(f"  {key}: {fit_s:.1f} s ({models[key][2]}; valid NDCG@10 {valid:.4f})", flush=True)
     scores = {name: per_user(m, ds) for name, (m, *_) in models.items()}
     r = scores["ranker"]["ndcg@10"]
     print(
@@ -329,7 +368,19 @@ def main(argv: list[str] | None = None) -> int:
         help='JSON overrides of RankerConfig, e.g. \'{"component_config": {"ease": '
         '{"dropout": 0.5}}}\' (merged into the default component_config)',
     )
+    ap.add_argument(
+        "--also-ranker",
+        default="[]",
+        help='JSON list of further RankerConfig overrides, each an extra row "ranker+N" built '
+        'from the same fits, e.g. \'[{"weight_fit": "equal"}]\' (the targets use "ranker")',
+    )
     ap.add_argument("--json", default=None, help="also write every row to this JSON file")
+    ap.add_argument(
+        "--on-valid",
+        action="store_true",
+        help="run the whole benchmark on the validation split (test never read): train split "
+        "again per user, 1/8 as inner validation; the outer validation split plays test",
+    )
     args = ap.parse_args(argv)
     names = dataset_names(ap, args.datasets)
     if args.threads < 1:
@@ -348,7 +399,11 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[dict] = []
     for name in names:
         if (path := dataset_path(name, args.ml100k)) is not None:
-            rows += run_dataset(name, prepare_dataset(path, **SPLIT), args)
+            ds = prepare_dataset(path, **SPLIT)
+            if args.on_valid:
+                ds = validation_replica(ds)
+                name = f"{name} (on valid)"
+            rows += run_dataset(name, ds, args)
     if not rows:
         return 0
     targets(rows)

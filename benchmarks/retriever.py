@@ -94,6 +94,9 @@ ABLATION: list[tuple[str, dict[str, Any]]] = [
     ("defaults, attention pooling", {"pooling": "attention"}),
     ("defaults, no genres", {"use_metadata": False}),
     ("defaults without the item log-prior (item_bias=False)", {"item_bias": False}),
+    ("defaults, model seed 1 (the seed-to-seed spread)", {"seed": 1}),
+    ("defaults, embedding_size 256", {"embedding_size": 256}),
+    ("defaults, embedding_size 256, model seed 1", {"embedding_size": 256, "seed": 1}),
 ]
 DATASETS = {"ml-100k": None, "ml-latest-small": "data/ml-latest-small"}
 DATASETS["movietweetings-100k"] = "data/movietweetings-100k"

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import numpy as np
 import polars as pl
@@ -41,7 +42,10 @@ def served(tmp_path_factory, sqlite_store):
     argv += ["--users", str(root / "users.csv"), "--history", str(root / "hist.csv")]
     assert main([*argv, "--n", "10", "--out", str(root / "recs.parquet"), *exp]) == 0
     port = free_port()
-    env = {**os.environ, "MLFLOW_TRACKING_URI": sqlite_store}
+    # `mlflow models serve --env-manager local` execs `uvicorn` from PATH: put this interpreter's
+    # scripts first, so a venv used without activating it serves with its own packages
+    path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+    env = {**os.environ, "MLFLOW_TRACKING_URI": sqlite_store, "PATH": path}
     cmd = [sys.executable, "-m", "mlflow", "models", "serve", "-m", f"models:/{NAME}@champion"]
     cmd += ["--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)]
     with open(root / "serve.log", "w") as fh:
