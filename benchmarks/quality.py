@@ -143,17 +143,21 @@ def select_refit(name: str, grid: list[dict], ds: Any, device: str, threads: int
     return model, time.perf_counter() - t0, desc, first
 
 
-def early_stop_refit(name: str, ds: Any, device: str, threads: int) -> tuple:
+def early_stop_refit(
+    name: str, ds: Any, device: str, threads: int, params: dict[str, Any] | None = None
+) -> tuple:
     """Defaults early-stopped on validation, then ``epochs=best+1, patience=0`` on train+valid."""
     from recsys_ebm.ranking._ranker_data import merge_valid
     from recsys_ebm.ranking._refit import best_epoch
 
     t0 = time.perf_counter()
-    first = make(name, device, threads).fit_dataset(ds)
+    params = params or {}
+    first = make(name, device, threads, **params).fit_dataset(ds)
     ep = best_epoch(first)
     if ep is None:
         return first, time.perf_counter() - t0, "defaults (no best epoch: not refitted)", first
-    model = make(name, device, threads, epochs=ep + 1, patience=0).fit_dataset(merge_valid(ds))
+    again = {**params, "epochs": ep + 1, "patience": 0}
+    model = make(name, device, threads, **again).fit_dataset(merge_valid(ds))
     return model, time.perf_counter() - t0, f"defaults, {ep + 1} epochs (best on valid)", first
 
 

@@ -83,7 +83,9 @@ def dataset(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def fitted(dataset):
-    r = Ranker(components=("popularity", "ease"), component_config=FAST, device="cpu")
+    r = Ranker(
+        components=("popularity", "ease"), component_config=FAST, weight_fit="search", device="cpu"
+    )
     return r.fit_dataset(dataset)
 
 
@@ -294,7 +296,8 @@ def three(dataset):
 
 def test_blender_fitted_on_its_own_learns_the_rankers_weights(dataset, three):
     hist, valid = dataset.history("valid"), dataset.valid
-    ranker = Ranker.from_fitted(three, hist, valid, device="cpu")  # calibrated blend (default)
+    # calibrated blend (the default), weights searched
+    ranker = Ranker.from_fitted(three, hist, valid, weight_fit="search", device="cpu")
     # the ranker tunes on the users with a validation target and a history
     rows = np.flatnonzero((valid.getnnz(axis=1) > 0) & (hist.getnnz(axis=1) > 0))
     h = hist[rows]

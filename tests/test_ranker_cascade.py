@@ -106,7 +106,7 @@ def test_ease_energies_at_equal_its_energies(fitted, layout):
 
 def test_cascade_with_every_candidate_and_exact_rescoring_equals_the_exact_path(fitted):
     train, valid, comps = fitted
-    r = _ranker(train, valid, comps, segments=2)  # per-user (segment) coefficients
+    r = _ranker(train, valid, comps, segments=2, weight_fit="search")  # per-segment weights
     assert supports_cascade(r.components, r._blender(r.weights))
     exact = copy.copy(r)
     exact.config = r.config.replace(fast_serving=False)

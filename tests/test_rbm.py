@@ -95,6 +95,22 @@ def test_validate_every_reaches_the_rbm_loop():
         small(validate_every=0)
 
 
+def test_the_fitted_rbm_is_the_average_of_its_cd_iterates():
+    """average=a: CD runs as without it (the same raw iterates theta_1..3, which 1-, 2- and
+    3-epoch fits give), and the model kept is their average over epochs, with decays
+    d_t = min(a, (t - 1) / (t + 1)) = 0, 1/3, 1/2 at a = 0.5."""
+    board = checkerboard(seed=0)
+    raw = [small(epochs=e, average=0.0).fit(board.train).parameters() for e in (1, 2, 3)]
+    avg = small(epochs=3, average=0.5).fit(board.train).parameters()
+    for k in ("W", "b", "c"):
+        want = raw[0][k] / 6 + raw[1][k] / 3 + raw[2][k] / 2
+        torch.testing.assert_close(avg[k], want, rtol=1e-5, atol=1e-6)
+        assert not torch.allclose(avg[k], raw[2][k])  # not the last iterate
+    for bad in (-0.1, 1.0):
+        with pytest.raises(ConfigError, match=r"RBMConfig.average: expected a decay in \[0, 1\)"):
+            small(average=bad)
+
+
 def test_checkpoint_resume_equals_uninterrupted(tmp_path):
     board = checkerboard(seed=0)
     ref = small(epochs=6, persistent=True).fit(board.train, board.test)

@@ -272,3 +272,52 @@ def test_best_baseline_comes_from_is_baseline_not_the_name(tmp_path):
     means = {m.name: m.means["ndcg@5"] for m in res.models}
     assert res.best_baseline == max(("my-pop", "my-ease"), key=means.get)
     assert set(res.significance) == {"my-pop", "my-ease", "rbm"} - {res.best_baseline}
+
+
+def test_average_validates_keeps_and_resumes_the_average_of_the_iterates(tmp_path):
+    """average=a: the raw iterates are those of a run without it; the monitor, the best epoch
+    and (without a monitor) the final model are their average over epochs with decays
+    d_t = min(a, (t - 1) / (t + 1)) (linear weights first, then the exponential average); a
+    checkpoint carries the average, so a resumed run ends where an uninterrupted one does."""
+    n, a = 8, 0.75
+    plain, raws = Noisy(), []
+    run_training(plain, epochs=n, fingerprint="f", callback=lambda e, m: raws.append(plain.w))
+    decays = [min(a, e / (e + 2)) for e in range(n)]
+    assert decays[:3] == [0.0, 1 / 3, 0.5] and decays[-2:] == [a, a]  # both regimes
+    avgs = [raws[0]]
+    for d, w in zip(decays[1:], raws[1:], strict=True):
+        avgs.append(d * avgs[-1] + (1 - d) * w)
+
+    task, seen, during = Noisy(), [], []
+    scores = [0.1, 0.2, 0.3, 0.4, 0.5, 0.9, 0.6, 0.7]
+    res = run_training(
+        task, epochs=n, fingerprint="f", average=a,
+        monitor=lambda: seen.append(task.w.clone()) or scores[len(seen) - 1],
+        callback=lambda e, m: during.append(task.w.clone()),
+    )  # fmt: skip
+    for got, want in zip(seen, avgs, strict=True):  # validated: the average
+        torch.testing.assert_close(got, want)
+    for got, want in zip(during, raws, strict=True):  # trained on: the raw iterates
+        torch.testing.assert_close(got, want)
+    assert res.best_epoch == 5
+    torch.testing.assert_close(task.w, avgs[5])  # the best epoch's average is kept
+    last = Noisy()
+    run_training(last, epochs=n, fingerprint="f", average=a)  # no monitor: the last average
+    torch.testing.assert_close(last.w, avgs[-1])
+
+    def stop_at_3(epoch, metrics):
+        if epoch == 3:
+            raise Stop
+
+    with pytest.raises(Stop):
+        run_training(
+            Noisy(), epochs=n, fingerprint="f", average=a, checkpoint_dir=tmp_path,
+            callback=stop_at_3,
+        )  # fmt: skip
+    again = Noisy()
+    run_training(again, epochs=n, fingerprint="f", average=a, checkpoint_dir=tmp_path)
+    assert again.epochs_trained == [4, 5, 6, 7]
+    torch.testing.assert_close(again.w, last.w, rtol=0, atol=0)
+    for bad in (-0.5, 1.0, True, "0.5"):
+        with pytest.raises(ValueError, match="average: expected a decay in"):
+            run_training(Noisy(), epochs=1, fingerprint="f", average=bad)

@@ -79,6 +79,14 @@ class RBMConfig(CDSchedule, Config):
     #: 0.1924), and validating every other epoch missed the peak (test NDCG@10 0.3763 vs
     #: 0.3864), though it cut the fit by a third
     validate_every: int = 1
+    #: iterate averaging (models/training.py; Polyak & Juditsky 1992, Swersky et al. 2010): the
+    #: model validated, kept at the best epoch and served is an average over epochs of the
+    #: parameters, theta_avg <- d_t theta_avg + (1 - d_t) theta with d_t = min(a, (t-1)/(t+1)),
+    #: while CD goes on from theta. CD's gradient carries the noise of its Gibbs samples, and
+    #: one iterate keeps it (the curve above); the average removes it. Chosen on validation
+    #: with the whole protocol one split back (benchmarks/rbm_average.py). 0 = the raw iterate
+    #: (the default until 2026-12-07)
+    average: float = 0.9
     max_abs_param: float = 1e4  # divergence guard
     checkpoint_dir: str = ""  # save after every epoch and resume from here when set
     #: progress on stderr: a tqdm bar on a terminal, timestamped lines in a log
@@ -125,6 +133,8 @@ class RBMConfig(CDSchedule, Config):
             raise ConfigError(
                 f"RBMConfig.validate_every: expected >= 1, got {self.validate_every}"
             )
+        if not 0 <= self.average < 1:
+            raise ConfigError(f"RBMConfig.average: expected a decay in [0, 1), got {self.average}")
         self._check_positive("conditional_lr", "lateral_l2")
         if self.lateral != "none" and (self.objective != "conditional" or self.n_negatives):
             raise ConfigError(

@@ -15,12 +15,20 @@ atomically, so a kill leaves the previous one); the callback; progress; early st
 ``patience`` epochs without a better score. At the end the best epoch's parameters are restored.
 A checkpoint resumes to the same parameters as an uninterrupted run.
 
-Data-parallel (inside :func:`recsys_ebm.models.distributed.data_parallel`, one process per rank):
-every rank runs ``train_epoch`` (the trainers shard the batches and all-reduce) and
-``state_dict`` (it may gather, e.g. persistent chains); rank 0 alone reads the checkpoint (its
-state is broadcast, so a checkpoint written with N ranks resumes with M), validates (the score is
-broadcast, so every rank keeps the same best epoch), decides early stopping (broadcast), writes
-checkpoints, calls the callback (MLflow) and shows progress.
+Iterate averaging (``average`` = a > 0; Polyak & Juditsky 1992, "Acceleration of stochastic
+approximation by averaging"; for RBMs, Swersky et al. 2010, "A tutorial on stochastic
+approximation algorithms for training restricted Boltzmann machines and deep belief nets"): after
+epoch t (1-based) the loop updates an average of the parameters over epochs,
+
+    theta_avg <- d_t * theta_avg + (1 - d_t) * theta,   d_t = min(a, (t - 1) / (t + 1)),
+
+and the monitor, the best epoch's snapshot and, without a monitor, the final model are the
+average, while training goes on from the raw iterate theta. It damps the noise of stochastic
+gradients (CD's Gibbs samples, minibatches) that a single iterate carries. The early d_t are
+Shamir & Zhang's (2013) polynomial-decay averaging with eta = 1 (weights growing linearly with
+t), so a short run is not held back by its first, poor iterates (a plain exponential average
+started at epoch 1 keeps a^(t-1) of it: half after 8 epochs at a = 0.9); from t = (1 + a) /
+(1 - a) on (19 epochs at 0.9) it is the exponential average with decay a.
 """
 
 from __future__ import annotations
@@ -218,6 +226,7 @@ def run_training(
     progress: bool = False,
     desc: str = "train",
     loss_name: str | None = None,
+    average: float = 0.0,
 ) -> TrainingResult:
     """Train ``task`` for up to ``epochs`` epochs (module docstring).
 
@@ -242,6 +251,8 @@ def run_training(
         progress: show an epoch bar (a bar on a terminal, log lines otherwise).
         desc: the bar's label (``"train rbm"``).
         loss_name: the metric shown as ``loss`` on the bar.
+        average: the largest decay a of the average of the parameters over epochs (module
+            docstring), in [0, 1); 0 = no averaging (the raw iterate is validated and kept).
 
     Raises:
         ValueError: the checkpoint belongs to another config or training matrix.
@@ -250,6 +261,8 @@ def run_training(
     """
     if type(validate_every) is not int or validate_every < 1:  # bool is an int subclass
         raise ValueError(f"validate_every: expected an int >= 1, got {validate_every!r}")
+    if isinstance(average, bool) or not isinstance(average, int | float) or not 0 <= average < 1:
+        raise ValueError(f"average: expected a decay in [0, 1), got {average!r}")
     result = TrainingResult()
     best = BestEpoch(maximize=maximize)
     start = 0
@@ -265,25 +278,36 @@ def run_training(
             "(its class does not declare data_parallel = True); train it in one process"
         )
     st = on_main(lambda: resume_checkpoint(ckpt, fingerprint))
+    avg: dict[str, Any] | None = None  # the averaged parameters (average > 0)
     if st is not None:
         task.load_state_dict(st)
         result.history, start = list(st["history"]), st["epoch"] + 1
         best.resume(st)
+        avg = st.get("average_state")
     bar = make_progress(epochs, desc=desc, unit="epoch", enabled=progress, initial=start)
     for epoch in range(start, epochs):
         metrics = dict(task.train_epoch(epoch))
         check_parameters(task.parameters_to_check(), max_abs_param, who=who, epoch=epoch, hint=hint)
+        raw = None
+        if average:  # validate (and keep as best) the average; train on from the raw iterate
+            raw = task.snapshot()
+            avg = _averaged(avg, raw, min(float(average), epoch / (epoch + 2)))
+            task.restore(avg)
         due = (epoch + 1) % validate_every == 0 or epoch + 1 == epochs
         score = on_main(monitor) if monitor is not None and due else None
         if score is not None:
             metrics[monitor_name] = score
         result.history.append({"epoch": epoch, **metrics})
         best.update(score, epoch, task.snapshot)
+        if raw is not None:
+            task.restore(raw)
         if ckpt is not None:
             state = task.state_dict()
             state.update(
                 history=result.history, epoch=epoch, fingerprint=fingerprint, **best.fields()
             )
+            if avg is not None:
+                state["average_state"] = avg
             if main:
                 save_checkpoint(ckpt, state)
         if callback is not None and main:
@@ -305,5 +329,23 @@ def run_training(
     bar.close()
     if best.state:
         task.restore(best.state)
+    elif avg is not None:  # no monitor: the average of the last epoch is the model
+        task.restore(avg)
     result.best_score, result.best_epoch = best.score, best.epoch
     return result
+
+
+def _averaged(avg: dict[str, Any] | None, raw: dict[str, Any], decay: float) -> dict[str, Any]:
+    """avg <- decay * avg + (1 - decay) * raw for floating tensors (raw's own copy the first
+    time, and for other entries); ``raw`` is a snapshot, so nothing of the task is aliased.
+    The caller's decay at 0-based epoch e is min(a, e / (e + 2)): 0 at the first epoch."""
+    if avg is None:
+        return {k: v.clone() if torch.is_tensor(v) else v for k, v in raw.items()}
+    out = {}
+    for k, v in raw.items():
+        a = avg.get(k)
+        if torch.is_tensor(v) and v.is_floating_point() and torch.is_tensor(a):
+            out[k] = a.to(v.device).mul(decay).add_(v, alpha=1.0 - decay)
+        else:
+            out[k] = v.clone() if torch.is_tensor(v) else v
+    return out

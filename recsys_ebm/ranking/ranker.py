@@ -9,9 +9,9 @@ A :class:`Ranker` is itself a :class:`~recsys_ebm.models.base.Recommender`. Pipe
    :class:`~recsys_ebm.models.capabilities.CandidateRetriever` (``candidates="retriever"``).
 3. **scoring**: each component's public ``energies`` (with its own input checks), calibrated
    (one inverse temperature per component, fitted on validation; or z-scored per user) and summed
-   with weights learned on the validation split by a
-   :class:`~recsys_ebm.ranking.blender.Blender` (usable on its own). The config is
-   :class:`~recsys_ebm.ranking._ranker_config.RankerConfig`.
+   with equal weights (``weight_fit="equal"``) or weights searched on the validation split
+   (``"search"``) by a :class:`~recsys_ebm.ranking.blender.Blender` (usable on its own). The
+   config is :class:`~recsys_ebm.ranking._ranker_config.RankerConfig`.
 4. **filters**: seen items, an exclude list, an allow list, genre predicates (item metadata kept
    with the ranker) - applied in :meth:`Ranker.recommend` (masks built by
    :mod:`recsys_ebm.ranking._filters`), so they are never violated.
@@ -130,8 +130,9 @@ class Ranker(Recommender):
         callback: EpochCallback | None = None,
         **overrides: Any,
     ) -> Ranker:
-        """A ranker over already fitted models (not refitted): weights learned on ``valid``
-        (history ``train``) when given, else config ``weights`` or equal weights."""
+        """A ranker over already fitted models (not refitted): its blend (temperatures, and
+        weights with ``weight_fit="search"``) fitted on ``valid`` (history ``train``) when given,
+        else config ``weights`` or equal weights."""
         names = tuple(m.name or type(m).__name__ for m in models)
         ranker = cls(components=names, refit=(), **overrides)
         train = as_user_items(train, int(models[0].n_items), "train")
