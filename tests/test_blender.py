@@ -206,10 +206,10 @@ def test_equal_weights_fit_only_the_calibration():
     assert equal.valid_ndcg <= searched.valid_ndcg + 1e-9  # the search starts from equal weights
 
 
-def test_default_ranker_has_equal_weights_and_saves_and_loads(dataset, tmp_path):
-    # the default weight_fit is "equal": calibrated temperatures, no weight search
-    r = Ranker(components=("popularity", "ease"), component_config=FAST, device="cpu")
-    r = r.fit_dataset(dataset)
+def test_ranker_with_equal_weights_saves_and_loads(dataset, tmp_path):
+    r = Ranker(
+        components=("popularity", "ease"), component_config=FAST, weight_fit="equal", device="cpu"
+    ).fit_dataset(dataset)
     assert r.fit_info["weights"] == [0.5, 0.5] and len(r.fit_info["blend_betas"]) == 2
     loaded = load_model(r.save(tmp_path / "r"))
     h = dataset.history("test")
@@ -217,6 +217,6 @@ def test_default_ranker_has_equal_weights_and_saves_and_loads(dataset, tmp_path)
     with pytest.raises(ConfigError, match="RankerConfig.weight_fit"):
         Ranker(weight_fit="grid")
     with pytest.raises(ConfigError, match=r"RankerConfig.segments: expected 1 with weight_fit"):
-        Ranker(segments=2)  # the default weight_fit: segments need the search
+        Ranker(weight_fit="equal", segments=2)
     with pytest.raises(ValueError, match=r"segments: expected 1 with search=False .*got 3"):
         Blender(norm="calibrated", search=False, segments=3)

@@ -159,6 +159,8 @@ def test_cli_train_with_stderr_to_a_file_writes_timestamped_lines(tmp_path):
         "epochs=2",
         "--set",
         "n_hidden=8",
+        "--set",
+        "validate_every=1",  # a score on every epoch's line
         "--out",
         str(tmp_path / "model"),
         "--no-mlflow",

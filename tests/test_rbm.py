@@ -71,7 +71,7 @@ def test_negative_weight_decay_and_zero_lr_decay_are_refused():
 def test_monitoring_curves_and_early_stopping():
     board = checkerboard(seed=0)
     seen = []
-    m = small(epochs=30, patience=3).fit(
+    m = small(epochs=30, patience=3, validate_every=1).fit(
         board.train, board.test, callback=lambda e, x: seen.append(x)
     )
     h = m.fit_info["history"]

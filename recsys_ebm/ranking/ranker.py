@@ -9,9 +9,9 @@ A :class:`Ranker` is itself a :class:`~recsys_ebm.models.base.Recommender`. Pipe
    :class:`~recsys_ebm.models.capabilities.CandidateRetriever` (``candidates="retriever"``).
 3. **scoring**: each component's public ``energies`` (with its own input checks), calibrated
    (one inverse temperature per component, fitted on validation; or z-scored per user) and summed
-   with equal weights (``weight_fit="equal"``) or weights searched on the validation split
-   (``"search"``) by a :class:`~recsys_ebm.ranking.blender.Blender` (usable on its own). The
-   config is :class:`~recsys_ebm.ranking._ranker_config.RankerConfig`.
+   with weights searched on the validation split (``weight_fit="search"``, the default) or equal
+   weights (``"equal"``) by a :class:`~recsys_ebm.ranking.blender.Blender` (usable on its own).
+   The config is :class:`~recsys_ebm.ranking._ranker_config.RankerConfig`.
 4. **filters**: seen items, an exclude list, an allow list, genre predicates (item metadata kept
    with the ranker) - applied in :meth:`Ranker.recommend` (masks built by
    :mod:`recsys_ebm.ranking._filters`), so they are never violated.
