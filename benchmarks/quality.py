@@ -146,19 +146,21 @@ def select_refit(name: str, grid: list[dict], ds: Any, device: str, threads: int
 def early_stop_refit(
     name: str, ds: Any, device: str, threads: int, params: dict[str, Any] | None = None
 ) -> tuple:
-    """Defaults early-stopped on validation, then ``epochs=best+1, patience=0`` on train+valid."""
+    """Defaults (with ``params``) early-stopped on validation, then ``epochs=best+1,
+    patience=0`` on train + valid."""
     from recsys_ebm.ranking._ranker_data import merge_valid
     from recsys_ebm.ranking._refit import best_epoch
 
     t0 = time.perf_counter()
     params = params or {}
+    what = ", ".join(f"{k} {v}" for k, v in params.items()) or "defaults"
     first = make(name, device, threads, **params).fit_dataset(ds)
     ep = best_epoch(first)
     if ep is None:
-        return first, time.perf_counter() - t0, "defaults (no best epoch: not refitted)", first
+        return first, time.perf_counter() - t0, f"{what} (no best epoch: not refitted)", first
     again = {**params, "epochs": ep + 1, "patience": 0}
     model = make(name, device, threads, **again).fit_dataset(merge_valid(ds))
-    return model, time.perf_counter() - t0, f"defaults, {ep + 1} epochs (best on valid)", first
+    return model, time.perf_counter() - t0, f"{what}, {ep + 1} epochs (best on valid)", first
 
 
 def reuse_ranker(models: dict[str, tuple], ds: Any, overrides: dict, dev: str, thr: int) -> tuple:

@@ -360,5 +360,5 @@ def train_rbm(
         progress=progress,
         desc=task.desc,
         loss_name=loss_name,
-        average=getattr(cfg, "average", 0.0),
+        average=cfg.average,
     )

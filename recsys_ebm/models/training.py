@@ -9,10 +9,11 @@ task: ``train_epoch`` (one pass over the data, returning that epoch's figures), 
 ``load_state_dict`` (the whole training state, for checkpoints), ``snapshot`` / ``restore`` (the
 model parameters, for the best epoch) and ``parameters_to_check`` (for the guard).
 
-Per epoch, in order: ``train_epoch``; the guard over ``parameters_to_check``; the monitor (its
-score is recorded under ``monitor_name``); the history; the best epoch; the checkpoint (written
-atomically, so a kill leaves the previous one); the callback; progress; early stopping after
-``patience`` epochs without a better score. At the end the best epoch's parameters are restored.
+Per epoch, in order: ``train_epoch``; the guard over ``parameters_to_check``; the parameter
+average (``average`` > 0, below); the monitor (its score is recorded under ``monitor_name``); the
+history; the best epoch; the checkpoint (written atomically, so a kill leaves the previous one);
+the callback; progress; early stopping after ``patience`` epochs without a better score. At the
+end the best epoch's parameters are restored.
 A checkpoint resumes to the same parameters as an uninterrupted run.
 
 Iterate averaging (``average`` = a > 0; Polyak & Juditsky 1992, "Acceleration of stochastic
@@ -29,6 +30,14 @@ Shamir & Zhang's (2013) polynomial-decay averaging with eta = 1 (weights growing
 t), so a short run is not held back by its first, poor iterates (a plain exponential average
 started at epoch 1 keeps a^(t-1) of it: half after 8 epochs at a = 0.9); from t = (1 + a) /
 (1 - a) on (19 epochs at 0.9) it is the exponential average with decay a.
+
+Data-parallel (inside :func:`recsys_ebm.models.distributed.data_parallel`, one process per rank):
+every rank runs ``train_epoch`` (the trainers shard the batches and all-reduce) and
+``state_dict`` (it may gather, e.g. persistent chains); rank 0 alone reads the checkpoint (its
+state is broadcast, so a checkpoint written with N ranks resumes with M), validates (the score is
+broadcast, so every rank keeps the same best epoch), decides early stopping (broadcast), writes
+checkpoints, calls the callback (MLflow) and shows progress. Every rank keeps its own parameter
+average, the same on all of them: the parameters it averages are.
 """
 
 from __future__ import annotations
