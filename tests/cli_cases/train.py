@@ -126,6 +126,12 @@ CASES = [
         absent=lambda w, t: _model_dir(t),
     ),
     Case(
+        id="train-rbm-average-1",
+        argv=_train("rbm", "average=1.0"),
+        expect=("RBMConfig.average", "expected a decay in [0, 1)", "1.0"),
+        absent=lambda w, t: _model_dir(t),
+    ),
+    Case(
         id="train-ease-l2-grid-nan",
         argv=_train("ease", "l2_grid=[nan]"),
         expect=("EASEConfig.l2_grid", "finite"),
