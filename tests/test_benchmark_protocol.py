@@ -51,3 +51,36 @@ def test_replica_is_the_outer_train_split_again_and_the_outer_valid(quality, tmp
     # seeded: the same replica twice, another one for another seed
     assert _pairs(quality.validation_replica(ds).valid) == valid
     assert _pairs(quality.validation_replica(ds, seed=1).valid) != valid
+
+
+def test_product_of_experts_of_two_rbms_is_one_rbm_with_both_hidden_layers():
+    """benchmarks/rbm_average.py --poe: the PoE's free energy is the sum of the two RBMs', so its
+    energies (dF) are the sums of theirs."""
+    import torch
+
+    from recsys_ebm.data.synthetic import checkerboard
+    from recsys_ebm.models.rbm import RBM
+
+    spec = importlib.util.spec_from_file_location("rbm_average", ROOT / "benchmarks/rbm_average.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    board = checkerboard(seed=0)
+    kw = dict(n_hidden=8, epochs=2, batch_size=16, progress=False, device="cpu")
+    x, y = RBM(seed=0, **kw).fit(board.train), RBM(seed=1, **{**kw, "n_hidden": 5}).fit(board.train)
+    poe = mod.product_of_experts(x, y)
+    assert poe.parameters()["W"].shape == (board.train.shape[1], 13)
+    assert poe.config.n_hidden == 13
+    np.testing.assert_allclose(
+        poe.free_energy(board.train),
+        x.free_energy(board.train) + y.free_energy(board.train),
+        rtol=1e-5,
+        atol=1e-4,
+    )
+    hist = board.train[:7]
+    torch.testing.assert_close(
+        torch.as_tensor(poe.energies(hist)),
+        torch.as_tensor(x.energies(hist) + y.energies(hist)),
+        rtol=1e-5,
+        atol=1e-4,
+    )
+    assert not np.allclose(x.energies(hist), y.energies(hist))  # two different experts

@@ -224,6 +224,25 @@ def test_seed_controls_the_result():
     assert not torch.equal(a.W, c.W)
 
 
+@pytest.mark.parametrize("orientation", ["user", "item"])
+def test_the_fitted_softmax_rbm_is_the_average_of_its_cd_iterates(orientation):
+    """average=a reaches the softmax RBMs' loop: CD runs as without it (the 1-, 2- and 3-epoch
+    fits give the raw iterates) and the model kept is their average over epochs, with decays
+    d_t = min(a, (t - 1) / (t + 1)) = 0, 1/3, 1/2 at a = 0.5 (models/training.py)."""
+    train, _ = planted_ratings(seed=3)
+    raw = [small(epochs=e, orientation=orientation).fit(train).parameters() for e in (1, 2, 3)]
+    avg = small(epochs=3, orientation=orientation, average=0.5).fit(train).parameters()
+    for k in ("W", "b", "c"):
+        want = raw[0][k] / 6 + raw[1][k] / 3 + raw[2][k] / 2
+        torch.testing.assert_close(avg[k], want, rtol=1e-5, atol=1e-6)
+        assert not torch.allclose(avg[k], raw[2][k])  # not the last iterate
+    for bad in (-0.1, 1.0):
+        with pytest.raises(
+            ConfigError, match=r"SoftmaxRBMConfig.average: expected a decay in \[0, 1\)"
+        ):
+            small(average=bad)
+
+
 def test_half_star_levels_saved_and_loaded_on_cpu(tmp_path):
     rng = np.random.default_rng(0)
     levels = np.arange(0.5, 5.01, 0.5)

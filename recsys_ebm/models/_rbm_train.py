@@ -52,7 +52,8 @@ _PARAMS = ("W", "b", "c")
 
 class CDSchedule:
     """Config methods shared by the RBM family (``RBMConfig``, ``SoftmaxRBMConfig``): checks of
-    the contrastive-divergence fields and the k schedule."""
+    the contrastive-divergence fields (iterate averaging's ``average`` included) and the k
+    schedule."""
 
     def _validate_cd(self) -> None:
         name = type(self).__name__
@@ -67,6 +68,8 @@ class CDSchedule:
             raise ConfigError(f"{name}.momentum: expected [0, 1), got {self.momentum}")
         if self.weight_decay < 0:
             raise ConfigError(f"{name}.weight_decay: expected >= 0, got {self.weight_decay}")
+        if not 0 <= self.average < 1:
+            raise ConfigError(f"{name}.average: expected a decay in [0, 1), got {self.average}")
 
     def k_at(self, epoch: int) -> int:
         """CD steps at ``epoch``: ``cd_k``, or the k schedule's entry (epochs split evenly)."""

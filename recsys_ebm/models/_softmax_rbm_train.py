@@ -174,6 +174,7 @@ def train_softmax_rbm(
         monitor_name="valid_rmse",
         maximize=False,
         patience=cfg.patience,
+        average=cfg.average,
         max_abs_param=cfg.max_abs_param,
         who=type(model).__name__,
         hint=task.hint,

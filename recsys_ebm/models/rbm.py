@@ -137,8 +137,6 @@ class RBMConfig(CDSchedule, Config):
             raise ConfigError(
                 f"RBMConfig.validate_every: expected >= 1, got {self.validate_every}"
             )
-        if not 0 <= self.average < 1:
-            raise ConfigError(f"RBMConfig.average: expected a decay in [0, 1), got {self.average}")
         self._check_positive("conditional_lr", "lateral_l2")
         if self.lateral != "none" and (self.objective != "conditional" or self.n_negatives):
             raise ConfigError(

@@ -97,6 +97,9 @@ class SoftmaxRBMConfig(CDSchedule, Config):
     fold_in_steps: int = 100
     fold_in_lr: float = 0.05
     fold_in_l2: float = 2.0
+    #: iterate averaging, as the binary RBM's ``average`` (models/training.py): the model
+    #: validated, kept and served is an average over epochs of the CD iterates
+    average: float = 0.0
     max_abs_param: float = 1e4  # divergence guard
     checkpoint_dir: str = ""  # save after every epoch and resume from here when set
     #: progress on stderr: a tqdm bar on a terminal, timestamped lines in a log
