@@ -95,6 +95,7 @@ SOFTMAX_GRID: list[dict] = [
     {"batch_size": 128, "learning_rate": 0.1},
     {"k_schedule": (1, 3, 5, 9)},
     {"persistent": True},
+    {"average": 0.9},  # iterate averaging, as the binary RBM's default (2026-12-07)
 ]
 
 

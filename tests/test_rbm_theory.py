@@ -18,9 +18,9 @@ from recsys_ebm.models.rbm_likelihood import (
 )
 
 
-def tiny(n_v=5, n_h=3, scale=1.5, seed=0):
+def tiny(n_v=5, n_h=3, scale=1.5, seed=0, hidden_dropout=0.0):
     g = torch.Generator().manual_seed(seed)
-    m = RBM(n_hidden=n_h, device="cpu", progress=False)
+    m = RBM(n_hidden=n_h, device="cpu", progress=False, hidden_dropout=hidden_dropout)
     m.n_items = n_v
     m.W = torch.randn(n_v, n_h, generator=g, dtype=torch.float64) * scale
     m.b = torch.randn(n_v, generator=g, dtype=torch.float64) * 0.5
@@ -70,6 +70,33 @@ def test_cd_k_bias_shrinks_with_k_and_matches_the_sampler():
     cd1 = exact_cd_gradient(m.W, m.b, m.c, data, 1)
     for n in grads:
         torch.testing.assert_close(grads[n], cd1[n], atol=0.02, rtol=0)
+
+
+def test_dropout_cd1_averages_to_the_thinned_rbms_exact_cd1_over_masks():
+    """Dropout RBM (Srivastava et al. 2014, sec. 8): the code's CD-1 estimate with
+    hidden_dropout p averages to the mean over masks r of the exact CD-1 gradient of each thinned
+    RBM (hidden units r_j = 1 only, visible bias q b_stored), whose b gradient the stored b / q
+    receives divided by q, enumerated exactly."""
+    q = 0.5
+    m, data = tiny(hidden_dropout=1 - q)
+    want = {"W": torch.zeros_like(m.W), "b": torch.zeros_like(m.b), "c": torch.zeros_like(m.c)}
+    for r in all_states(3):
+        on = r.bool()
+        w = q ** float(r.sum()) * (1 - q) ** float(3 - r.sum())
+        if on.any():
+            g = exact_cd_gradient(m.W[:, on], q * m.b, m.c[on], data, 1)
+        else:  # no hidden unit: independent visibles, one Gibbs step draws them from q b
+            g = {"b": data.mean(0) - torch.sigmoid(q * m.b)}
+            g["W"], g["c"] = torch.zeros(5, 0, dtype=m.W.dtype), torch.zeros(0, dtype=m.W.dtype)
+        want["W"][:, on] += w * g["W"]
+        want["c"][on] += w * g["c"]
+        want["b"] += w * g["b"] / q
+    reps = data.repeat(20000, 1)
+    grads, _ = m.cd_gradient(reps, 1, torch.Generator().manual_seed(1))
+    for n in grads:
+        torch.testing.assert_close(grads[n], want[n], atol=0.02, rtol=0)
+    plain = exact_cd_gradient(m.W, q * m.b, m.c, data, 1)  # no dropout: far from it
+    assert max(float((want[n] - plain[n]).abs().max()) for n in ("W", "c")) > 0.05
 
 
 def test_long_pcd_chain_approaches_exact_gradient():

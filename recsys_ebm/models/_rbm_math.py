@@ -6,6 +6,11 @@ Conditionals (bipartite, so block Gibbs sampling is exact per layer):
     p(h_j = 1 | v) = sigmoid(c_j + (v W)_j),   p(v_i = 1 | h) = sigmoid(b_i + (W h)_i).
 Conditional of one visible unit given the rest (what the recommender ranks by):
     log p(v_i=1 | v_-i) / p(v_i=0 | v_-i) = -(F(v with i on) - F(v with i off)) = -dF_i.
+Dropout RBM (Srivastava et al. 2014, sec. 8): each training row draws a mask r ~ Bernoulli(q)^H,
+kept through its Gibbs chain, p(h_j = 1 | v, r) = r_j sigmoid(c_j + (v W)_j) (``keep`` below).
+The thinned RBMs' geometric mean, p(v) ∝ exp(-E_r[F_r(v)]), has the free energy
+    E_r[F_r(v)] = -b.v - q sum_j softplus(c_j + (v W)_j) = q F(v; W, b / q, c),
+so one plain RBM with visible bias b / q serves it (its energies are the mean's over q).
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 __all__ = [
+    "dropout_mask",
     "free_energy",
     "free_energy_delta",
     "free_energy_delta_at",
@@ -70,6 +76,15 @@ def _bernoulli(p: torch.Tensor, generator: torch.Generator | None) -> torch.Tens
     return (u < p).to(p.dtype)
 
 
+def dropout_mask(
+    rows: int, n_hidden: int, keep: float, generator: torch.Generator | None, like: torch.Tensor
+) -> torch.Tensor:
+    """(rows, H) 0/1 mask of the hidden units each row keeps, P(1) = ``keep`` (dropout RBM)."""
+    return _bernoulli(
+        torch.full((rows, n_hidden), keep, dtype=like.dtype, device=like.device), generator
+    )
+
+
 def gibbs_chain(
     v: torch.Tensor,
     W: torch.Tensor,
@@ -78,10 +93,14 @@ def gibbs_chain(
     k: int,
     generator: torch.Generator | None,
     ph: torch.Tensor | None = None,
+    keep: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """As :func:`gibbs_vhv`, also returning p(v | h_1) of the first step (the reconstruction,
-    None when k = 0); ``ph`` = p(h | v) when the caller already has it."""
+    None when k = 0); ``ph`` = p(h | v) when the caller already has it (masked by ``keep`` when
+    given); ``keep`` (B, H): each row's dropout mask, applied to every p(h | v) of its chain."""
     ph = hidden_prob(v, W, c) if ph is None else ph
+    if keep is not None:
+        ph = ph * keep
     recon = None
     for step in range(k):
         h = _bernoulli(ph, generator)
@@ -90,6 +109,8 @@ def gibbs_chain(
             recon = pv
         v = _bernoulli(pv, generator)
         ph = hidden_prob(v, W, c)
+        if keep is not None:
+            ph.mul_(keep)
     return v, ph, recon
 
 

@@ -36,6 +36,7 @@ from recsys_ebm.models._rbm_lateral import (
     lateral_input,
 )
 from recsys_ebm.models._rbm_math import (
+    dropout_mask,
     free_energy,
     free_energy_delta,
     free_energy_delta_approx,
@@ -69,28 +70,26 @@ class RBMConfig(CDSchedule, Config):
     weight_decay: float = 1e-4  # L2 on W (Hinton 2010, sec. 10)
     lr_decay: float = 0.97  # multiplicative per epoch
     cd_k: int = 1
-    #: k per training stage, e.g. [1, 3, 5, 9]: the epochs are split evenly across the entries
-    k_schedule: tuple[int, ...] = ()
+    k_schedule: tuple[int, ...] = ()  # k per stage, e.g. [1, 3, 5, 9]: epochs split evenly
     persistent: bool = False  # PCD: fantasy chains carried across minibatches
     init_std: float = 0.01
     patience: int = 5  # epochs without validation NDCG@10 gain before stopping (0 = never)
-    #: validation NDCG@10 after every this many epochs (and the last). The raw CD iterate's
-    #: curve peaks sharply (ML-100K, 0-based epochs 13-17: 0.1932, 0.1946, 0.1862, 0.1978,
-    #: 0.1924), and validating every other epoch missed its peak (test NDCG@10 0.3763 vs
-    #: 0.3864). The averaged iterate (``average``) has a smooth curve: every other epoch scores
-    #: the same one split back (benchmarks/rbm_average.py --set '{"validate_every": 2}':
-    #: ML-100K 0.2098 vs 0.2095, ml-latest-small 0.1589 vs 0.1589) and a validation is about a
-    #: third of the ML-100K fit, which the averaged RBM's later stop needs to stay within
-    #: issue 13's 15x ALS (train_speed.py: 16.1x with every epoch validated)
+    #: validation NDCG@10 after every this many epochs (and the last): the averaged curve is
+    #: smooth, so 2 scores as 1 does one split back and keeps the fit within issue 13's 15x ALS
     validate_every: int = 2
     #: iterate averaging (models/training.py; Polyak & Juditsky 1992, Swersky et al. 2010): the
     #: model validated, kept at the best epoch and served is an average over epochs of the
     #: parameters, theta_avg <- d_t theta_avg + (1 - d_t) theta with d_t = min(a, (t-1)/(t+1)),
-    #: while CD goes on from theta. CD's gradient carries the noise of its Gibbs samples, and
-    #: one iterate keeps it (the curve above); the average removes it. Chosen on validation
-    #: with the whole protocol one split back (benchmarks/rbm_average.py). 0 = the raw iterate
-    #: (the default until 2026-12-07)
+    #: while CD goes on from theta: it removes the noise of CD's Gibbs samples that one iterate
+    #: keeps. Chosen one split back (rbm_average.py). 0 = the raw iterate (default until 12-07)
     average: float = 0.9
+    #: dropout on the hidden units in CD (Srivastava et al. 2014, sec. 8; objective "cd" only):
+    #: each row keeps each hidden unit with probability q = 1 - p through its Gibbs chain; the
+    #: model served is the thinned RBMs' geometric mean, stored as a plain RBM with visible bias
+    #: b / q (models/_rbm_math.py). Validation one split back, 6 seeds (rbm_dropout.py): ML-100K
+    #: 0.2100 vs 0.2058 without (0 = none: the default until 2026-12-07), ml-latest-small 0.1617
+    #: vs 0.1604, movietweetings-100k (2 seeds) 0.1221 vs 0.1218
+    hidden_dropout: float = 0.2
     max_abs_param: float = 1e4  # divergence guard
     checkpoint_dir: str = ""  # save after every epoch and resume from here when set
     #: progress on stderr: a tqdm bar on a terminal, timestamped lines in a log
@@ -98,15 +97,11 @@ class RBMConfig(CDSchedule, Config):
     progress: bool = True
     seed: int = 0
     device: str = "auto"
-    #: "cd": contrastive divergence on log p(v) (momentum SGD, ``learning_rate``);
-    #: "conditional": the conditional log-likelihood of held-out items, softmax of -dF
-    #: (:mod:`recsys_ebm.models._rbm_conditional`; Adam, ``conditional_lr``);
-    #: "hybrid": conditional + ``cd_weight`` x CD (Larochelle & Bengio 2008).
-    #: CD stays the default: on validation the others gain little (ML-100K 0.198 CD, 0.201
-    #: conditional, 0.203 hybrid; ml-latest-small 0.149, 0.153, 0.155) at 4-8x the fit time, and
-    #: the exact softmax costs users x items x hidden per epoch (hours on CPU for
-    #: movietweetings-100k). Use them with n_hidden 100, batch_size 128
-    #: (benchmarks/rbm_objectives.py).
+    #: "cd": contrastive divergence on log p(v) (momentum SGD, ``learning_rate``); "conditional":
+    #: the conditional log-likelihood of held-out items, softmax of -dF (_rbm_conditional; Adam,
+    #: ``conditional_lr``); "hybrid": conditional + ``cd_weight`` x CD (Larochelle & Bengio
+    #: 2008). CD stays the default: the others gain little on validation (ML-100K 0.198 CD, 0.201,
+    #: 0.203; ml-latest-small 0.149, 0.153, 0.155) at 4-8x the fit time (rbm_objectives.py).
     objective: Literal["cd", "conditional", "hybrid"] = "cd"
     holdout_fraction: float = 0.5  # share of each row held out as targets, re-drawn every step
     conditional_lr: float = 0.01  # Adam step size of "conditional" / "hybrid"
@@ -134,9 +129,7 @@ class RBMConfig(CDSchedule, Config):
     def validate(self) -> None:
         self._validate_cd()
         if self.validate_every < 1:
-            raise ConfigError(
-                f"RBMConfig.validate_every: expected >= 1, got {self.validate_every}"
-            )
+            raise ConfigError(f"RBMConfig.validate_every: expected >= 1, got {self.validate_every}")
         self._check_positive("conditional_lr", "lateral_l2")
         if self.lateral != "none" and (self.objective != "conditional" or self.n_negatives):
             raise ConfigError(
@@ -145,10 +138,20 @@ class RBMConfig(CDSchedule, Config):
                 f"n_negatives={self.n_negatives} (CD would need Gibbs steps through L)"
             )
         self._check_nonnegative("cd_weight", "n_negatives")
+        if not 0 <= self.hidden_dropout < 1:
+            raise ConfigError(
+                f"RBMConfig.hidden_dropout: expected [0, 1), got {self.hidden_dropout}"
+            )
         if not 0 < self.holdout_fraction < 1:
             raise ConfigError(
                 f"RBMConfig.holdout_fraction: expected in (0, 1), got {self.holdout_fraction}"
             )
+
+    @property
+    def keep(self) -> float:
+        """q = 1 - hidden_dropout with objective "cd", else 1 (the conditional objectives train
+        the served model itself, every hidden unit in place)."""
+        return 1.0 - self.hidden_dropout if self.objective == "cd" else 1.0
 
 
 class RBM(Recommender):
@@ -178,6 +181,7 @@ class RBM(Recommender):
             self.b = torch.as_tensor(np.log(p / (1 - p)), dtype=torch.float32)
         else:
             self.b = torch.zeros(n_items)
+        self.b /= cfg.keep  # hidden_dropout: stored as b / q (the thinned b above)
         self.c = torch.zeros(cfg.n_hidden)
         self.W, self.b, self.c = (t.to(self.device) for t in (self.W, self.b, self.c))
         self.L = self.a = None
@@ -218,11 +222,19 @@ class RBM(Recommender):
     ) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor | None]:
         """:meth:`cd_gradient` plus the reconstruction p(v | h) of v0 (free with CD, k >= 1)."""
         assert self.W is not None and self.b is not None and self.c is not None
+        q = self.config.keep  # dropout RBM: the thinned RBMs' visible bias is
+        b = self.b * q if q < 1 else self.b  # q x the stored one (module _rbm_math)
         ph0 = hidden_prob(v0, self.W, self.c)  # (B, H) positive phase
+        keep0 = keep = None  # (B, H) each row's kept hidden units (hidden_dropout)
+        if q < 1:
+            keep0 = dropout_mask(v0.shape[0], self.W.shape[1], q, generator, v0)
+            ph0 = ph0 * keep0
         if chain is None:  # CD: the negative chain starts at the data
-            vk, phk, recon = gibbs_chain(v0, self.W, self.b, self.c, k, generator, ph0)
-        else:  # PCD: it continues the persistent fantasy particles
-            vk, phk, _ = gibbs_chain(chain, self.W, self.b, self.c, k, generator)
+            vk, phk, recon = gibbs_chain(v0, self.W, b, self.c, k, generator, ph0, keep0)
+        else:  # PCD: it continues the persistent fantasy particles (masks of their own)
+            if q < 1:
+                keep = dropout_mask(chain.shape[0], self.W.shape[1], q, generator, chain)
+            vk, phk, _ = gibbs_chain(chain, self.W, b, self.c, k, generator, keep=keep)
             recon = None
         n0, nk = v0.shape[0], vk.shape[0]
         # (I, H) <v h>_data - <v h>_model: the second product accumulates into the first (BLAS
@@ -236,7 +248,8 @@ class RBM(Recommender):
             )
         grads = {
             "W": g_w,  # (I, H)
-            "b": v0.mean(0) - vk.mean(0),
+            # the stored b / q moves so that the thinned b moves as CD's gradient says
+            "b": (v0.mean(0) - vk.mean(0)) / q,
             "c": ph0.mean(0) - phk.mean(0),
         }
         return grads, vk, recon
