@@ -2,8 +2,12 @@
 
 A stage's digest (16 hex digits of a sha256) covers
 
-* the package version, the stage kind and its resolved options (the tracking options left out:
-  where a stage logs is compared apart, in its stamp);
+* the package version and its **code** (:func:`code_fingerprint`: every Python source of the
+  installed package), the stage kind and its resolved options (the tracking options left out:
+  where a stage logs is compared apart, in its stamp). The code counts because a stage's
+  options name only what the pipeline file sets: a model default or a metric changed in the
+  package, under the same version (a checkout, an editable install), changes what the stage
+  would produce, and a rerun must not keep the old output as "unchanged";
 * the **content** of every file the stage reads from outside the run directory (the raw input
   of ``prepare``, a train stage's ``config`` file, a model directory given by path): the sha256
   of each file, read in 1 MiB blocks; a directory counts as every file under it, by sorted
@@ -24,6 +28,7 @@ accelerator: a missing, truncated or garbage cache file means "hash everything a
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -34,7 +39,15 @@ from typing import Any
 
 from recsys_ebm.io import HASH_BLOCK, sha256_file
 
-__all__ = ["BLOCK", "CACHE_NAME", "RACY_NS", "HashCache", "input_state", "stage_digest"]
+__all__ = [
+    "BLOCK",
+    "CACHE_NAME",
+    "RACY_NS",
+    "HashCache",
+    "code_fingerprint",
+    "input_state",
+    "stage_digest",
+]
 
 BLOCK = HASH_BLOCK  # bytes read at a time when hashing a file (recsys_ebm.io)
 #: the cache of input-file hashes, in ``RUN_DIR/.stages/`` beside the stage stamps
@@ -140,14 +153,26 @@ def input_state(paths: Iterable[Path], base: Path, cache: HashCache) -> list[Any
     return state
 
 
+@functools.lru_cache(maxsize=4)
+def code_fingerprint(root: Path | None = None) -> str:
+    """sha256 over the Python sources under ``root`` (default: this package), by sorted
+    relative path and content; read once per process (about 200 small files)."""
+    root = Path(__file__).resolve().parent if root is None else Path(root)
+    h = hashlib.sha256()
+    for path in sorted(root.rglob("*.py")):
+        h.update(path.relative_to(root).as_posix().encode() + b"\0")
+        h.update(hashlib.sha256(path.read_bytes()).digest())
+    return h.hexdigest()
+
+
 def stage_digest(
     kind: str, options: dict[str, Any], inputs: list[Any], upstream: Iterable[str]
 ) -> str:
-    """16 hex digits over the package version, the stage's kind, options and input content,
-    and its upstream stages' digests (in order)."""
+    """16 hex digits over the package version and code, the stage's kind, options and input
+    content, and its upstream stages' digests (in order)."""
     from recsys_ebm import __version__
 
-    state = [__version__, kind, options, inputs]
+    state = [__version__, code_fingerprint(), kind, options, inputs]
     h = hashlib.sha256(json.dumps(state, sort_keys=True).encode())
     for digest in upstream:
         h.update(digest.encode())

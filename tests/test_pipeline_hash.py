@@ -216,3 +216,45 @@ def test_an_unreadable_input_fails_before_any_stage_runs(tmp_path, small_log, mo
     with pytest.raises(ConfigError, match=r"\[prepare\]: cannot read an input: .*u\.data"):
         load_pipeline(path, run_dir=tmp_path / "run")
     assert not (tmp_path / "run").exists()
+
+
+# ------------------------------------------------------------------ the package's code
+def test_code_fingerprint_follows_every_source_by_path_and_content(tmp_path):
+    fingerprint = _pipeline_hash.code_fingerprint.__wrapped__  # uncached: the files change here
+    for root in (tmp_path / "a", tmp_path / "b"):
+        (root / "sub").mkdir(parents=True)
+        (root / "m.py").write_text("X = 1\n")
+        (root / "sub" / "n.py").write_text("Y = 2\n")
+        (root / "sub" / "notes.txt").write_text("not code")
+    same = fingerprint(tmp_path / "a")
+    assert fingerprint(tmp_path / "b") == same  # content and relative paths, not location
+    (tmp_path / "b" / "sub" / "notes.txt").write_text("changed")
+    assert fingerprint(tmp_path / "b") == same  # only Python sources count
+    (tmp_path / "b" / "sub" / "n.py").write_text("Y = 3\n")  # a changed default
+    assert fingerprint(tmp_path / "b") != same
+    (tmp_path / "b" / "sub" / "n.py").write_text("Y = 2\n")
+    (tmp_path / "b" / "sub" / "n.py").rename(tmp_path / "b" / "n2.py")
+    assert fingerprint(tmp_path / "b") != same  # moved
+    package = Path(_pipeline_hash.__file__).resolve().parent
+    assert _pipeline_hash.code_fingerprint() == fingerprint(package)
+
+
+def test_a_changed_package_reruns_stages_under_the_same_version(tmp_path, small_log, monkeypatch):
+    """A model default changed in the package (same ``__version__``: a checkout, an editable
+    install) must not leave its old output skipped as unchanged."""
+    path = tmp_path / "pipe.toml"
+    path.write_text(PIPE.format(input=small_log))
+    run_dir = tmp_path / "run"
+    assert run_pipeline(load_pipeline(path, run_dir=run_dir), mlflow=False) == {
+        "prepare": "ran",
+        "train.pop": "ran",
+    }
+    assert run_pipeline(load_pipeline(path, run_dir=run_dir), mlflow=False) == {
+        "prepare": "skipped",
+        "train.pop": "skipped",
+    }
+    monkeypatch.setattr(_pipeline_hash, "code_fingerprint", lambda: "0" * 64)  # other code
+    assert run_pipeline(load_pipeline(path, run_dir=run_dir), mlflow=False) == {
+        "prepare": "ran",
+        "train.pop": "ran",
+    }

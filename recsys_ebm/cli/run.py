@@ -13,10 +13,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "run",
         help="run a pipeline declared in a TOML file",
         description="Run the stages of a pipeline file in order, in one MLflow parent run with "
-        "nested stage runs. Stages whose options and inputs are unchanged are skipped (content "
-        "hash); --force reruns everything. The whole file (stage options, model configs) is "
-        "checked before any stage runs; one run at a time holds the run directory "
-        "(RUN_DIR/.lock). Exit 2: bad input (also from a stage); 1: a stage failed otherwise.",
+        "nested stage runs. Stages whose options, inputs and package code are unchanged are "
+        "skipped (content hash); --force reruns everything. The whole file (stage options, "
+        "model configs) is checked before any stage runs; one run at a time holds the run "
+        "directory (RUN_DIR/.lock). Exit 2: bad input (also from a stage); 1: a stage failed "
+        "otherwise.",
     )
     p.add_argument("pipeline", help="pipeline file, e.g. pipelines/quickstart.toml")
     p.add_argument(
