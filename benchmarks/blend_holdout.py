@@ -33,12 +33,11 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from quality import (  # noqa: E402
     DATASETS,
-    SPLIT,
     dataset_names,
     dataset_path,
+    early_stop_refit,
     make,
-    select_refit,
-    validation_replica,
+    replica_with_ease,
 )
 
 
@@ -51,22 +50,18 @@ def valid_of(ds: Any, users: np.ndarray) -> Any:
     return dc.replace(ds, interactions=inter)
 
 
-def stopped(name: str, ds_stop: Any, ds: Any, threads: int) -> tuple[Any, Any, int]:
-    """Fit on train early-stopping on ``ds_stop``'s validation pairs; refit on all of train +
-    valid for the chosen epochs. Returns (first fit, refit, epochs)."""
-    from recsys_ebm.ranking._ranker_data import merge_valid
+def stopped(name: str, stop_on: Any, ds: Any, threads: int) -> tuple[Any, Any, int]:
+    """``quality.early_stop_refit`` stopping on ``stop_on``'s validation pairs, refitted on all
+    of ``ds``'s train + valid: (early-stopped fit, refit, epochs)."""
     from recsys_ebm.ranking._refit import best_epoch
 
-    first = make(name, "cpu", threads).fit_dataset(ds_stop)
-    ep = best_epoch(first) + 1
-    final = make(name, "cpu", threads, epochs=ep, patience=0).fit_dataset(merge_valid(ds))
-    return first, final, ep
+    final, _, _, first = early_stop_refit(name, ds, "cpu", threads, stop_on=stop_on)
+    return first, final, best_epoch(first) + 1
 
 
 def main() -> None:
     import torch
 
-    from recsys_ebm.data.prepare import prepare_dataset
     from recsys_ebm.evaluation.protocol import evaluate_ranking
     from recsys_ebm.ranking import Ranker
     from recsys_ebm.ranking._ranker_data import merge_valid
@@ -82,11 +77,7 @@ def main() -> None:
     for name in dataset_names(ap, args.datasets):
         if (path := dataset_path(name, args.ml100k)) is None:
             continue
-        ds = validation_replica(prepare_dataset(path, **SPLIT))
-        hist = ds.history("test")
-        grid = [{"l2": v, "l2_grid": []} for v in (50.0, 100.0, 250.0, 500.0, 1000.0)]
-        ease, _, _, ease_first = select_refit("ease", grid, ds, "cpu", thr)
-        base = evaluate_ranking(ease, hist, ds.test, (10,))["ndcg@10"]
+        ds, hist, ease, ease_first, base = replica_with_ease(path, thr)
         als_first = make("als", "cpu", thr, factors=32, alpha=5.0).fit_dataset(ds)
         als = make("als", "cpu", thr, factors=32, alpha=5.0).fit_dataset(merge_valid(ds))
         users = np.unique(ds.interactions["valid"]["user_idx"].to_numpy())

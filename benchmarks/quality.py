@@ -55,6 +55,8 @@ SPLIT = dict(split="random", test_fraction=0.2, valid_fraction=0.1, seed=0)
 TARGET_RANKER = 1.05  # ranker NDCG@10 >= 1.05 x EASE's (issue 12)
 #: table rows that are another registry model's config: DLAE is EASE with input dropout 0.5
 REGISTRY = {"dlae": "ease"}
+#: EASE's L2 grid, chosen on validation (every script that scores against EASE)
+EASE_GRID = [{"l2": v, "l2_grid": []} for v in (50.0, 100.0, 250.0, 500.0, 1000.0)]
 
 
 def dataset_names(ap: argparse.ArgumentParser, datasets: str) -> list[str]:
@@ -144,23 +146,43 @@ def select_refit(name: str, grid: list[dict], ds: Any, device: str, threads: int
 
 
 def early_stop_refit(
-    name: str, ds: Any, device: str, threads: int, params: dict[str, Any] | None = None
+    name: str,
+    ds: Any,
+    device: str,
+    threads: int,
+    params: dict[str, Any] | None = None,
+    stop_on: Any = None,
 ) -> tuple:
-    """Defaults (with ``params``) early-stopped on validation, then ``epochs=best+1,
-    patience=0`` on train + valid."""
+    """Defaults (with ``params``) early-stopped on validation (``stop_on``'s validation pairs
+    when given: the same dataset with fewer of them), then ``epochs=best+1, patience=0`` on
+    ``ds``'s train + valid. Returns (refit, seconds, description, the early-stopped fit)."""
     from recsys_ebm.ranking._ranker_data import merge_valid
     from recsys_ebm.ranking._refit import best_epoch
 
     t0 = time.perf_counter()
     params = params or {}
     what = ", ".join(f"{k} {v}" for k, v in params.items()) or "defaults"
-    first = make(name, device, threads, **params).fit_dataset(ds)
+    first = make(name, device, threads, **params).fit_dataset(ds if stop_on is None else stop_on)
     ep = best_epoch(first)
     if ep is None:
         return first, time.perf_counter() - t0, f"{what} (no best epoch: not refitted)", first
     again = {**params, "epochs": ep + 1, "patience": 0}
     model = make(name, device, threads, **again).fit_dataset(merge_valid(ds))
     return model, time.perf_counter() - t0, f"{what}, {ep + 1} epochs (best on valid)", first
+
+
+def replica_with_ease(path: Path, threads: int) -> tuple:
+    """The validation replica of the dataset at ``path`` (:func:`validation_replica`), the
+    history that scores its outer validation split, and EASE with its L2 chosen on the inner
+    validation split: (replica, history, EASE refitted, EASE on the inner train, EASE's
+    NDCG@10)."""
+    from recsys_ebm.data.prepare import prepare_dataset
+    from recsys_ebm.evaluation.protocol import evaluate_ranking
+
+    ds = validation_replica(prepare_dataset(path, **SPLIT))
+    hist = ds.history("test")
+    ease, _, _, first = select_refit("ease", EASE_GRID, ds, "cpu", threads)
+    return ds, hist, ease, first, evaluate_ranking(ease, hist, ds.test, (10,))["ndcg@10"]
 
 
 def reuse_ranker(models: dict[str, tuple], ds: Any, overrides: dict, dev: str, thr: int) -> tuple:
@@ -262,10 +284,8 @@ def run_dataset(label: str, ds: Any, args: argparse.Namespace) -> list[dict]:
     )
     grids: dict[str, list[dict]] = {
         "popularity": [{}],
-        "ease": [{"l2": v, "l2_grid": []} for v in (50.0, 100.0, 250.0, 500.0, 1000.0)],
-        "dlae": [
-            {"l2": v, "l2_grid": [], "dropout": 0.5} for v in (50.0, 100.0, 250.0, 500.0, 1000.0)
-        ],
+        "ease": EASE_GRID,
+        "dlae": [{**g, "dropout": 0.5} for g in EASE_GRID],
         "als": [{"factors": f, "alpha": a} for f in (32, 64, 128) for a in (1.0, 5.0)],
     }
     if args.bpr:

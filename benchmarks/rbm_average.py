@@ -27,6 +27,7 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -35,13 +36,37 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from quality import (  # noqa: E402
     DATASETS,
-    SPLIT,
     dataset_names,
     dataset_path,
     early_stop_refit,
-    select_refit,
-    validation_replica,
+    replica_with_ease,
 )
+
+
+def fit_seeds(
+    ds: Any,
+    hist: Any,
+    params: dict[str, Any],
+    seeds: list[int],
+    threads: int,
+    serve: Callable[[Any], None] | None = None,
+) -> list[tuple]:
+    """The RBM with ``params``, once per seed, under the benchmark's protocol
+    (``quality.early_stop_refit``), each refit scored on the replica's outer validation split
+    from ``hist`` (after ``serve(refit)`` when given): [(refit, NDCG@10, epochs, description,
+    early-stopped fit)] in seed order."""
+    from recsys_ebm.evaluation.protocol import evaluate_ranking
+    from recsys_ebm.ranking._refit import best_epoch
+
+    runs = []
+    for seed in seeds:
+        params_s = {**params, "seed": seed}
+        model, _, desc, first = early_stop_refit("rbm", ds, "cpu", threads, params_s)
+        if serve is not None:
+            serve(model)
+        score = evaluate_ranking(model, hist, ds.test, (10,))["ndcg@10"]
+        runs.append((model, score, best_epoch(first) + 1, desc, first))
+    return runs
 
 
 def product_of_experts(x: Any, y: Any) -> Any:
@@ -67,7 +92,6 @@ def product_of_experts(x: Any, y: Any) -> Any:
 def main() -> None:
     import torch
 
-    from recsys_ebm.data.prepare import prepare_dataset
     from recsys_ebm.evaluation.protocol import evaluate_ranking
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
@@ -86,24 +110,18 @@ def main() -> None:
     for name in dataset_names(ap, args.datasets):
         if (path := dataset_path(name, args.ml100k)) is None:
             continue
-        ds = validation_replica(prepare_dataset(path, **SPLIT))
-        hist = ds.history("test")
-        grid = [{"l2": v, "l2_grid": []} for v in (50.0, 100.0, 250.0, 500.0, 1000.0)]
-        ease, *_ = select_refit("ease", grid, ds, "cpu", args.threads)
-        base = evaluate_ranking(ease, hist, ds.test, (10,))["ndcg@10"]
+        ds, hist, ease, _, base = replica_with_ease(path, args.threads)
         print(
             f"\n{name} (one split back): EASE {base:.4f} (L2 {ease.config.l2:g}); RBM {extra}",
             flush=True,
         )
         for a in averages:
             t0 = time.perf_counter()
-            got, descs, fitted = [], [], []
-            for seed in seeds:
-                params = {**extra, "average": a, "seed": seed}
-                model, _, desc, first = early_stop_refit("rbm", ds, "cpu", args.threads, params)
-                got.append(evaluate_ranking(model, hist, ds.test, (10,))["ndcg@10"])
-                descs.append(f"{desc.rsplit(', ', 1)[-1].split(' ')[0]} ep")
-                fitted.append(model)
+            runs = fit_seeds(ds, hist, {**extra, "average": a}, seeds, args.threads)
+            fitted = [r[0] for r in runs]
+            got = [r[1] for r in runs]
+            descs = [f"{r[2]} ep" for r in runs]
+            desc, first = runs[-1][3], runs[-1][4]
             s = float(np.mean(got))
             each = " ".join(f"{g:.4f}" for g in got)
             print(

@@ -28,22 +28,12 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from quality import (  # noqa: E402
-    DATASETS,
-    SPLIT,
-    dataset_names,
-    dataset_path,
-    early_stop_refit,
-    select_refit,
-    validation_replica,
-)
+from quality import DATASETS, dataset_names, dataset_path, replica_with_ease  # noqa: E402
+from rbm_average import fit_seeds  # noqa: E402
 
 
 def main() -> None:
     import torch
-
-    from recsys_ebm.data.prepare import prepare_dataset
-    from recsys_ebm.evaluation.protocol import evaluate_ranking
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--datasets", default="ml-100k,ml-latest-small")
@@ -57,22 +47,24 @@ def main() -> None:
     for name in dataset_names(ap, args.datasets):
         if (path := dataset_path(name, args.ml100k)) is None:
             continue
-        ds = validation_replica(prepare_dataset(path, **SPLIT))
-        hist = ds.history("test")
-        grid = [{"l2": v, "l2_grid": []} for v in (50.0, 100.0, 250.0, 500.0, 1000.0)]
-        ease, *_ = select_refit("ease", grid, ds, "cpu", args.threads)
-        base = evaluate_ranking(ease, hist, ds.test, (10,))["ndcg@10"]
+        ds, hist, _, _, base = replica_with_ease(path, args.threads)
         print(f"\n{name} (one split back): EASE {base:.4f}", flush=True)
         for spec in args.drops.split(","):
             p, unscaled = float(spec.rstrip("u")), spec.endswith("u")
-            got, eps = [], []
-            for seed in seeds:
-                params = {"hidden_dropout": p, "seed": seed}
-                model, _, desc, _ = early_stop_refit("rbm", ds, "cpu", args.threads, params)
-                if unscaled:  # the thinned RBMs' bias with every hidden unit at full weight
-                    model.b = model.b * (1 - p)
-                got.append(evaluate_ranking(model, hist, ds.test, (10,))["ndcg@10"])
-                eps.append(desc.rsplit(", ", 1)[-1].split(" ")[0])
+
+            def thinned_bias(model, q=1 - p):  # noqa: ANN001, ANN202
+                model.b = model.b * q  # every hidden unit at full weight, the thinned bias
+
+            runs = fit_seeds(
+                ds,
+                hist,
+                {"hidden_dropout": p},
+                seeds,
+                args.threads,
+                serve=thinned_bias if unscaled else None,
+            )
+            got = [r[1] for r in runs]
+            eps = [str(r[2]) for r in runs]
             s = float(np.mean(got))
             serve = "unscaled" if unscaled else "geometric mean"
             each = " ".join(f"{g:.4f}" for g in got)
