@@ -96,11 +96,12 @@ def gibbs_chain(
     keep: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """As :func:`gibbs_vhv`, also returning p(v | h_1) of the first step (the reconstruction,
-    None when k = 0); ``ph`` = p(h | v) when the caller already has it (masked by ``keep`` when
-    given); ``keep`` (B, H): each row's dropout mask, applied to every p(h | v) of its chain."""
-    ph = hidden_prob(v, W, c) if ph is None else ph
-    if keep is not None:
-        ph = ph * keep
+    None when k = 0); ``ph`` = p(h | v) when the caller already has it (already masked, with
+    ``keep``); ``keep`` (B, H): each row's dropout mask, applied to every p(h | v) of its chain."""
+    if ph is None:
+        ph = hidden_prob(v, W, c)
+        if keep is not None:
+            ph.mul_(keep)
     recon = None
     for step in range(k):
         h = _bernoulli(ph, generator)
