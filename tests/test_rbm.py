@@ -26,12 +26,17 @@ def small(**kw):
 
 class TestRBM(RecommenderTestMixin):
     def make_model(self):
-        return small()
+        return small()  # the defaults: CD with hidden_dropout 0.2
 
 
 class TestPersistentRBM(RecommenderTestMixin):
     def make_model(self):
-        return small(persistent=True, cd_k=1)
+        return small(persistent=True, cd_k=1)  # PCD, with dropout masks for its chains too
+
+
+class TestRBMWithoutDropout(RecommenderTestMixin):
+    def make_model(self):
+        return small(hidden_dropout=0.0)
 
 
 def test_k_schedule():

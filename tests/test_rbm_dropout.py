@@ -13,32 +13,10 @@ import torch
 from recsys_ebm.data.synthetic import checkerboard
 from recsys_ebm.diagnostics import ConfigError
 from recsys_ebm.models.rbm import RBM
-from tests.recommender_mixin import RecommenderTestMixin
+from tests.test_rbm import small
 
-
-def small(**kw):
-    base = dict(
-        n_hidden=16,
-        epochs=40,
-        batch_size=10,
-        learning_rate=0.1,
-        patience=0,
-        progress=False,
-        device="cpu",
-        seed=0,
-        hidden_dropout=0.2,
-    )
-    return RBM(**{**base, **kw})
-
-
-class TestDropoutRBM(RecommenderTestMixin):
-    def make_model(self):
-        return small()
-
-
-class TestPersistentDropoutRBM(RecommenderTestMixin):
-    def make_model(self):
-        return small(persistent=True)
+# The shared Recommender contract with dropout: tests/test_rbm.py's TestRBM and
+# TestPersistentRBM run the defaults (hidden_dropout 0.2); TestRBMWithoutDropout the plain RBM.
 
 
 def test_served_rbm_is_the_geometric_mean_of_the_thinned_rbms():
