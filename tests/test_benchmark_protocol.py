@@ -84,3 +84,37 @@ def test_product_of_experts_of_two_rbms_is_one_rbm_with_both_hidden_layers():
         atol=1e-4,
     )
     assert not np.allclose(x.energies(hist), y.energies(hist))  # two different experts
+
+
+@pytest.fixture(scope="module")
+def segments(quality):
+    spec = importlib.util.spec_from_file_location("segments_bench", ROOT / "benchmarks/segments.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_segment_table_splits_users_by_history_quartile(segments):
+    lengths = np.array([1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12])
+    ease = np.linspace(0.1, 0.4, 12)
+    other = np.r_[ease[:6] * 2.0, ease[6:] * 0.5]  # twice EASE on short histories, half on long
+    rows = segments.segment_table(lengths, {"ease": ease, "rbm": other})
+    assert [r["history"] for r in rows] == ["1-4", "4-6", "6-9", "9-12", "all"]
+    assert [r["users"] for r in rows] == [3, 3, 3, 3, 12]  # each user in exactly one quartile
+    assert rows[0]["rbm/ease"] == pytest.approx(2.0)
+    assert rows[3]["rbm/ease"] == pytest.approx(0.5)
+    assert rows[0]["ease"] == pytest.approx(ease[:3].mean())
+    assert rows[-1]["rbm"] == pytest.approx(other.mean())
+
+
+def test_segments_run_scores_the_replica_and_matches_the_protocol(segments, tmp_path, capsys):
+    import argparse
+
+    log = planted_communities(n_users=120, n_items=60, n_interactions=4_000, seed=2)
+    log.drop("community").write_parquet(tmp_path / "log.parquet")
+    args = argparse.Namespace(threads=1, device="cpu", models="rbm", seeds="0,1")
+    rows = segments.run("planted", tmp_path / "log.parquet", args)
+    assert sum(r["users"] for r in rows[:4]) == rows[-1]["users"] > 0
+    assert 0.0 < rows[-1]["rbm"] <= 1.0 and 0.0 < rows[-1]["ease"] <= 1.0
+    out = capsys.readouterr().out
+    assert "rbm/EASE" in out and "validation replica" in out

@@ -1,0 +1,114 @@
+"""Where the EBMs lose to EASE: NDCG@10 per history-length quartile, one split back (issue 12).
+
+    python benchmarks/segments.py [--datasets ml-100k,ml-latest-small,movietweetings-100k]
+        [--ml100k PATH] [--threads 1] [--seeds 0,1] [--models rbm,retriever]
+
+Validation only: the benchmark's validation replica (``quality.validation_replica``: each user's
+training pairs split again, 1/8 inner validation; the outer validation split plays test), so
+that what it shows can steer a change without reading test. EASE has its L2 chosen on the
+inner validation split and refitted (``quality.replica_with_ease``); each EBM runs with its
+defaults, early-stopped on the inner validation split and refitted for its best epoch count
+(``quality.early_stop_refit``), once per seed; its per-user NDCG@10 is the mean over seeds.
+
+The users scored (a validation target and a history) are cut into four groups by the quartiles
+of their history length (the history that scores them: the outer train split). Per group: the
+users, NDCG@10 of EASE and of each EBM, and the EBM's ratio to EASE; the last line is all users.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import quality as q  # noqa: E402
+
+
+def per_user_ndcg(model, hist, target, rows) -> np.ndarray:
+    """(U,) NDCG@10 of ``rows`` from ``hist`` (masked), users passed as training rows."""
+    from recsys_ebm.evaluation.metrics import ranking_metrics
+
+    items, _ = model.recommend(hist[rows], n=10, users=rows)
+    return np.asarray(ranking_metrics(items, target[rows], (10,))["ndcg@10"], dtype=np.float64)
+
+
+def segment_table(lengths: np.ndarray, scores: dict[str, np.ndarray]) -> list[dict]:
+    """Rows of the table: per history-length quartile (and all users), each model's mean NDCG@10
+    and, for every model but EASE, its ratio to EASE's."""
+    edges = np.quantile(lengths, [0.0, 0.25, 0.5, 0.75, 1.0])
+    groups = []
+    for g in range(4):
+        lo, hi = edges[g], edges[g + 1]
+        sel = (lengths >= lo) & ((lengths < hi) if g < 3 else (lengths <= hi))
+        groups.append((f"{lo:.0f}-{hi:.0f}", sel))
+    groups.append(("all", np.ones(len(lengths), dtype=bool)))
+    rows = []
+    for label, sel in groups:
+        row = {"history": label, "users": int(sel.sum())}
+        for name, s in scores.items():
+            row[name] = float(np.nanmean(s[sel])) if sel.any() else float("nan")
+        for name in scores:
+            if name != "ease":
+                row[f"{name}/ease"] = row[name] / row["ease"] if row["ease"] else float("nan")
+        rows.append(row)
+    return rows
+
+
+def run(label: str, path: Path, args: argparse.Namespace) -> list[dict]:
+    from recsys_ebm.evaluation.protocol import evaluate_ranking
+
+    t0 = time.perf_counter()
+    ds, hist, ease, _, ease_ndcg = q.replica_with_ease(path, args.threads)
+    target = ds.test  # the outer validation split
+    rows = np.flatnonzero((target.getnnz(axis=1) > 0) & (hist.getnnz(axis=1) > 0))
+    scores = {"ease": per_user_ndcg(ease, hist, target, rows)}
+    for name in args.models.split(","):
+        runs = []
+        for seed in (int(s) for s in args.seeds.split(",")):
+            model = q.early_stop_refit(name, ds, args.device, args.threads, {"seed": seed})[0]
+            runs.append(per_user_ndcg(model, hist, target, rows))
+            assert np.isclose(
+                np.nanmean(runs[-1]), evaluate_ranking(model, hist, target)["ndcg@10"]
+            )
+        scores[name] = np.mean(runs, axis=0)
+    table = segment_table(np.diff(hist.indptr)[rows], scores)
+    print(
+        f"\n== {label} (validation replica; {time.perf_counter() - t0:.0f} s; EASE {ease_ndcg:.4f})"
+    )
+    names = list(scores)
+    head = f"{'history':>10}{'users':>7}" + "".join(f"{n:>11}" for n in names)
+    head += "".join(f"{n + '/EASE':>15}" for n in names[1:])
+    print(head)
+    for r in table:
+        line = f"{r['history']:>10}{r['users']:>7}" + "".join(f"{r[n]:>11.4f}" for n in names)
+        line += "".join(f"{r[n + '/ease']:>15.3f}" for n in names[1:])
+        print(line, flush=True)
+    return table
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--datasets", default=",".join(q.DATASETS), help="comma-separated")
+    ap.add_argument("--ml100k", default=str(q.DATASETS["ml-100k"]), help="MovieLens 100K directory")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads")
+    ap.add_argument("--device", default="cpu", help="cpu, cuda or auto")
+    ap.add_argument("--seeds", default="0", help="EBM seeds; per-user NDCG@10 averaged over them")
+    ap.add_argument("--models", default="rbm,retriever", help="EBMs (registry names)")
+    args = ap.parse_args(argv)
+    import torch
+
+    torch.set_num_threads(args.threads)
+    for name in q.dataset_names(ap, args.datasets):
+        path = q.dataset_path(name, args.ml100k)
+        if path is None:  # dataset_path printed the [skip] line
+            continue
+        run(name, path, args)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
