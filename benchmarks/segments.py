@@ -1,7 +1,7 @@
 """Where the EBMs lose to EASE: NDCG@10 per history-length quartile, one split back (issue 12).
 
     python benchmarks/segments.py [--datasets ml-100k,ml-latest-small,movietweetings-100k]
-        [--ml100k PATH] [--threads 1] [--seeds 0,1] [--models rbm,retriever]
+        [--ml100k PATH] [--threads 1] [--seeds 0,1] [--models rbm,retriever] [--set JSON]
 
 Validation only: the benchmark's validation replica (``quality.validation_replica``: each user's
 training pairs split again, 1/8 inner validation; the outer validation split plays test), so
@@ -9,6 +9,8 @@ that what it shows can steer a change without reading test. EASE has its L2 chos
 inner validation split and refitted (``quality.replica_with_ease``); each EBM runs with its
 defaults, early-stopped on the inner validation split and refitted for its best epoch count
 (``quality.early_stop_refit``), once per seed; its per-user NDCG@10 is the mean over seeds.
+``--set '{"rbm": {"lateral": "dlae", ...}}'`` overrides a model's defaults. ``dlae`` in
+``--models`` adds DLAE (EASE with input dropout 0.5, its L2 chosen as EASE's is).
 
 The users scored (a validation target and a history) are cut into four groups by the quartiles
 of their history length (the history that scores them: the outer train split). Per group: the
@@ -18,6 +20,7 @@ users, NDCG@10 of EASE and of each EBM, and the EBM's ratio to EASE; the last li
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -66,10 +69,17 @@ def run(label: str, path: Path, args: argparse.Namespace) -> list[dict]:
     target = ds.test  # the outer validation split
     rows = np.flatnonzero((target.getnnz(axis=1) > 0) & (hist.getnnz(axis=1) > 0))
     scores = {"ease": per_user_ndcg(ease, hist, target, rows)}
+    sets = json.loads(getattr(args, "set", None) or "{}")
     for name in args.models.split(","):
+        if name == "dlae":  # a baseline: no seed, its L2 searched as EASE's
+            grid = [{**g, "dropout": 0.5} for g in q.EASE_GRID]
+            model = q.select_refit("dlae", grid, ds, args.device, args.threads)[0]
+            scores[name] = per_user_ndcg(model, hist, target, rows)
+            continue
         runs = []
         for seed in (int(s) for s in args.seeds.split(",")):
-            model = q.early_stop_refit(name, ds, args.device, args.threads, {"seed": seed})[0]
+            params = {**sets.get(name, {}), "seed": seed}
+            model = q.early_stop_refit(name, ds, args.device, args.threads, params)[0]
             runs.append(per_user_ndcg(model, hist, target, rows))
             assert np.isclose(
                 np.nanmean(runs[-1]), evaluate_ranking(model, hist, target)["ndcg@10"]
@@ -97,7 +107,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=1, help="torch threads")
     ap.add_argument("--device", default="cpu", help="cpu, cuda or auto")
     ap.add_argument("--seeds", default="0", help="EBM seeds; per-user NDCG@10 averaged over them")
-    ap.add_argument("--models", default="rbm,retriever", help="EBMs (registry names)")
+    ap.add_argument(
+        "--models", default="rbm,retriever", help="EBMs (registry names), and dlae (a baseline)"
+    )
+    ap.add_argument("--set", default="{}", help="JSON {model: {field: value}} over the defaults")
     args = ap.parse_args(argv)
     import torch
 

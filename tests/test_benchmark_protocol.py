@@ -118,3 +118,11 @@ def test_segments_run_scores_the_replica_and_matches_the_protocol(segments, tmp_
     assert 0.0 < rows[-1]["rbm"] <= 1.0 and 0.0 < rows[-1]["ease"] <= 1.0
     out = capsys.readouterr().out
     assert "rbm/EASE" in out and "validation replica" in out
+
+    # --models dlae (a baseline, no seeds) and --set (an EBM's overrides): 8 hidden units
+    args = argparse.Namespace(
+        threads=1, device="cpu", models="dlae,rbm", seeds="0", set='{"rbm": {"n_hidden": 8}}'
+    )
+    rows = segments.run("planted", tmp_path / "log.parquet", args)
+    assert {"ease", "dlae", "rbm", "dlae/ease", "rbm/ease"} <= set(rows[-1])
+    assert rows[-1]["dlae"] != rows[-1]["ease"]  # input dropout changes EASE's closed form
