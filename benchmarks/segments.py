@@ -31,14 +31,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import quality as q  # noqa: E402
 
 
-def per_user_ndcg(model, hist, target, rows) -> np.ndarray:
-    """(U,) NDCG@10 of ``rows`` from ``hist`` (masked), users passed as training rows."""
-    from recsys_ebm.evaluation.metrics import ranking_metrics
-
-    items, _ = model.recommend(hist[rows], n=10, users=rows)
-    return np.asarray(ranking_metrics(items, target[rows], (10,))["ndcg@10"], dtype=np.float64)
-
-
 def segment_table(lengths: np.ndarray, scores: dict[str, np.ndarray]) -> list[dict]:
     """Rows of the table: per history-length quartile (and all users), each model's mean NDCG@10
     and, for every model but EASE, its ratio to EASE's."""
@@ -62,29 +54,25 @@ def segment_table(lengths: np.ndarray, scores: dict[str, np.ndarray]) -> list[di
 
 
 def run(label: str, path: Path, args: argparse.Namespace) -> list[dict]:
-    from recsys_ebm.evaluation.protocol import evaluate_ranking
-
     t0 = time.perf_counter()
     ds, hist, ease, _, ease_ndcg = q.replica_with_ease(path, args.threads)
-    target = ds.test  # the outer validation split
-    rows = np.flatnonzero((target.getnnz(axis=1) > 0) & (hist.getnnz(axis=1) > 0))
-    scores = {"ease": per_user_ndcg(ease, hist, target, rows)}
-    sets = json.loads(getattr(args, "set", None) or "{}")
+    # per-user NDCG@10 of the users the protocol scores (quality.per_user: ds.eval_users, the
+    # outer validation split ranked from the outer train split, masked)
+    scores = {"ease": q.per_user(ease, ds)["ndcg@10"]}
+    sets = json.loads(args.set)
     for name in args.models.split(","):
         if name == "dlae":  # a baseline: no seed, its L2 searched as EASE's
             grid = [{**g, "dropout": 0.5} for g in q.EASE_GRID]
-            model = q.select_refit("dlae", grid, ds, args.device, args.threads)[0]
-            scores[name] = per_user_ndcg(model, hist, target, rows)
+            dlae = q.select_refit("dlae", grid, ds, args.device, args.threads)[0]
+            scores[name] = q.per_user(dlae, ds)["ndcg@10"]
             continue
         runs = []
         for seed in (int(s) for s in args.seeds.split(",")):
             params = {**sets.get(name, {}), "seed": seed}
             model = q.early_stop_refit(name, ds, args.device, args.threads, params)[0]
-            runs.append(per_user_ndcg(model, hist, target, rows))
-            assert np.isclose(
-                np.nanmean(runs[-1]), evaluate_ranking(model, hist, target)["ndcg@10"]
-            )
+            runs.append(q.per_user(model, ds)["ndcg@10"])
         scores[name] = np.mean(runs, axis=0)
+    rows = ds.eval_users("test")
     table = segment_table(np.diff(hist.indptr)[rows], scores)
     print(
         f"\n== {label} (validation replica; {time.perf_counter() - t0:.0f} s; EASE {ease_ndcg:.4f})"

@@ -107,13 +107,18 @@ def test_segment_table_splits_users_by_history_quartile(segments):
     assert rows[-1]["rbm"] == pytest.approx(other.mean())
 
 
-def test_segments_run_scores_the_replica_and_matches_the_protocol(segments, tmp_path, capsys):
+def test_segments_run_scores_the_replica_and_matches_the_protocol(
+    segments, quality, tmp_path, capsys
+):
     import argparse
 
+    from recsys_ebm.evaluation.protocol import evaluate_ranking
+
     log = planted_communities(n_users=120, n_items=60, n_interactions=4_000, seed=2)
-    log.drop("community").write_parquet(tmp_path / "log.parquet")
-    args = argparse.Namespace(threads=1, device="cpu", models="rbm", seeds="0,1")
-    rows = segments.run("planted", tmp_path / "log.parquet", args)
+    path = tmp_path / "log.parquet"
+    log.drop("community").write_parquet(path)
+    args = argparse.Namespace(threads=1, device="cpu", models="rbm", seeds="0,1", set="{}")
+    rows = segments.run("planted", path, args)
     assert sum(r["users"] for r in rows[:4]) == rows[-1]["users"] > 0
     assert 0.0 < rows[-1]["rbm"] <= 1.0 and 0.0 < rows[-1]["ease"] <= 1.0
     out = capsys.readouterr().out
@@ -123,6 +128,12 @@ def test_segments_run_scores_the_replica_and_matches_the_protocol(segments, tmp_
     args = argparse.Namespace(
         threads=1, device="cpu", models="dlae,rbm", seeds="0", set='{"rbm": {"n_hidden": 8}}'
     )
-    rows = segments.run("planted", tmp_path / "log.parquet", args)
+    rows = segments.run("planted", path, args)
     assert {"ease", "dlae", "rbm", "dlae/ease", "rbm/ease"} <= set(rows[-1])
     assert rows[-1]["dlae"] != rows[-1]["ease"]  # input dropout changes EASE's closed form
+
+    # the "all" row is the protocol's own figure: the same users, the same fits (deterministic)
+    ds, hist, ease, _, ease_ndcg = quality.replica_with_ease(path, 1)
+    assert rows[-1]["ease"] == pytest.approx(ease_ndcg)
+    rbm = quality.early_stop_refit("rbm", ds, "cpu", 1, {"n_hidden": 8, "seed": 0})[0]
+    assert rows[-1]["rbm"] == pytest.approx(evaluate_ranking(rbm, hist, ds.test)["ndcg@10"])
