@@ -88,6 +88,33 @@ def run(label: str, path: Path, args: argparse.Namespace) -> list[dict]:
     return table
 
 
+def check_args(ap: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """``ap.error`` (exit 2, no traceback) on a bad ``--set``, ``--models`` or ``--seeds``,
+    before any data is read: every model's config is built from its overrides once."""
+    from recsys_ebm.models import get_model_class
+
+    try:
+        sets = json.loads(args.set)
+    except json.JSONDecodeError as e:
+        ap.error(f"--set: expected JSON {{model: {{field: value}}}}, got {args.set!r} ({e})")
+    if not isinstance(sets, dict) or not all(isinstance(v, dict) for v in sets.values()):
+        ap.error(f"--set: expected JSON {{model: {{field: value}}}}, got {args.set!r}")
+    models = args.models.split(",")
+    if extra := sorted(set(sets) - set(models)):
+        ap.error(f"--set: expected models named in --models {models}, got {extra}")
+    try:
+        [int(s) for s in args.seeds.split(",")]
+    except ValueError:
+        ap.error(f"--seeds: expected comma-separated integers, got {args.seeds!r}")
+    for name in models:
+        if name == "dlae":
+            continue
+        try:
+            get_model_class(name).config_class.from_dict(sets.get(name, {}))
+        except (ValueError, TypeError) as e:  # an unknown model; ConfigError is a ValueError
+            ap.error(f"--models/--set: {e}")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--datasets", default=",".join(q.DATASETS), help="comma-separated")
@@ -100,6 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--set", default="{}", help="JSON {model: {field: value}} over the defaults")
     args = ap.parse_args(argv)
+    check_args(ap, args)
     import torch
 
     torch.set_num_threads(args.threads)

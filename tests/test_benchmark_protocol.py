@@ -137,3 +137,24 @@ def test_segments_run_scores_the_replica_and_matches_the_protocol(
     assert rows[-1]["ease"] == pytest.approx(ease_ndcg)
     rbm = quality.early_stop_refit("rbm", ds, "cpu", 1, {"n_hidden": 8, "seed": 0})[0]
     assert rows[-1]["rbm"] == pytest.approx(evaluate_ranking(rbm, hist, ds.test)["ndcg@10"])
+
+
+@pytest.mark.parametrize(
+    ("argv", "named"),
+    [
+        (["--set", "{bad"], "--set"),
+        (["--set", '{"rbm": 3}'], "--set"),
+        (["--set", '{"retriever": {"epochs": 2}}', "--models", "rbm"], "--set"),
+        (["--set", '{"rbm": {"nope": 1}}'], "nope"),
+        (["--models", "rbm,foo"], "foo"),
+        (["--seeds", "0,x"], "--seeds"),
+    ],
+)
+def test_segments_bad_arguments_exit_2_naming_them_before_reading_data(
+    segments, capsys, argv, named
+):
+    with pytest.raises(SystemExit) as e:
+        segments.main(["--datasets", "ml-100k", "--ml100k", "/nonexistent", *argv])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert named in err and "Traceback" not in err
