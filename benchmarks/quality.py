@@ -3,7 +3,7 @@
     python benchmarks/quality.py [--datasets ml-100k,ml-latest-small,movietweetings-100k]
         [--ml100k PATH] [--threads 2] [--device auto|cpu|cuda] [--bpr] [--softmax-rbm]
         [--components ease,als,rbm,retriever] [--ranker reuse|fit] [--ranker-set JSON]
-        [--also-ranker JSON] [--json OUT.json] [--on-valid]
+        [--also-ranker JSON] [--seeds 0,1,2] [--json OUT.json] [--on-valid]
 
 Protocol (README.md's): per-user random split, 20% test and 10% validation, seed 0; every model
 ranks the whole catalogue for every test user from train + valid, that history masked.
@@ -26,6 +26,11 @@ Every choice is made on validation only, and every final fit sees train + valid:
 ``--on-valid`` runs all of it one step back (:func:`validation_replica`): each user's training
 pairs are split again (1/8 inner validation), and the outer validation split plays test, so that
 a change to any default can be judged by the whole protocol without reading test.
+
+``--seeds`` fits the EBMs and builds the ranker once per seed (the baselines are deterministic
+given their grid and fitted once), and averages each user's NDCG@10 and Recall@20 over the seeds
+before the table and the paired tests: a single seed moves an EBM's NDCG@10 by up to about 2.5%
+(benchmarks/README.md), more than some of the gaps the targets measure.
 
 Per dataset a table: NDCG@10, Recall@20, fit seconds (selection + refit), and the paired
 comparison of per-user NDCG@10, ranker minus model: mean difference, paired t-test p and
@@ -247,15 +252,23 @@ def per_user(model: Any, ds: Any) -> dict[str, np.ndarray]:
     return ranking_metrics(items, ds.test[rows], (10, 20))
 
 
+def merge_component_config(sets: dict) -> dict:
+    """``sets`` with its ``component_config`` merged into the default ranker's (so that an
+    override of one component keeps the others' settings, ALS its factors)."""
+    from recsys_ebm.ranking import RankerConfig
+
+    if "component_config" not in sets:
+        return dict(sets)
+    base = dict(RankerConfig().component_config or {})
+    return {**sets, "component_config": {**base, **sets["component_config"]}}
+
+
 def build_ranker(models: dict, ds: Any, args: argparse.Namespace, sets: dict) -> tuple:
     """The ranker with RankerConfig overrides ``sets``: (ranker, fit seconds, description)."""
-    from recsys_ebm.ranking import Ranker, RankerConfig
+    from recsys_ebm.ranking import Ranker
 
     dev, thr = args.device, args.threads
-    overrides: dict[str, Any] = {"device": dev, **sets}
-    if "component_config" in overrides:  # merged into the default's (ALS keeps its factors)
-        base = dict(RankerConfig().component_config or {})
-        overrides["component_config"] = {**base, **overrides["component_config"]}
+    overrides: dict[str, Any] = {"device": dev, **merge_component_config(sets)}
     if args.components:
         overrides["components"] = tuple(args.components.split(","))
     if args.ranker == "reuse":
@@ -294,20 +307,33 @@ def run_dataset(label: str, ds: Any, args: argparse.Namespace) -> list[dict]:
     for name, grid in grids.items():
         models[name] = select_refit(name, grid, ds, dev, thr)
         print(f"  {name}: {models[name][1]:.1f} s ({models[name][2]})", flush=True)
-    ebms = ["rbm", "retriever"] + (["softmax-rbm"] if args.softmax_rbm else [])
-    for name in ebms:
-        models[name] = early_stop_refit(name, ds, dev, thr)
-        print(f"  {name}: {models[name][1]:.1f} s ({models[name][2]})", flush=True)
-    variants = [json.loads(args.ranker_set)] + [
-        {**json.loads(args.ranker_set), **v} for v in json.loads(args.also_ranker)
-    ]
-    for n_var, sets in enumerate(variants):
-        key = "ranker" if n_var == 0 else f"ranker+{n_var}"
-        ranker, fit_s, desc = build_ranker(models, ds, args, sets)
-        models[key] = (ranker, fit_s, desc if n_var == 0 else f"{json.dumps(sets)}: {desc}")
-        valid = ranker.fit_info.get("valid_ndcg_at_10", float("nan"))
-        print(f"  {key}: {fit_s:.1f} s ({models[key][2]}; valid NDCG@10 {valid:.4f})", flush=True)
     scores = {name: per_user(m, ds) for name, (m, *_) in models.items()}
+    ebms = ["rbm", "retriever"] + (["softmax-rbm"] if args.softmax_rbm else [])
+    seeded: dict[str, list[tuple]] = {}  # EBMs and rankers: one fit per seed
+    for seed in args.seed_list:
+        own = {} if args.seed_list == [0] else {"seed": seed}  # the default seed is 0
+        tag = f" (seed {seed})" if own else ""
+        fits = dict(models)  # the baselines, and this seed's EBMs and rankers
+        for name in ebms:
+            fits[name] = early_stop_refit(name, ds, dev, thr, own or None)
+            print(f"  {name}{tag}: {fits[name][1]:.1f} s ({fits[name][2]})", flush=True)
+        for n_var, sets in enumerate(args.variants):
+            key = "ranker" if n_var == 0 else f"ranker+{n_var}"
+            ranker, fit_s, desc = build_ranker(fits, ds, args, {**own, **sets})
+            fits[key] = (ranker, fit_s, desc if n_var == 0 else f"{json.dumps(sets)}: {desc}")
+            valid = ranker.fit_info.get("valid_ndcg_at_10", float("nan"))
+            print(
+                f"  {key}{tag}: {fit_s:.1f} s ({fits[key][2]}; valid NDCG@10 {valid:.4f})",
+                flush=True,
+            )
+        for key, fit in fits.items():
+            if key not in models:  # the baselines are scored once, above
+                model = None if key in seeded else fit[0]  # keep the first seed's model
+                seeded.setdefault(key, []).append((model, *fit[1:3], per_user(fit[0], ds)))
+    for key, runs in seeded.items():  # per-user metrics averaged over seeds; mean fit time
+        scores[key] = {m: np.mean([r[3][m] for r in runs], axis=0) for m in runs[0][3]}
+        desc = runs[0][2] if len(runs) == 1 else " | ".join(r[2] for r in runs)
+        models[key] = (runs[0][0], float(np.mean([r[1] for r in runs])), desc)
     r = scores["ranker"]["ndcg@10"]
     print(
         f"\n{'model':<12}{'NDCG@10':>9}{'Recall@20':>11}{'fit s':>8}  "
@@ -323,6 +349,7 @@ def run_dataset(label: str, ds: Any, args: argparse.Namespace) -> list[dict]:
             "recall@20": float(np.nanmean(s["recall@20"])),
             "fit_s": fit_s,
             "params": params,
+            "seeds": args.seed_list if name in seeded else None,
         }
         line = f"{name:<12}{row['ndcg@10']:>9.4f}{row['recall@20']:>11.4f}{fit_s:>8.1f}  "
         if name != "ranker":
@@ -368,6 +395,38 @@ def targets(rows: list[dict]) -> bool:
     return ok_all
 
 
+def ranker_variants(ap: argparse.ArgumentParser, args: argparse.Namespace) -> list[dict]:
+    """The rankers' RankerConfig overrides: ``--ranker-set``, then it updated by each entry of
+    ``--also-ranker``. ``ap.error`` (exit 2, no traceback) on bad JSON or an unknown or invalid
+    field, before any data is read (not after the single models' fits)."""
+    from recsys_ebm.ranking import RankerConfig
+
+    def parse(flag: str, text: str, want: type) -> Any:
+        kind = "object" if want is dict else "list"
+        try:
+            got = json.loads(text)
+        except json.JSONDecodeError as e:
+            ap.error(f"{flag}: expected a JSON {kind}, got {text!r} ({e})")
+        if not isinstance(got, want):
+            ap.error(f"{flag}: expected a JSON {kind}, got {text!r}")
+        return got
+
+    base = parse("--ranker-set", args.ranker_set, dict)
+    extra = parse("--also-ranker", args.also_ranker, list)
+    if bad := [v for v in extra if not isinstance(v, dict)]:
+        ap.error(f"--also-ranker: expected a JSON list of objects, got entries {bad}")
+    variants = [base] + [{**base, **v} for v in extra]
+    for n_var, sets in enumerate(variants):
+        flag = "--ranker-set" if n_var == 0 else f"--also-ranker (entry {n_var})"
+        if not isinstance(sets.get("component_config", {}), dict):
+            ap.error(f"{flag}: component_config: expected an object, got {sets!r}")
+        try:
+            RankerConfig.from_dict(merge_component_config(sets))
+        except (ValueError, TypeError) as e:  # ConfigError is a ValueError
+            ap.error(f"{flag}: {e}")
+    return variants
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument(
@@ -400,6 +459,12 @@ def main(argv: list[str] | None = None) -> int:
         help='JSON list of further RankerConfig overrides, each an extra row "ranker+N" built '
         'from the same fits, e.g. \'[{"weight_fit": "equal"}]\' (the targets use "ranker")',
     )
+    ap.add_argument(
+        "--seeds",
+        default="0",
+        help="comma-separated seeds of the EBMs and the ranker (--ranker reuse): one fit per "
+        "seed, per-user NDCG@10 / Recall@20 averaged over them before the paired tests",
+    )
     ap.add_argument("--json", default=None, help="also write every row to this JSON file")
     ap.add_argument(
         "--on-valid",
@@ -411,6 +476,17 @@ def main(argv: list[str] | None = None) -> int:
     names = dataset_names(ap, args.datasets)
     if args.threads < 1:
         ap.error(f"--threads: expected a positive int, got {args.threads}")
+    args.variants = ranker_variants(ap, args)
+    try:
+        args.seed_list = [int(x) for x in args.seeds.split(",")]
+    except ValueError:
+        ap.error(f"--seeds: expected comma-separated integers, got {args.seeds!r}")
+    if len(set(args.seed_list)) != len(args.seed_list):
+        ap.error(f"--seeds: expected distinct seeds, got {args.seeds!r}")
+    if args.seed_list != [0] and args.ranker != "reuse":
+        ap.error(
+            f"--seeds: expected --ranker reuse with seeds other than 0, got --ranker {args.ranker}"
+        )
 
     import torch
 

@@ -158,3 +158,71 @@ def test_segments_bad_arguments_exit_2_naming_them_before_reading_data(
     assert e.value.code == 2
     err = capsys.readouterr().err
     assert named in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    ("argv", "named"),
+    [
+        (["--ranker-set", "{bad"], "--ranker-set: expected a JSON object"),
+        (["--ranker-set", "[1]"], "--ranker-set: expected a JSON object"),
+        (["--ranker-set", '{"nope": 1}'], "unknown key(s) ['nope']"),
+        (["--ranker-set", '{"component_config": 3}'], "component_config: expected an object"),
+        (["--also-ranker", "{}"], "--also-ranker: expected a JSON list"),
+        (["--also-ranker", "[3]"], "--also-ranker: expected a JSON list of objects"),
+        (["--also-ranker", '[{}, {"segments": 0}]'], "--also-ranker (entry 2): RankerConfig.segm"),
+        (["--seeds", "0,x"], "--seeds: expected comma-separated integers"),
+        (["--seeds", "0,0"], "--seeds: expected distinct seeds"),
+        (["--seeds", "0,1", "--ranker", "fit"], "--seeds: expected --ranker reuse"),
+    ],
+)
+def test_quality_bad_arguments_exit_2_before_any_fit(quality, capsys, argv, named):
+    """A typo in --ranker-set / --also-ranker is reported before the data is read, not after
+    twenty minutes of single-model fits."""
+    with pytest.raises(SystemExit) as e:
+        quality.main(["--datasets", "ml-100k", "--ml100k", "/nonexistent", *argv])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert named in err and "Traceback" not in err
+
+
+def test_quality_ranker_variants_merge_also_ranker_over_ranker_set(quality):
+    import argparse
+
+    args = argparse.Namespace(ranker_set='{"segments": 2}', also_ranker='[{"weight_step": 0.05}]')
+    got = quality.ranker_variants(argparse.ArgumentParser(), args)
+    assert got == [{"segments": 2}, {"segments": 2, "weight_step": 0.05}]
+
+
+def test_quality_seeds_average_each_users_metrics_over_the_seeds(quality, tmp_path, capsys):
+    """``--seeds 0,1``: the EBMs and the ranker are fitted once per seed and each user's metric
+    is their mean, so the table's figure is the mean of the two single-seed runs' figures (the
+    same users; the fits are deterministic given the seed); the baselines are fitted once."""
+    import argparse
+
+    log = planted_communities(n_users=80, n_items=40, n_interactions=2_000, seed=3)
+    path = tmp_path / "log.parquet"
+    log.drop("community").write_parquet(path)
+    ds = prepare_dataset(path, **quality.SPLIT)
+    args = argparse.Namespace(
+        device="cpu",
+        threads=1,
+        bpr=False,
+        softmax_rbm=False,
+        components=None,
+        ranker="reuse",
+        variants=[{}],
+    )
+
+    def table(seeds: list[int]) -> dict[str, dict]:
+        args.seed_list = seeds
+        return {r["model"]: r for r in quality.run_dataset("planted", ds, args)}
+
+    one, two, both = table([0]), table([1]), table([0, 1])
+    for name in ("rbm", "retriever", "ranker"):
+        for m in ("ndcg@10", "recall@20"):
+            assert both[name][m] == pytest.approx((one[name][m] + two[name][m]) / 2), (name, m)
+        assert both[name]["seeds"] == [0, 1] and one[name]["seeds"] == [0]
+    assert one["rbm"]["ndcg@10"] != two["rbm"]["ndcg@10"]  # the seed reaches the fit
+    assert both["ease"]["ndcg@10"] == one["ease"]["ndcg@10"] and both["ease"]["seeds"] is None
+    out = capsys.readouterr().out
+    assert "rbm (seed 1):" in out and "ranker (seed 1):" in out
