@@ -332,7 +332,10 @@ def run_dataset(label: str, ds: Any, args: argparse.Namespace) -> list[dict]:
                 seeded.setdefault(key, []).append((model, *fit[1:3], per_user(fit[0], ds)))
     for key, runs in seeded.items():  # per-user metrics averaged over seeds; mean fit time
         scores[key] = {m: np.mean([r[3][m] for r in runs], axis=0) for m in runs[0][3]}
-        desc = runs[0][2] if len(runs) == 1 else " | ".join(r[2] for r in runs)
+        desc = runs[0][2]
+        if len(runs) > 1:  # each seed's own figure, then its choices
+            per = " / ".join(f"{np.nanmean(r[3]['ndcg@10']):.4f}" for r in runs)
+            desc = f"NDCG@10 per seed {per}; " + " | ".join(r[2] for r in runs)
         models[key] = (runs[0][0], float(np.mean([r[1] for r in runs])), desc)
     r = scores["ranker"]["ndcg@10"]
     print(
@@ -350,6 +353,9 @@ def run_dataset(label: str, ds: Any, args: argparse.Namespace) -> list[dict]:
             "fit_s": fit_s,
             "params": params,
             "seeds": args.seed_list if name in seeded else None,
+            "ndcg@10_per_seed": [float(np.nanmean(r[3]["ndcg@10"])) for r in seeded[name]]
+            if name in seeded
+            else None,
         }
         line = f"{name:<12}{row['ndcg@10']:>9.4f}{row['recall@20']:>11.4f}{fit_s:>8.1f}  "
         if name != "ranker":

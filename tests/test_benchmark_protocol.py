@@ -222,7 +222,10 @@ def test_quality_seeds_average_each_users_metrics_over_the_seeds(quality, tmp_pa
         for m in ("ndcg@10", "recall@20"):
             assert both[name][m] == pytest.approx((one[name][m] + two[name][m]) / 2), (name, m)
         assert both[name]["seeds"] == [0, 1] and one[name]["seeds"] == [0]
+        assert both[name]["ndcg@10_per_seed"] == pytest.approx(
+            [one[name]["ndcg@10"], two[name]["ndcg@10"]]
+        )
     assert one["rbm"]["ndcg@10"] != two["rbm"]["ndcg@10"]  # the seed reaches the fit
     assert both["ease"]["ndcg@10"] == one["ease"]["ndcg@10"] and both["ease"]["seeds"] is None
     out = capsys.readouterr().out
-    assert "rbm (seed 1):" in out and "ranker (seed 1):" in out
+    assert "rbm (seed 1):" in out and "ranker (seed 1):" in out and "NDCG@10 per seed" in out
