@@ -220,3 +220,103 @@ def test_ranker_with_equal_weights_saves_and_loads(dataset, tmp_path):
         Ranker(weight_fit="equal", segments=2)
     with pytest.raises(ValueError, match=r"segments: expected 1 with search=False .*got 3"):
         Blender(norm="calibrated", search=False, segments=3)
+
+
+def test_simplex_grid_is_every_multiple_of_the_step_on_the_simplex():
+    from math import comb
+
+    from recsys_ebm.ranking._blend import grid_size, simplex_grid
+
+    for k, step in ((1, 0.5), (2, 0.25), (3, 0.1), (4, 0.1)):
+        g = simplex_grid(k, step)
+        n = round(1 / step)
+        assert g.shape == (comb(n + k - 1, k - 1), k) == (grid_size(k, step), k)
+        np.testing.assert_allclose(g.sum(axis=1), 1.0)
+        assert (g >= 0).all() and np.allclose(g * n, np.round(g * n))
+        assert len({tuple(r) for r in g}) == len(g)  # no point twice
+
+
+def _ndcg_each(energies, seen, target, w):
+    """Brute force, through the public Blender: per-user NDCG@10 of fixed weights ``w``."""
+    from recsys_ebm.evaluation.metrics import ranking_metrics
+
+    e = Blender(w).blend(energies, seen=seen)
+    e = np.where(seen.toarray() > 0, np.inf, e)
+    top = np.argsort(e, axis=1, kind="stable")[:, :10]
+    return ranking_metrics(top, target, (10,))["ndcg@10"]
+
+
+def test_bagged_weights_are_the_mean_of_each_bootstrap_resamples_best_grid_point():
+    """One bag against brute force: the grid point with the best NDCG@10 on the resample
+    ``default_rng(seed).multinomial`` draws; ``bags`` bags: the mean of such points."""
+    from recsys_ebm.ranking._blend import simplex_grid
+
+    energies, seen, target = _two_experts(n_users=120, seed=3)
+    grid = simplex_grid(2, 0.25)
+    per = np.stack([_ndcg_each(energies, seen, target, w) for w in grid])  # (G, U)
+    n = per.shape[1]
+    for seed in (0, 1):
+        counts = np.random.default_rng(seed).multinomial(n, np.full(n, 1 / n))
+        one = Blender(step=0.25, bags=1, seed=seed)
+        w = one.fit(energies, target, seen=seen)
+        np.testing.assert_allclose(w, grid[np.argmax(per @ counts)], atol=1e-6)
+    many = Blender(step=0.25, bags=16, seed=0)
+    w = many.fit(energies, target, seen=seen)
+    assert np.isclose(w.sum(), 1.0) and (w >= 0).all()
+    assert all(np.isclose(w * 16 * 4, np.round(w * 16 * 4)))  # a mean of 16 grid points
+    np.testing.assert_allclose(
+        w, Blender(step=0.25, bags=16, seed=0).fit(energies, target, seen=seen)
+    )
+    # the reported score is the bagged weights' own validation NDCG@10
+    assert many.valid_ndcg == pytest.approx(
+        float(np.nanmean(_ndcg_each(energies, seen, target, w)))
+    )
+
+
+def test_bagged_weights_find_the_one_expert_that_is_right():
+    energies, seen, target = _two_experts(seed=4)
+    short = np.flatnonzero(np.asarray(seen.sum(axis=1)).ravel() == 2)
+    bl = Blender(bags=8, seed=0)  # only short users: expert A alone ranks their targets first
+    w = bl.fit([e[short] for e in energies], target[short], seen=seen[short])
+    assert w[0] > 0.9
+
+
+def test_bagged_ranker_fits_saves_loads_and_refuses_bad_settings(dataset, tmp_path):
+    r = Ranker(
+        components=("popularity", "ease"),
+        component_config=FAST,
+        weight_fit="bagged",
+        weight_bags=4,
+        device="cpu",
+    ).fit_dataset(dataset)
+    assert sum(r.fit_info["weights"]) == pytest.approx(1.0)
+    loaded = load_model(r.save(tmp_path / "r"))
+    h = dataset.history("test")
+    np.testing.assert_array_equal(loaded.energies(h), r.energies(h))
+    with pytest.raises(ConfigError, match="RankerConfig.weight_bags"):
+        Ranker(weight_fit="bagged", weight_bags=0)
+    with pytest.raises(ValueError, match=r"bags: expected an int >= 0, got -1"):
+        Blender(bags=-1)
+    with pytest.raises(ValueError, match=r"bags: expected 0 with search=False, got 2"):
+        Blender(bags=2, search=False)
+
+
+def test_bagged_grid_is_coarsened_to_at_most_max_grid_points():
+    from recsys_ebm.ranking._blend import MAX_GRID, grid_size, grid_step
+
+    assert grid_step(4, 0.1) == 0.1 and grid_size(4, 0.1) == 286
+    for k in (2, 6, 7, 9):
+        s = grid_step(k, 0.0001 if k == 2 else 0.1)
+        assert grid_size(k, s) <= MAX_GRID < grid_size(k, 1 / (round(1 / s) + 1))
+    energies, seen, target = _two_experts()
+    w = Blender(step=0.0001, bags=2).fit(energies, target, seen=seen)  # 2000 points, not 10001
+    n = round(1 / grid_step(2, 0.0001))
+    assert n == 1999 and np.allclose(w * 2 * n, np.round(w * 2 * n))
+
+
+def test_bagged_weights_per_history_length_segment():
+    energies, seen, target = _two_experts()
+    two = Blender(segments=2, min_segment_users=20, bags=8)
+    two.fit(energies, target, seen=seen)
+    sw = two.segment_weights
+    assert sw is not None and sw[0, 0] > 0.9 and sw[1, 1] > 0.9  # short: expert A; long: B

@@ -15,6 +15,7 @@ Items outside C_u are shifted above every candidate so that candidates always ra
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import numpy as np
@@ -23,7 +24,14 @@ import torch
 
 from recsys_ebm.evaluation.metrics import ranking_metrics
 
-__all__ = ["blend", "search_weights", "zscore"]
+__all__ = [
+    "bagged_grid_weights",
+    "blend",
+    "grid_step",
+    "search_weights",
+    "simplex_grid",
+    "zscore",
+]
 
 # std below this (relative to 1) means the component does not discriminate among the candidates
 _STD_FLOOR = 1e-6
@@ -123,6 +131,90 @@ def search_weights(
         if not improved:
             break
     return w / w.sum(), best
+
+
+#: most points of the full simplex grid that :func:`bagged_grid_weights` scores
+MAX_GRID = 2000
+
+
+def simplex_grid(k: int, step: float) -> np.ndarray:
+    """(G, k) every weight vector on the simplex whose coordinates are multiples of ``step``
+    (1 / step rounded to an int n; G = C(n + k - 1, k - 1): 286 for k = 4, step 0.1)."""
+    n = max(1, round(1.0 / step))
+    out: list[list[int]] = []
+
+    def walk(prefix: list[int], left: int, slots: int) -> None:
+        if slots == 1:
+            out.append([*prefix, left])
+            return
+        for c in range(left, -1, -1):
+            walk([*prefix, c], left - c, slots - 1)
+
+    walk([], n, k)
+    return np.asarray(out, dtype=np.float64) / n
+
+
+def grid_size(k: int, step: float) -> int:
+    """Points of :func:`simplex_grid` (k, step)."""
+    n = max(1, round(1.0 / step))
+    return math.comb(n + k - 1, k - 1)
+
+
+def grid_step(k: int, step: float) -> float:
+    """``step``, or the finest 1 / n coarser than it whose grid has at most :data:`MAX_GRID`
+    points (k = 7 components: 1 / 7 instead of 0.1)."""
+    n = max(1, round(1.0 / step))
+    while n > 1 and math.comb(n + k - 1, k - 1) > MAX_GRID:
+        n -= 1
+    return step if n == round(1.0 / step) else 1.0 / n
+
+
+def bagged_grid_weights(
+    z: torch.Tensor,
+    seen: torch.Tensor,
+    cand: torch.Tensor,
+    target: sp.csr_matrix,
+    *,
+    step: float = 0.1,
+    bags: int = 32,
+    seed: int = 0,
+) -> tuple[np.ndarray, float]:
+    """Bagged blend weights (Breiman 1996, "Bagging predictors"): the mean, over ``bags``
+    bootstrap resamples of the validation users, of the grid point maximising each resample's
+    NDCG@10.
+
+    Validation NDCG@10 is flat over a wide region of the simplex (components that rank alike),
+    so the single best point is chosen by the validation users' noise: the coordinate search's
+    weights moved by up to 0.4 between seeds at equal validation scores. The argmax is an
+    unstable procedure; averaging it over resamples keeps the weights in the middle of the
+    near-optimal region, and when the held-out NDCG is concave there, the average's NDCG is at
+    least the average NDCG of the resamples' choices (Jensen). Every grid point's per-user
+    NDCG@10 is computed once (G blends, :func:`simplex_grid`); each resample only reweights
+    users, so the bags cost O(bags G U).
+
+    Args: as :func:`search_weights`; ``bags`` resamples drawn from ``seed``; the grid's step is
+    ``step``, coarsened by :func:`grid_step` where the grid would exceed :data:`MAX_GRID` points.
+
+    Returns:
+        ``(weights, ndcg@10)``: the bagged weights (sum 1) and their validation NDCG@10.
+    """
+    k = z.shape[0]
+    grid = simplex_grid(k, grid_step(k, step))  # (G, K), at most MAX_GRID points
+    per = []
+    for w in grid:  # (U,) per-user NDCG@10 of each grid point (NaN: users without targets)
+        e = blend(z, torch.as_tensor(w, dtype=torch.float32), cand).masked_fill(seen, float("inf"))
+        top = torch.topk(e, 10, dim=1, largest=False).indices.cpu().numpy()
+        per.append(ranking_metrics(top, target, (10,))["ndcg@10"])
+    scores = np.stack(per)  # (G, U)
+    scores = scores[:, ~np.isnan(scores).any(axis=0)]  # the users with validation items
+    n_users = scores.shape[1]
+    rng = np.random.default_rng(seed)
+    picks = np.zeros(k)
+    for _ in range(bags):
+        counts = rng.multinomial(n_users, np.full(n_users, 1.0 / n_users))  # (U,) bootstrap
+        picks += grid[int(np.argmax(scores @ counts))]
+    w = picks / bags
+    return w, _ndcg(z, torch.as_tensor(w, dtype=torch.float32), seen, cand, target)
 
 
 # ---------------------------------------------------------------- calibration and user segments

@@ -27,6 +27,7 @@ import torch
 from recsys_ebm.models.base import csr_to_torch
 from recsys_ebm.ranking._blend import (
     _ndcg,
+    bagged_grid_weights,
     blend,
     blend_segments,
     centre,
@@ -71,6 +72,11 @@ class Blender:
         search: :meth:`fit` searches the weights (coordinate search maximising validation
             NDCG@10); False keeps equal weights and fits only the calibration (``norm =
             "calibrated"``: the equal-weight log-linear pool of calibrated conditionals).
+        bags: 0: the coordinate search; > 0: the bagged grid (:func:`~recsys_ebm.ranking._blend.
+            bagged_grid_weights`: the mean over ``bags`` bootstrap resamples of the validation
+            users of each one's best point on the simplex grid of step ``step``; per segment
+            with ``segments`` > 1).
+        seed: seeds the bootstrap resamples.
 
     Attributes:
         weights: (K,) float32 tensor of the current weights (None before :meth:`fit` when none
@@ -92,6 +98,8 @@ class Blender:
         segments: int = 1,
         min_segment_users: int = 50,
         search: bool = True,
+        bags: int = 0,
+        seed: int = 0,
     ) -> None:
         if norm not in NORMS:
             raise ValueError(f"norm: expected one of {NORMS}, got {norm!r}")
@@ -102,6 +110,10 @@ class Blender:
             raise ValueError(f"step: expected a grid step > 0, got {step!r}")
         if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds <= 0:
             raise ValueError(f"rounds: expected a positive int, got {rounds!r}")
+        if isinstance(bags, bool) or not isinstance(bags, int) or bags < 0:
+            raise ValueError(f"bags: expected an int >= 0, got {bags!r}")
+        if bags and not search:
+            raise ValueError(f"bags: expected 0 with search=False, got {bags}")
         if segments > 1 and not search:
             raise ValueError(
                 f"segments: expected 1 with search=False (equal weights leave nothing to learn "
@@ -114,6 +126,7 @@ class Blender:
         self.valid_ndcg: float | None = None
         self.norm, self.segments, self.min_segment_users = norm, segments, min_segment_users
         self.search = bool(search)
+        self.bags, self.seed = bags, int(seed)
         self.betas: torch.Tensor | None = None
         self.edges: torch.Tensor | None = None
         self.segment_weights: torch.Tensor | None = None
@@ -124,7 +137,7 @@ class Blender:
         w = None if self.weights is None else [round(float(x), 4) for x in self.weights]
         return (
             f"Blender(weights={w}, step={self.step}, rounds={self.rounds}, norm={self.norm!r}, "
-            f"segments={self.segments}, search={self.search})"
+            f"segments={self.segments}, search={self.search}, bags={self.bags})"
         )
 
     # ------------------------------------------------------------------ state
@@ -233,7 +246,15 @@ class Blender:
             self.betas = torch.as_tensor(betas, dtype=torch.float32)
             z = z * self.betas.to(z.device)[:, None, None]
         kw = dict(step=self.step, rounds=self.rounds)
-        if self.search:
+        if self.search and self.bags:
+            w, score = bagged_grid_weights(
+                z, seen_t, cand, targets, step=self.step, bags=self.bags, seed=self.seed
+            )
+            if callback is not None:
+                callback(
+                    0, {"valid_ndcg@10": score, **{f"w{j}": float(x) for j, x in enumerate(w)}}
+                )
+        elif self.search:
             w, score = search_weights(z, seen_t, cand, targets, callback=callback, **kw)
         else:  # equal weights: only the calibration above is fitted
             w = np.full(z.shape[0], 1.0 / z.shape[0])
@@ -255,7 +276,13 @@ class Blender:
                     per.append(w / w.sum())  # too few users to learn from: global weights
                     continue
                 rd = r.to(z.device)
-                ws, _ = search_weights(z[:, rd], seen_t[rd], cand[rd], targets[r.numpy()], **kw)
+                args = (z[:, rd], seen_t[rd], cand[rd], targets[r.numpy()])
+                if self.bags:
+                    ws, _ = bagged_grid_weights(
+                        *args, step=self.step, bags=self.bags, seed=self.seed
+                    )
+                else:
+                    ws, _ = search_weights(*args, **kw)
                 per.append(ws)
             self.edges = edges
             self.segment_weights = torch.as_tensor(np.stack(per), dtype=torch.float32)

@@ -254,7 +254,9 @@ class Ranker(Recommender):
             device=self.device,
             norm=norm,
             segments=self.config.segments,
-            search=self.config.weight_fit == "search",
+            search=self.config.weight_fit != "equal",
+            bags=self.config.weight_bags if self.config.weight_fit == "bagged" else 0,
+            seed=self.config.seed,
         )
         return blender if weights is None else blender.load_state(self.blend_state)
 
