@@ -9,8 +9,9 @@ A :class:`Ranker` is itself a :class:`~recsys_ebm.models.base.Recommender`. Pipe
    :class:`~recsys_ebm.models.capabilities.CandidateRetriever` (``candidates="retriever"``).
 3. **scoring**: each component's public ``energies`` (with its own input checks), calibrated
    (one inverse temperature per component, fitted on validation; or z-scored per user) and summed
-   with weights searched on the validation split (``weight_fit="search"``, the default) or equal
-   weights (``"equal"``) by a :class:`~recsys_ebm.ranking.blender.Blender` (usable on its own).
+   with weights learned on the validation split (``weight_fit="bagged"``, the default: bootstrap-
+   averaged grid maxima; ``"search"``: one coordinate search) or equal weights (``"equal"``) by
+   a :class:`~recsys_ebm.ranking.blender.Blender` (usable on its own).
    The config is :class:`~recsys_ebm.ranking._ranker_config.RankerConfig`.
 4. **filters**: seen items, an exclude list, an allow list, genre predicates (item metadata kept
    with the ranker) - applied in :meth:`Ranker.recommend` (masks built by
@@ -131,7 +132,7 @@ class Ranker(Recommender):
         **overrides: Any,
     ) -> Ranker:
         """A ranker over already fitted models (not refitted): its blend (temperatures, and
-        weights with ``weight_fit="search"``) fitted on ``valid`` (history ``train``) when given,
+        weights unless ``weight_fit="equal"``) fitted on ``valid`` (history ``train``) when given,
         else config ``weights`` or equal weights."""
         names = tuple(m.name or type(m).__name__ for m in models)
         ranker = cls(components=names, refit=(), **overrides)
