@@ -308,6 +308,11 @@ def test_blender_fitted_on_its_own_learns_the_rankers_weights(dataset, three):
     np.testing.assert_array_equal(torch.as_tensor(w, dtype=torch.float32), ranker.weights)
     torch.testing.assert_close(blender.weights, ranker.weights, rtol=0, atol=0)
     torch.testing.assert_close(blender.betas, ranker.blend_state["betas"], rtol=0, atol=0)
+    # the default, bagged weights: the ranker's seed draws the bootstrap resamples
+    bagged = Ranker.from_fitted(three, hist, valid, device="cpu", seed=3)
+    alone = Blender(norm="calibrated", bags=32, seed=3)
+    w = alone.fit([m.energies(h, users=rows) for m in three], valid[rows], seen=h)
+    np.testing.assert_array_equal(torch.as_tensor(w, dtype=torch.float32), bagged.weights)
     assert blender.valid_ndcg == ranker.fit_info["valid_ndcg_at_10"]
     # its figures per round, as the ranker's callback reports them
     seen_rounds = []

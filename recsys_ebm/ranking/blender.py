@@ -209,11 +209,14 @@ class Blender:
         candidates: Any = None,
         callback: Callable[[int, dict[str, float]], None] | None = None,
     ) -> np.ndarray:
-        """Learn the weights: coordinate search on the simplex maximising NDCG@10 on ``targets``
-        (equal weights with ``search=False``; the calibration is fitted either way).
+        """Learn the weights: coordinate search on the simplex maximising NDCG@10 on ``targets``,
+        or with ``bags`` > 0 the bagged grid maxima (:func:`~recsys_ebm.ranking._blend.
+        bagged_grid_weights`); equal weights with ``search=False``. The calibration is fitted
+        either way.
 
-        The search starts from the best of equal weights and each single component, so the
-        result never scores below them on ``targets``.
+        The coordinate search starts from the best of equal weights and each single component,
+        so its result never scores below them on ``targets`` (the bagged weights can: they trade
+        that for stability across resamples of the validation users).
 
         Args:
             energies: as in :meth:`standardise`, for the validation users' history rows.
