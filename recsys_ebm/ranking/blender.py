@@ -249,19 +249,16 @@ class Blender:
             self.betas = torch.as_tensor(betas, dtype=torch.float32)
             z = z * self.betas.to(z.device)[:, None, None]
         kw = dict(step=self.step, rounds=self.rounds)
-        if self.search and self.bags:
-            w, score = bagged_grid_weights(
-                z, seen_t, cand, targets, step=self.step, bags=self.bags, seed=self.seed
-            )
-            if callback is not None:
-                callback(
-                    0, {"valid_ndcg@10": score, **{f"w{j}": float(x) for j, x in enumerate(w)}}
-                )
-        elif self.search:
+        if self.search and not self.bags:  # reports its own rounds through the callback
             w, score = search_weights(z, seen_t, cand, targets, callback=callback, **kw)
-        else:  # equal weights: only the calibration above is fitted
-            w = np.full(z.shape[0], 1.0 / z.shape[0])
-            score = _ndcg(z, torch.as_tensor(w, dtype=torch.float32), seen_t, cand, targets)
+        else:
+            if self.bags:
+                w, score = bagged_grid_weights(
+                    z, seen_t, cand, targets, step=self.step, bags=self.bags, seed=self.seed
+                )
+            else:  # equal weights: only the calibration above is fitted
+                w = np.full(z.shape[0], 1.0 / z.shape[0])
+                score = _ndcg(z, torch.as_tensor(w, dtype=torch.float32), seen_t, cand, targets)
             if callback is not None:
                 figures = {f"w{j}": float(x) for j, x in enumerate(w)}
                 callback(0, {"valid_ndcg@10": score, **figures})
