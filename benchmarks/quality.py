@@ -401,6 +401,14 @@ def targets(rows: list[dict]) -> bool:
     return ok_all
 
 
+def seed_list(ap: argparse.ArgumentParser, text: str) -> list[int]:
+    """``--seeds`` as ints; ``ap.error`` (exit 2) when it is not comma-separated integers."""
+    try:
+        return [int(x) for x in text.split(",")]
+    except ValueError:
+        ap.error(f"--seeds: expected comma-separated integers, got {text!r}")
+
+
 def ranker_variants(ap: argparse.ArgumentParser, args: argparse.Namespace) -> list[dict]:
     """The rankers' RankerConfig overrides: ``--ranker-set``, then it updated by each entry of
     ``--also-ranker``. ``ap.error`` (exit 2, no traceback) on bad JSON or an unknown or invalid
@@ -483,10 +491,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads < 1:
         ap.error(f"--threads: expected a positive int, got {args.threads}")
     args.variants = ranker_variants(ap, args)
-    try:
-        args.seed_list = [int(x) for x in args.seeds.split(",")]
-    except ValueError:
-        ap.error(f"--seeds: expected comma-separated integers, got {args.seeds!r}")
+    args.seed_list = seed_list(ap, args.seeds)
     if len(set(args.seed_list)) != len(args.seed_list):
         ap.error(f"--seeds: expected distinct seeds, got {args.seeds!r}")
     if args.seed_list != [0] and args.ranker != "reuse":

@@ -59,7 +59,6 @@ def run(label: str, path: Path, args: argparse.Namespace) -> list[dict]:
     # per-user NDCG@10 of the users the protocol scores (quality.per_user: ds.eval_users, the
     # outer validation split ranked from the outer train split, masked)
     scores = {"ease": q.per_user(ease, ds)["ndcg@10"]}
-    sets = json.loads(args.set)
     for name in args.models.split(","):
         if name == "dlae":  # a baseline: no seed, its L2 searched as EASE's
             grid = [{**g, "dropout": 0.5} for g in q.EASE_GRID]
@@ -67,8 +66,8 @@ def run(label: str, path: Path, args: argparse.Namespace) -> list[dict]:
             scores[name] = q.per_user(dlae, ds)["ndcg@10"]
             continue
         runs = []
-        for seed in (int(s) for s in args.seeds.split(",")):
-            params = {**sets.get(name, {}), "seed": seed}
+        for seed in args.seed_list:
+            params = {**args.sets.get(name, {}), "seed": seed}
             model = q.early_stop_refit(name, ds, args.device, args.threads, params)[0]
             runs.append(q.per_user(model, ds)["ndcg@10"])
         scores[name] = np.mean(runs, axis=0)
@@ -90,7 +89,8 @@ def run(label: str, path: Path, args: argparse.Namespace) -> list[dict]:
 
 def check_args(ap: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """``ap.error`` (exit 2, no traceback) on a bad ``--set``, ``--models`` or ``--seeds``,
-    before any data is read: every model's config is built from its overrides once."""
+    before any data is read: every model's config is built from its overrides once. Leaves the
+    parsed ``args.seed_list`` and ``args.sets`` for :func:`run`."""
     from recsys_ebm.models import get_model_class
 
     try:
@@ -102,10 +102,7 @@ def check_args(ap: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     models = args.models.split(",")
     if extra := sorted(set(sets) - set(models)):
         ap.error(f"--set: expected models named in --models {models}, got {extra}")
-    try:
-        [int(s) for s in args.seeds.split(",")]
-    except ValueError:
-        ap.error(f"--seeds: expected comma-separated integers, got {args.seeds!r}")
+    args.seed_list, args.sets = q.seed_list(ap, args.seeds), sets  # as run() reads them
     for name in models:
         if name == "dlae":
             continue

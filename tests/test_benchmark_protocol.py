@@ -118,6 +118,7 @@ def test_segments_run_scores_the_replica_and_matches_the_protocol(
     path = tmp_path / "log.parquet"
     log.drop("community").write_parquet(path)
     args = argparse.Namespace(threads=1, device="cpu", models="rbm", seeds="0,1", set="{}")
+    segments.check_args(argparse.ArgumentParser(), args)  # parses --seeds and --set, as main
     rows = segments.run("planted", path, args)
     assert sum(r["users"] for r in rows[:4]) == rows[-1]["users"] > 0
     assert 0.0 < rows[-1]["rbm"] <= 1.0 and 0.0 < rows[-1]["ease"] <= 1.0
@@ -128,6 +129,7 @@ def test_segments_run_scores_the_replica_and_matches_the_protocol(
     args = argparse.Namespace(
         threads=1, device="cpu", models="dlae,rbm", seeds="0", set='{"rbm": {"n_hidden": 8}}'
     )
+    segments.check_args(argparse.ArgumentParser(), args)
     rows = segments.run("planted", path, args)
     assert {"ease", "dlae", "rbm", "dlae/ease", "rbm/ease"} <= set(rows[-1])
     assert rows[-1]["dlae"] != rows[-1]["ease"]  # input dropout changes EASE's closed form
