@@ -74,6 +74,7 @@ def check_train_config(
     config_file: str | None,
     overrides: list[str],
     stage_components: list[str] | None,
+    search: list[str] | None = None,
 ) -> None:
     """Build the model config a train stage will build (``--config`` then ``--set``).
 
@@ -83,6 +84,8 @@ def check_train_config(
         config_file: the stage's ``config`` key, if any.
         overrides: the stage's ``KEY=VALUE`` strings, as passed to ``--set``.
         stage_components: for a ranker built from train stages, their model names.
+        search: the stage's ``search`` grid as ``KEY=[...]`` strings (``--search``); every
+            point's config is built too.
 
     Raises:
         ConfigError: an unknown key, a value of the wrong type or range, or a ranker component
@@ -96,6 +99,13 @@ def check_train_config(
     except (ValueError, TypeError) as exc:
         source = "keys 'config' and 'set'" if config_file else "key 'set'"
         raise ConfigError(f"{where}: {source}: {exc}") from exc
+    if search:
+        from recsys_ebm.models.search import grid_configs, parse_grid
+
+        try:
+            grid_configs(config, parse_grid(search, cls.config_class))
+        except (ValueError, TypeError) as exc:
+            raise ConfigError(f"{where}: key 'search': {exc}") from exc
     if model == "ranker":
         _check_ranker(where, config, stage_components)
 

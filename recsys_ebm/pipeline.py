@@ -19,6 +19,9 @@ paths (a stage runs after the stage whose output it reads). Example
     model = "ease"
     set = { l2 = 200.0 }                 # config overrides, as --set key=value
 
+    [train.rbm]
+    search = { n_hidden = [100, 400] }   # validation grid search, as --search key=[...]
+
     [train.ranker]                       # a blend of models trained above:
     model = "ranker"
     components = ["ease", "rbm"]         # names of [train.NAME] stages (their model directories)
@@ -212,12 +215,23 @@ def load_pipeline(
         if parts:
             overrides.append(f"components={json.dumps([str(trained[p]) for p in parts])}")
         overrides += [f"{k}={toml_value(v)}" for k, v in sets.items()]
+        grid = table.pop("search", {})
+        if not isinstance(grid, dict):
+            raise ConfigError(
+                f"{where}: key 'search' expects a table of config keys to lists of values, "
+                f"e.g. search = {{ n_hidden = [100, 400] }}, got {grid!r}"
+            )
+        search = [f"{k}={toml_value(v)}" for k, v in grid.items()]
         out = base / "models" / mname
         wired = {"data": str(data_dir), "out": str(out), "overwrite": True, "overrides": overrides}
+        if search:
+            wired["search"] = search
         job = stage_job(where, "train", table, wired)
         # the model config the stage will build, built now: a bad key fails before any stage
         part_models = [str(train_tables[p].get("model", p)) for p in parts] if parts else None
-        check_train_config(where, str(table["model"]), table.get("config"), overrides, part_models)
+        check_train_config(
+            where, str(table["model"]), table.get("config"), overrides, part_models, search
+        )
         needs(stages, "prepare", where, path)
         stages.append(Stage("train", f"train.{mname}", job, out))
         trained[mname] = out

@@ -42,6 +42,14 @@ class TrainJob(TrackedJob):
         repeat=True,
         help="override one config key (repeatable), e.g. --set epochs=20 --set n_hidden=200",
     )
+    search: tuple[str, ...] = opt(
+        (),
+        flag="--search",
+        metavar="KEY=[V1,V2]",
+        repeat=True,
+        help="validation grid search (repeatable; the grid is every combination): fit every "
+        "point on train, keep the best validation NDCG@10, e.g. --search 'n_hidden=[100, 400]'",
+    )
     out: str = opt(help="output model directory (written atomically)")
     overwrite: bool = opt(False, help="replace --out if it exists")
     distributed: bool = opt(
@@ -57,6 +65,11 @@ class TrainJob(TrackedJob):
             raise ConfigError(
                 f"distributed: expected a model with data-parallel training "
                 f"({', '.join(DISTRIBUTED_MODELS)}), got {self.model!r}"
+            )
+        if self.distributed and self.search:
+            raise ConfigError(
+                "search: expected no grid with distributed (run the search on one process), "
+                f"got {list(self.search)}"
             )
 
     def input_paths(self) -> list[Path]:
@@ -91,11 +104,13 @@ class TrainResult(JobResult):
 def train(job: TrainJob) -> TrainResult:
     """Build the model config (``config`` file, then ``overrides``), fit, save atomically, and
     log the run (params, dataset, per-epoch metrics, fit time, the model directory's hash).
+    With ``search``, every point of the grid is fitted and the best on validation is saved.
 
     Raises:
         FileExistsError: ``out`` exists and ``overwrite`` is False.
-        ConfigError: a bad model config key or value.
-        ValueError: ``distributed`` outside torchrun (no RANK / WORLD_SIZE / LOCAL_RANK).
+        ConfigError: a bad model config key or value, or a bad ``search`` grid.
+        ValueError: ``distributed`` outside torchrun (no RANK / WORLD_SIZE / LOCAL_RANK), or
+            ``search`` on a dataset without a validation split.
     """
     from recsys_ebm.data.dataset import Dataset
     from recsys_ebm.models import get_model_class
@@ -103,9 +118,15 @@ def train(job: TrainJob) -> TrainResult:
     out = Path(job.out)
     if out.exists() and not job.overwrite:
         raise FileExistsError(f"out: {out} exists (pass overwrite=True to replace it)")
-    dataset = Dataset.load(job.data)
     cls = get_model_class(job.model)
     config = cls.config_class.from_sources(job.config, list(job.overrides))
+    if job.search:  # every point's config is checked before the data is read
+        from recsys_ebm.models.search import grid_configs, parse_grid
+
+        grid = parse_grid(job.search, cls.config_class)
+        grid_configs(config, grid)
+        return _search(job, Dataset.load(job.data), cls, config, grid)
+    dataset = Dataset.load(job.data)
     if not job.distributed:
         return _train(job, dataset, cls(config), config, main=True)
     from recsys_ebm.device import resolve_device
@@ -167,5 +188,105 @@ def _train(
             from recsys_ebm.registry import record_trained_model
 
             # tags model_dir + its content hash; the weights are logged once, by `register`
+            record_trained_model(out)
+    return TrainResult(job.model, out, fit_seconds, mlrun.info.run_id if mlrun else None)
+
+
+def _search(
+    job: TrainJob, dataset: Any, cls: Any, config: Any, grid: dict[str, list[Any]]
+) -> TrainResult:
+    """``train`` with a validation grid search (:mod:`recsys_ebm.models.search`): one nested
+    MLflow run per point (its config, epoch curves, validation NDCG@10), the best point's model
+    saved, its config and the search table logged on the stage's run and kept in ``fit_info``."""
+    import json
+    import time
+
+    from recsys_ebm.models.search import METRIC, grid_points, grid_search
+    from recsys_ebm.tracking import log_dataset, log_params_flat, metric_key, mlflow_run
+
+    out = Path(job.out)
+    enabled = not job.no_mlflow
+    with mlflow_run(
+        f"train-{job.model}",
+        tracking_uri=job.tracking_uri,
+        experiment=job.experiment,
+        nested=True,
+        tags={"stage": "train", "model": job.model, "search": "grid"},
+        enabled=enabled,
+    ) as mlrun:
+        points = grid_points(grid)
+        if mlrun is not None:
+            import mlflow
+
+            log_dataset(dataset)
+            mlflow.log_param("search.grid", json.dumps(grid))
+            mlflow.log_param("search.points", len(points))
+        opened: list[Any] = []
+
+        def fit_callback(i: int, point: dict[str, Any]) -> Any:
+            if mlrun is None:
+                return None
+            import mlflow
+
+            # a child run per point, closed in on_point after its validation score
+            ctx = mlflow_run(
+                f"search-{job.model}-{i}",
+                tracking_uri=job.tracking_uri,
+                experiment=job.experiment,
+                nested=True,
+                tags={"stage": "search", "model": job.model},
+            )
+            ctx.__enter__()
+            opened.append(ctx)
+            log_params_flat({"model": job.model, **config.replace(**point).to_dict()})
+
+            def callback(epoch: int, metrics: dict[str, float]) -> None:
+                mlflow.log_metrics(
+                    {metric_key(k): float(v) for k, v in metrics.items()}, step=epoch
+                )
+
+            return callback
+
+        def on_point(i: int, row: dict[str, Any], model: Any) -> None:
+            if opened:
+                import mlflow
+
+                # not valid_ndcg_at_10: that name holds the point's per-epoch curve
+                mlflow.log_metric(metric_key(f"search_valid_{METRIC}"), row[f"valid_{METRIC}"])
+                mlflow.log_metric("fit_seconds", row["fit_seconds"])
+                opened.pop().__exit__(None, None, None)
+            print(
+                f"search {job.model} {i + 1}/{len(points)}: "
+                + ", ".join(f"{k}={v}" for k, v in row.items() if k in grid)
+                + f": valid {METRIC} {row[f'valid_{METRIC}']:.4f} ({row['fit_seconds']:.1f}s)",
+                flush=True,
+            )
+
+        t0 = time.perf_counter()
+        try:
+            result = grid_search(
+                cls, config, grid, dataset, fit_callback=fit_callback, on_point=on_point
+            )
+        except BaseException as exc:  # a failed point's child run ends FAILED
+            while opened:
+                opened.pop().__exit__(type(exc), exc, exc.__traceback__)
+            raise
+        fit_seconds = time.perf_counter() - t0
+        model = result.model
+        model.fit_info["fit_seconds"] = fit_seconds
+        model.fit_info["dataset_fingerprint"] = dataset.fingerprint
+        model.fit_info["search"] = {"grid": grid, "best": result.best, "table": result.table}
+        model.save(out, overwrite=job.overwrite)
+        if mlrun is not None:
+            import mlflow
+
+            from recsys_ebm.registry import record_trained_model
+
+            log_params_flat({"model": job.model, **result.config.to_dict()})
+            log_params_flat(result.best, prefix="search.best.")
+            best_score = max(r[f"valid_{METRIC}"] for r in result.table)
+            mlflow.log_metric(metric_key(f"search_best_valid_{METRIC}"), best_score)
+            mlflow.log_metric("fit_seconds", fit_seconds)
+            mlflow.log_dict({"grid": grid, "table": result.table}, "search.json")
             record_trained_model(out)
     return TrainResult(job.model, out, fit_seconds, mlrun.info.run_id if mlrun else None)
