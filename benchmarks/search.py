@@ -2,7 +2,8 @@
 search that the user can run ... is reported separately" from the defaults).
 
     python benchmarks/search.py [--datasets ml-100k,ml-latest-small,movietweetings-100k]
-        [--ml100k PATH] [--threads 2] [--models rbm,retriever] [--grid JSON] [--json OUT]
+        [--ml100k PATH] [--threads 2] [--models rbm,retriever] [--grid JSON] [--seeds 0,1,2]
+        [--json OUT]
 
 Per dataset, the benchmark's split and protocol (``quality.py``): EASE with its L2 chosen on
 validation and refitted on train + valid; then, per EBM, the library's search
@@ -11,6 +12,11 @@ point of the grid fitted on train, early-stopped on validation, and scored by va
 The chosen point and the default point (the grid holds the defaults) are each refitted on train
 + valid for their best epoch count, and their test NDCG@10 is printed with the ratio to EASE.
 Test is read only to report the two refits; nothing is chosen on it.
+
+``--seeds 0,1,2`` runs the search as ``train --search-seeds 0,1,2`` does (every point fitted once
+per seed, scored by the mean validation NDCG@10) and reports each test figure as the mean of the
+refits over the same seeds: one seed's validation figure carries that seed's luck, which the
+refit does not keep.
 """
 
 from __future__ import annotations
@@ -47,6 +53,13 @@ def refit(model, ds) -> tuple[float, int | None]:
     return float(np.nanmean(q.per_user(final, ds)["ndcg@10"])), ep
 
 
+def seeded_test(cls, config, ds, seeds: list[int] | None) -> float:
+    """Mean test NDCG@10 over ``seeds`` of ``config`` early-stopped on valid and refitted (the
+    config's own seed alone without ``seeds``)."""
+    configs = [config] if seeds is None else [config.replace(seed=s) for s in seeds]
+    return float(np.mean([refit(cls(c).fit_dataset(ds), ds)[0] for c in configs]))
+
+
 def run(label: str, path: Path, args: argparse.Namespace) -> list[dict]:
     from recsys_ebm.data.prepare import prepare_dataset
     from recsys_ebm.models import get_model_class
@@ -67,25 +80,35 @@ def run(label: str, path: Path, args: argparse.Namespace) -> list[dict]:
             i: int, row: dict, model: object, fits=fits, grid=grid, name=name, base=base
         ) -> None:
             point = ", ".join(f"{k} {row[k]}" for k in grid)
+            per = row.get("valid_ndcg@10_per_seed")
+            each = f" = mean of {' / '.join(f'{v:.4f}' for v in per)}" if per else ""
             print(
-                f"  {name} {point}: valid {row['valid_ndcg@10']:.4f} ({row['fit_seconds']:.0f} s)",
+                f"  {name} {point}: valid {row['valid_ndcg@10']:.4f}{each} "
+                f"({row['fit_seconds']:.0f} s)",
                 flush=True,
             )
             if all(row[k] == getattr(base, k) for k in grid):
                 fits[i] = model  # the default point, refitted below
 
         t0 = time.perf_counter()
-        result = grid_search(cls, base, grid, ds, on_point=keep)
+        result = grid_search(cls, base, grid, ds, seeds=args.seed_list, on_point=keep)
         seconds = time.perf_counter() - t0
         scores = [r["valid_ndcg@10"] for r in result.table]
         default_i = next(iter(fits)) if fits else None
-        searched_test, ep = refit(result.model, ds)
+        same = default_i is not None and result.best == {
+            k: result.table[default_i][k] for k in grid
+        }
+        # test: the chosen point refitted (and the default one), over the same seeds
+        if args.seed_list is None:
+            searched_test = refit(result.model, ds)[0]
+        else:
+            searched_test = seeded_test(cls, result.config, ds, args.seed_list)
         row = {
             "dataset": label,
             "model": name,
             "grid": grid,
+            "seeds": args.seed_list,
             "best": result.best,
-            "best_epoch": ep,
             "valid_best": max(scores),
             "test_searched": searched_test,
             "ease_test": ease_test,
@@ -94,8 +117,12 @@ def run(label: str, path: Path, args: argparse.Namespace) -> list[dict]:
         }
         if default_i is not None:
             row["valid_default"] = scores[default_i]
-            same = result.best == {k: result.table[default_i][k] for k in grid}
-            row["test_default"] = searched_test if same else refit(fits[default_i], ds)[0]
+            if same:
+                row["test_default"] = searched_test
+            elif args.seed_list is None:
+                row["test_default"] = refit(fits[default_i], ds)[0]
+            else:
+                row["test_default"] = seeded_test(cls, base, ds, args.seed_list)
         line = f"  {name}: chose {result.best} (valid {max(scores):.4f}"
         if "valid_default" in row:
             line += f", default {row['valid_default']:.4f}); test default {row['test_default']:.4f}"
@@ -116,6 +143,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", default="cpu", help="cpu, cuda or auto")
     ap.add_argument("--models", default="rbm,retriever", help="EBMs to search (registry names)")
     ap.add_argument("--grid", default="{}", help="JSON {model: {field: [values]}} over GRIDS")
+    ap.add_argument(
+        "--seeds",
+        default=None,
+        help="search with these seeds (each point scored by the mean over them, as train "
+        "--search-seeds) and report test as the mean of the refits over them",
+    )
     ap.add_argument("--json", default=None, help="write the rows here")
     args = ap.parse_args(argv)
     try:
@@ -123,6 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     except json.JSONDecodeError as e:
         ap.error(f"--grid: expected JSON {{model: {{field: [values]}}}}, got {args.grid!r} ({e})")
     args.grids = {**GRIDS, **sets}
+    args.seed_list = None if args.seeds is None else q.seed_list(ap, args.seeds)
     if missing := [m for m in args.models.split(",") if m not in args.grids]:
         ap.error(f"--models: expected models with a grid ({sorted(args.grids)}), got {missing}")
     import torch

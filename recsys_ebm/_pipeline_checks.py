@@ -75,6 +75,7 @@ def check_train_config(
     overrides: list[str],
     stage_components: list[str] | None,
     search: list[str] | None = None,
+    search_seeds: str | None = None,
 ) -> None:
     """Build the model config a train stage will build (``--config`` then ``--set``).
 
@@ -86,6 +87,7 @@ def check_train_config(
         stage_components: for a ranker built from train stages, their model names.
         search: the stage's ``search`` grid as ``KEY=[...]`` strings (``--search``); every
             point's config is built too.
+        search_seeds: the stage's ``search_seeds`` (``--search-seeds``), checked with it.
 
     Raises:
         ConfigError: an unknown key, a value of the wrong type or range, or a ranker component
@@ -100,10 +102,12 @@ def check_train_config(
         source = "keys 'config' and 'set'" if config_file else "key 'set'"
         raise ConfigError(f"{where}: {source}: {exc}") from exc
     if search:
-        from recsys_ebm.models.search import grid_configs, parse_grid
+        from recsys_ebm.models.search import grid_configs, parse_grid, parse_seeds
 
         try:
-            grid_configs(config, parse_grid(search, cls.config_class))
+            grid = parse_grid(search, cls.config_class)
+            grid_configs(config, grid)
+            parse_seeds(search_seeds, config, grid)
         except (ValueError, TypeError) as exc:
             raise ConfigError(f"{where}: key 'search': {exc}") from exc
     if model == "ranker":

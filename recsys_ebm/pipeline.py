@@ -230,7 +230,13 @@ def load_pipeline(
         # the model config the stage will build, built now: a bad key fails before any stage
         part_models = [str(train_tables[p].get("model", p)) for p in parts] if parts else None
         check_train_config(
-            where, str(table["model"]), table.get("config"), overrides, part_models, search
+            where,
+            str(table["model"]),
+            table.get("config"),
+            overrides,
+            part_models,
+            search,
+            table.get("search_seeds"),
         )
         needs(stages, "prepare", where, path)
         stages.append(Stage("train", f"train.{mname}", job, out))

@@ -19,8 +19,9 @@ from recsys_ebm.data.prepare import prepare_dataset
 from recsys_ebm.data.synthetic import planted_communities
 from recsys_ebm.diagnostics import ConfigError
 from recsys_ebm.jobs.train import TrainJob, train
+from recsys_ebm.models.ease import EASEConfig
 from recsys_ebm.models.rbm import RBM, RBMConfig
-from recsys_ebm.models.search import grid_points, grid_search, parse_grid
+from recsys_ebm.models.search import grid_points, grid_search, parse_grid, parse_seeds
 from recsys_ebm.models.validation import evaluate_ranking
 
 BASE = RBMConfig(epochs=3, n_hidden=8, progress=False, seed=0)
@@ -90,6 +91,45 @@ def test_ties_go_to_the_earlier_point(data_dir):
     assert result.best == {"progress": False}
 
 
+def test_seeds_score_each_point_by_the_mean_over_seeds_and_keep_the_first_seeds_fit(data_dir):
+    torch.set_num_threads(1)
+    ds = Dataset.load(data_dir)
+    grid = {"n_hidden": [4, 16]}
+    result = grid_search(RBM, BASE, grid, ds, seeds=[3, 5])
+    # each seed's figures are the single-seed searches' at that seed
+    alone = {s: grid_search(RBM, BASE.replace(seed=s), grid, ds).table for s in (3, 5)}
+    for i, row in enumerate(result.table):
+        per = [alone[3][i]["valid_ndcg@10"], alone[5][i]["valid_ndcg@10"]]
+        assert row["valid_ndcg@10_per_seed"] == per
+        assert row["valid_ndcg@10"] == pytest.approx(np.mean(per), abs=1e-12)
+    means = [row["valid_ndcg@10"] for row in result.table]
+    assert result.best == grid_points(grid)[int(np.argmax(means))]
+    assert result.config.seed == 3
+    refit = RBM(result.config).fit_dataset(ds)
+    assert torch.equal(refit.W, result.model.W)
+
+
+@pytest.mark.parametrize(
+    ("text", "base", "grid", "message"),
+    [
+        ("0,x", BASE, {}, "search_seeds: expected distinct integers >= 0 .*got '0,x'"),
+        ("1,1", BASE, {}, "search_seeds: expected distinct integers"),
+        ("-1", BASE, {}, "search_seeds: expected distinct integers"),
+        ("", BASE, {}, "search_seeds: expected distinct integers"),
+        ("0,1", EASEConfig(), {}, "search_seeds: expected a model with a seed \\(EASEConfig"),
+        ("0,1", BASE, {"seed": [0, 1]}, "search_seeds: expected no 'seed' key"),
+    ],
+)
+def test_bad_search_seeds_are_refused(text, base, grid, message):
+    with pytest.raises(ConfigError, match=message):
+        parse_seeds(text, base, grid)
+
+
+def test_search_seeds_without_a_grid_is_refused():
+    with pytest.raises(ConfigError, match="search_seeds: expected a --search grid to go with it"):
+        TrainJob(data="d", model="rbm", out="o", search_seeds="0,1")
+
+
 def test_a_bad_point_fails_before_any_fit(data_dir):
     ds = Dataset.load(data_dir)
     fitted = []
@@ -121,6 +161,7 @@ def test_train_job_search_saves_the_best_and_logs_a_run_per_point(data_dir, tmp_
         out=str(out),
         overrides=("epochs=3", "progress=false"),
         search=("n_hidden=[4, 16]",),
+        search_seeds="0,1",
         tracking_uri=uri,
         experiment="search",
     )
@@ -137,6 +178,7 @@ def test_train_job_search_saves_the_best_and_logs_a_run_per_point(data_dir, tmp_
         for r in mlflow.search_runs(experiment_names=["search"], output_format="list")
     }
     assert set(runs) == {"train-rbm", "search-rbm-0", "search-rbm-1"}
+    client = mlflow.MlflowClient(uri)
     parent = runs["train-rbm"]
     assert parent.info.run_id == result.run_id
     assert parent.data.params["n_hidden"] == str(meta["config"]["n_hidden"])
@@ -147,6 +189,13 @@ def test_train_job_search_saves_the_best_and_logs_a_run_per_point(data_dir, tmp_
         assert child.data.tags["mlflow.parentRunId"] == parent.info.run_id
         assert child.data.params["n_hidden"] == str(n)
         assert child.data.metrics["search_valid_ndcg_at_10"] == pytest.approx(scores[i])
+        assert child.data.params["search.seeds"] == "[0, 1]"
+        # each seed's epoch curve in the point's run
+        for seed in (0, 1):
+            curve = client.get_metric_history(child.info.run_id, f"seed{seed}.valid_ndcg_at_10")
+            assert len(curve) >= 1
+    assert meta["config"]["seed"] == 0
+    assert all(len(r["valid_ndcg@10_per_seed"]) == 2 for r in search["table"])
 
 
 def test_cli_search_runs_end_to_end_and_bad_grids_exit_2(data_dir, tmp_path):
@@ -189,6 +238,15 @@ search = {{ n_hidden = [100, 400], learning_rate = [0.02, 0.05] }}
     assert stage.config.search == ("n_hidden=[100, 400]", "learning_rate=[0.02, 0.05]")
     path.write_text(text.format(run=tmp_path / "run").replace("[100, 400]", "[100, 0]"))
     with pytest.raises(ConfigError, match=r"\[train.rbm\]: key 'search': search: the point"):
+        load_pipeline(path)
+    seeded = text.format(run=tmp_path / "run").replace(
+        "search = {", 'search_seeds = "0,1"\nsearch = {'
+    )
+    path.write_text(seeded)
+    (stage,) = [s for s in load_pipeline(path).stages if s.kind == "train"]
+    assert stage.config.search_seeds == "0,1"
+    path.write_text(seeded.replace('"0,1"', '"0,0"'))
+    with pytest.raises(ConfigError, match=r"\[train.rbm\]: key 'search': search_seeds: expected"):
         load_pipeline(path)
     path.write_text(text.format(run=tmp_path / "run").replace("search = {", "search = 3 #"))
     with pytest.raises(ConfigError, match=r"\[train.rbm\]: key 'search' expects a table"):

@@ -50,6 +50,12 @@ class TrainJob(TrackedJob):
         help="validation grid search (repeatable; the grid is every combination): fit every "
         "point on train, keep the best validation NDCG@10, e.g. --search 'n_hidden=[100, 400]'",
     )
+    search_seeds: str | None = opt(
+        None,
+        metavar="S1,S2,...",
+        help="with --search: fit every point once per seed and choose on the mean validation "
+        "NDCG@10 (the first seed's fit is saved), e.g. --search-seeds 0,1,2",
+    )
     out: str = opt(help="output model directory (written atomically)")
     overwrite: bool = opt(False, help="replace --out if it exists")
     distributed: bool = opt(
@@ -65,6 +71,11 @@ class TrainJob(TrackedJob):
             raise ConfigError(
                 f"distributed: expected a model with data-parallel training "
                 f"({', '.join(DISTRIBUTED_MODELS)}), got {self.model!r}"
+            )
+        if self.search_seeds is not None and not self.search:
+            raise ConfigError(
+                f"search_seeds: expected a --search grid to go with it, got {self.search_seeds!r} "
+                "and no grid"
             )
         if self.distributed and self.search:
             raise ConfigError(
@@ -121,11 +132,12 @@ def train(job: TrainJob) -> TrainResult:
     cls = get_model_class(job.model)
     config = cls.config_class.from_sources(job.config, list(job.overrides))
     if job.search:  # every point's config is checked before the data is read
-        from recsys_ebm.models.search import grid_configs, parse_grid
+        from recsys_ebm.models.search import grid_configs, parse_grid, parse_seeds
 
         grid = parse_grid(job.search, cls.config_class)
         grid_configs(config, grid)
-        return _search(job, Dataset.load(job.data), cls, config, grid)
+        seeds = parse_seeds(job.search_seeds, config, grid)
+        return _search(job, Dataset.load(job.data), cls, config, grid, seeds)
     dataset = Dataset.load(job.data)
     if not job.distributed:
         return _train(job, dataset, cls(config), config, main=True)
@@ -193,7 +205,12 @@ def _train(
 
 
 def _search(
-    job: TrainJob, dataset: Any, cls: Any, config: Any, grid: dict[str, list[Any]]
+    job: TrainJob,
+    dataset: Any,
+    cls: Any,
+    config: Any,
+    grid: dict[str, list[Any]],
+    seeds: list[int] | None,
 ) -> TrainResult:
     """``train`` with a validation grid search (:mod:`recsys_ebm.models.search`): one nested
     MLflow run per point (its config, epoch curves, validation NDCG@10), the best point's model
@@ -223,26 +240,30 @@ def _search(
             mlflow.log_param("search.points", len(points))
         opened: list[Any] = []
 
-        def fit_callback(i: int, point: dict[str, Any]) -> Any:
+        def fit_callback(i: int, point: dict[str, Any], seed: int | None) -> Any:
             if mlrun is None:
                 return None
             import mlflow
 
-            # a child run per point, closed in on_point after its validation score
-            ctx = mlflow_run(
-                f"search-{job.model}-{i}",
-                tracking_uri=job.tracking_uri,
-                experiment=job.experiment,
-                nested=True,
-                tags={"stage": "search", "model": job.model},
-            )
-            ctx.__enter__()
-            opened.append(ctx)
-            log_params_flat({"model": job.model, **config.replace(**point).to_dict()})
+            if seeds is None or seed == seeds[0]:  # a child run per point, closed in on_point
+                ctx = mlflow_run(
+                    f"search-{job.model}-{i}",
+                    tracking_uri=job.tracking_uri,
+                    experiment=job.experiment,
+                    nested=True,
+                    tags={"stage": "search", "model": job.model},
+                )
+                ctx.__enter__()
+                opened.append(ctx)
+                log_params_flat({"model": job.model, **config.replace(**point).to_dict()})
+                if seeds is not None:
+                    mlflow.log_param("search.seeds", json.dumps(seeds))
+            # with several seeds, each seed's epoch curves under "seed{S}." in the point's run
+            prefix = "" if seed is None else f"seed{seed}."
 
             def callback(epoch: int, metrics: dict[str, float]) -> None:
                 mlflow.log_metrics(
-                    {metric_key(k): float(v) for k, v in metrics.items()}, step=epoch
+                    {prefix + metric_key(k): float(v) for k, v in metrics.items()}, step=epoch
                 )
 
             return callback
@@ -265,7 +286,13 @@ def _search(
         t0 = time.perf_counter()
         try:
             result = grid_search(
-                cls, config, grid, dataset, fit_callback=fit_callback, on_point=on_point
+                cls,
+                config,
+                grid,
+                dataset,
+                seeds=seeds,
+                fit_callback=fit_callback,
+                on_point=on_point,
             )
         except BaseException as exc:  # a failed point's child run ends FAILED
             while opened:

@@ -24,7 +24,14 @@ from typing import Any
 
 from recsys_ebm.diagnostics import ConfigError
 
-__all__ = ["SearchResult", "grid_configs", "grid_points", "grid_search", "parse_grid"]
+__all__ = [
+    "SearchResult",
+    "grid_configs",
+    "grid_points",
+    "grid_search",
+    "parse_grid",
+    "parse_seeds",
+]
 
 #: the validation metric a search maximises
 METRIC = "ndcg@10"
@@ -67,6 +74,33 @@ def parse_grid(pairs: list[str] | tuple[str, ...], config_class: Any) -> dict[st
     return grid
 
 
+def parse_seeds(text: str | None, base: Any, grid: dict[str, list[Any]]) -> list[int] | None:
+    """``"0,1,2"`` -> ``[0, 1, 2]`` (``search_seeds``), checked against the model's config.
+
+    Raises:
+        ConfigError: not distinct integers >= 0, a model without a seed, or ``seed`` in the grid.
+    """
+    if text is None:
+        return None
+    try:
+        seeds = [int(s) for s in str(text).split(",")]
+    except ValueError:
+        seeds = []
+    if not seeds or min(seeds) < 0 or len(set(seeds)) != len(seeds):
+        raise ConfigError(
+            f"search_seeds: expected distinct integers >= 0 separated by commas, e.g. 0,1,2, "
+            f"got {text!r}"
+        )
+    if "seed" not in type(base).__dataclass_fields__:
+        raise ConfigError(
+            f"search_seeds: expected a model with a seed ({type(base).__name__} has none), "
+            f"got {text!r}"
+        )
+    if "seed" in grid:
+        raise ConfigError("search_seeds: expected no 'seed' key in the --search grid, got one")
+    return seeds
+
+
 def grid_points(grid: dict[str, list[Any]]) -> list[dict[str, Any]]:
     """Every combination of the grid's values, the first key varying slowest."""
     keys = list(grid)
@@ -95,7 +129,8 @@ class SearchResult:
     model: Any
     config: Any
     best: dict[str, Any]
-    #: one row per point: its values, ``valid_ndcg@10`` and ``fit_seconds``, in grid order
+    #: one row per point: its values, ``valid_ndcg@10`` (the mean over the seeds, each seed's
+    #: in ``valid_ndcg@10_per_seed``) and ``fit_seconds``, in grid order
     table: list[dict[str, Any]] = field(default_factory=list)
 
 
@@ -105,7 +140,8 @@ def grid_search(
     grid: dict[str, list[Any]],
     dataset: Any,
     *,
-    fit_callback: Callable[[int, dict[str, Any]], Any] | None = None,
+    seeds: list[int] | tuple[int, ...] | None = None,
+    fit_callback: Callable[[int, dict[str, Any], int | None], Any] | None = None,
     on_point: Callable[[int, dict[str, Any], Any], Any] | None = None,
 ) -> SearchResult:
     """Fit ``cls`` at every point of ``grid`` over ``base`` and keep the best on validation.
@@ -115,13 +151,19 @@ def grid_search(
         base: its config; each point replaces the grid's fields.
         grid: ``{field: [values]}`` (:func:`parse_grid`).
         dataset: a prepared :class:`~recsys_ebm.data.dataset.Dataset` with a validation split.
-        fit_callback: ``f(point_index, point)`` returning the epoch callback of that point's fit
-            (e.g. one MLflow run per point), or None.
-        on_point: called after each point's fit with ``(point_index, row, model)``.
+        seeds: fit every point once per seed and score it by the mean validation NDCG@10 over
+            the seeds (the kept model is the first seed's fit). One seed moves an EBM's figure
+            by up to about 2.5% (benchmarks/README.md), more than many grid steps: a single
+            seed's best point is partly that seed's luck, which a refit does not keep. None:
+            one fit per point with ``base``'s seed.
+        fit_callback: ``f(point_index, point, seed)`` returning the epoch callback of that fit
+            (e.g. one MLflow run per point), or None; ``seed`` is None without ``seeds``.
+        on_point: called after each point's fits with ``(point_index, row, model)``.
 
     Raises:
         ValueError: the dataset has no validation split (nothing to choose on).
-        ConfigError: a point's config is invalid; every point is checked before any fit.
+        ConfigError: a point's config is invalid, or bad ``seeds`` (:func:`parse_seeds`);
+            every point is checked before any fit.
     """
     from recsys_ebm.models.validation import evaluate_ranking
 
@@ -130,23 +172,34 @@ def grid_search(
             "search: expected a dataset with a validation split (prepare with "
             "valid_fraction > 0), got one without validation interactions"
         )
+    if seeds is not None:
+        seeds = parse_seeds(",".join(str(int(s)) for s in seeds), base, grid)
     points = grid_configs(base, grid)  # a bad value fails before the first fit
     best: SearchResult | None = None
     best_score = float("-inf")
     table: list[dict[str, Any]] = []
+    key = f"valid_{METRIC}"
     for i, (point, config) in enumerate(points):
-        model = cls(config)
-        callback = fit_callback(i, point) if fit_callback is not None else None
-        t0 = time.perf_counter()
-        model.fit_dataset(dataset, callback=callback)
-        seconds = time.perf_counter() - t0
-        score = evaluate_ranking(model, dataset.train, dataset.valid, ks=(10,))[METRIC]
-        row = {**point, f"valid_{METRIC}": float(score), "fit_seconds": seconds}
+        runs = [(None, config)] if seeds is None else [(s, config.replace(seed=s)) for s in seeds]
+        scores, kept, t0 = [], None, time.perf_counter()
+        for seed, cfg in runs:
+            model = cls(cfg)
+            callback = fit_callback(i, point, seed) if fit_callback is not None else None
+            model.fit_dataset(dataset, callback=callback)
+            scores.append(float(evaluate_ranking(model, dataset.train, dataset.valid)[METRIC]))
+            if kept is None:
+                kept = (model, cfg)
+            del model
+        row = {**point, key: float(sum(scores) / len(scores))}
+        if seeds is not None:
+            row[f"{key}_per_seed"] = scores
+        row["fit_seconds"] = time.perf_counter() - t0
         table.append(row)
+        assert kept is not None
         if on_point is not None:
-            on_point(i, row, model)
-        if best is None or score > best_score:  # NaN (no validation user) never wins
-            best, best_score = SearchResult(model, config, dict(point), table), score
-        del model
+            on_point(i, row, kept[0])
+        if best is None or row[key] > best_score:  # NaN (no validation user) never wins
+            best, best_score = SearchResult(kept[0], kept[1], dict(point), table), row[key]
+        del kept
     assert best is not None  # the grid has at least one point
     return best
