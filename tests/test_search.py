@@ -74,6 +74,7 @@ def test_search_keeps_the_best_point_and_it_is_the_model_fitted_at_that_point(da
     best = int(np.argmax(scores))
     assert result.best == grid_points(grid)[best]
     assert result.config == BASE.replace(**result.best)
+    assert result.score == max(scores)
     # the same point fitted on its own: the same model, and the score the table holds
     alone = RBM(result.config).fit_dataset(ds)
     assert torch.equal(alone.W, result.model.W)
@@ -251,3 +252,29 @@ search = {{ n_hidden = [100, 400], learning_rate = [0.02, 0.05] }}
     path.write_text(text.format(run=tmp_path / "run").replace("search = {", "search = 3 #"))
     with pytest.raises(ConfigError, match=r"\[train.rbm\]: key 'search' expects a table"):
         load_pipeline(path)
+
+
+def test_a_point_that_fails_leaves_no_model_and_its_run_failed(data_dir, tmp_path):
+    from recsys_ebm.diagnostics import ModelFitError
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    out = tmp_path / "rbm"
+    job = TrainJob(
+        data=str(data_dir),
+        model="rbm",
+        out=str(out),
+        overrides=("epochs=2", "progress=false"),
+        # the second point's divergence guard trips at its first step
+        search=("max_abs_param=[10000.0, 1e-9]",),
+        tracking_uri=uri,
+        experiment="fail",
+    )
+    with pytest.raises(ModelFitError):
+        train(job)
+    assert not out.exists()
+    mlflow.set_tracking_uri(uri)
+    runs = {
+        r.info.run_name: r.info.status
+        for r in mlflow.search_runs(experiment_names=["fail"], output_format="list")
+    }
+    assert runs == {"train-rbm": "FAILED", "search-rbm-0": "FINISHED", "search-rbm-1": "FAILED"}

@@ -311,8 +311,7 @@ def _search(
 
             log_params_flat({"model": job.model, **result.config.to_dict()})
             log_params_flat(result.best, prefix="search.best.")
-            best_score = max(r[f"valid_{METRIC}"] for r in result.table)
-            mlflow.log_metric(metric_key(f"search_best_valid_{METRIC}"), best_score)
+            mlflow.log_metric(metric_key(f"search_best_valid_{METRIC}"), result.score)
             mlflow.log_metric("fit_seconds", fit_seconds)
             mlflow.log_dict({"grid": grid, "table": result.table}, "search.json")
             record_trained_model(out)

@@ -129,6 +129,8 @@ class SearchResult:
     model: Any
     config: Any
     best: dict[str, Any]
+    #: the best point's validation NDCG@10 (the mean over the seeds)
+    score: float
     #: one row per point: its values, ``valid_ndcg@10`` (the mean over the seeds, each seed's
     #: in ``valid_ndcg@10_per_seed``) and ``fit_seconds``, in grid order
     table: list[dict[str, Any]] = field(default_factory=list)
@@ -199,7 +201,10 @@ def grid_search(
         if on_point is not None:
             on_point(i, row, kept[0])
         if best is None or row[key] > best_score:  # NaN (no validation user) never wins
-            best, best_score = SearchResult(kept[0], kept[1], dict(point), table), row[key]
+            best, best_score = (
+                SearchResult(kept[0], kept[1], dict(point), row[key], table),
+                row[key],
+            )
         del kept
     assert best is not None  # the grid has at least one point
     return best
