@@ -4,8 +4,10 @@ data (``recsys-ebm train --search KEY=[V1,V2]``, a pipeline stage's ``search`` t
 Every point of the grid (the Cartesian product of the listed values, over the base config) is
 fitted on the train split as ``train`` fits it (early stopping on the validation split where
 the model has it) and scored by NDCG@10 on the validation split, ranked from the train split
-with it masked: the metric the iterative models early-stop on. The best point's model is kept
-(ties go to the earlier point). The test split is never read.
+with the history masked: the metric the iterative models early-stop on. The best point's model
+is kept (ties go to the earlier point). The test split is never read. With ``seeds`` every point
+is fitted once per seed and scored by the mean over them (``--search-seeds``): one seed's best
+point is partly that seed's luck (benchmarks/README.md, "The EBMs tuned per dataset").
 
 The defaults of the library are chosen the same way, but once, on the benchmark datasets, and
 hold for every dataset; a search picks per dataset. Each point refits from scratch, so a grid of
