@@ -53,17 +53,16 @@ def refit(model, ds) -> tuple[float, int | None]:
     return float(np.nanmean(q.per_user(final, ds)["ndcg@10"])), ep
 
 
-def seeded_test(cls, config, ds, seeds: list[int] | None) -> float:
-    """Mean test NDCG@10 over ``seeds`` of ``config`` early-stopped on valid and refitted (the
-    config's own seed alone without ``seeds``)."""
-    configs = [config] if seeds is None else [config.replace(seed=s) for s in seeds]
-    return float(np.mean([refit(cls(c).fit_dataset(ds), ds)[0] for c in configs]))
+def seeded_test(models: list, ds) -> float:
+    """Mean test NDCG@10 of the refits of ``models`` (one point's early-stopped fits, one per
+    seed)."""
+    return float(np.mean([refit(m, ds)[0] for m in models]))
 
 
 def run(label: str, path: Path, args: argparse.Namespace) -> list[dict]:
     from recsys_ebm.data.prepare import prepare_dataset
     from recsys_ebm.models import get_model_class
-    from recsys_ebm.models.search import grid_search
+    from recsys_ebm.models.search import grid_points, grid_search
 
     ds = prepare_dataset(path, **q.SPLIT)
     ease = q.select_refit("ease", q.EASE_GRID, ds, args.device, args.threads)[0]
@@ -74,11 +73,8 @@ def run(label: str, path: Path, args: argparse.Namespace) -> list[dict]:
         cls = get_model_class(name)
         base = cls.config_class(device=args.device, progress=False)
         grid = args.grids[name]
-        fits: dict[int, object] = {}
 
-        def keep(
-            i: int, row: dict, model: object, fits=fits, grid=grid, name=name, base=base
-        ) -> None:
+        def keep(i: int, row: dict, model: object, grid=grid, name=name) -> None:
             point = ", ".join(f"{k} {row[k]}" for k in grid)
             per = row.get("valid_ndcg@10_per_seed")
             each = f" = mean of {' / '.join(f'{v:.4f}' for v in per)}" if per else ""
@@ -87,22 +83,23 @@ def run(label: str, path: Path, args: argparse.Namespace) -> list[dict]:
                 f"({row['fit_seconds']:.0f} s)",
                 flush=True,
             )
-            if all(row[k] == getattr(base, k) for k in grid):
-                fits[i] = model  # the default point, refitted below
+
+        every: dict[int, list] = {}  # point -> its fits, one per seed (for the refits)
+
+        def each(i: int, seed: int | None, model: object, score: float, every=every) -> None:
+            every.setdefault(i, []).append(model)
 
         t0 = time.perf_counter()
-        result = grid_search(cls, base, grid, ds, seeds=args.seed_list, on_point=keep)
+        result = grid_search(cls, base, grid, ds, seeds=args.seed_list, on_point=keep, on_fit=each)
         seconds = time.perf_counter() - t0
         scores = [r["valid_ndcg@10"] for r in result.table]
-        default_i = next(iter(fits)) if fits else None
-        same = default_i is not None and result.best == {
-            k: result.table[default_i][k] for k in grid
-        }
+        points = grid_points(grid)
+        default_i = next(  # the point that holds the defaults (refitted too), if the grid has it
+            (i for i, p in enumerate(points) if all(p[k] == getattr(base, k) for k in grid)), None
+        )
         # test: the chosen point refitted (and the default one), over the same seeds
-        if args.seed_list is None:
-            searched_test = refit(result.model, ds)[0]
-        else:
-            searched_test = seeded_test(cls, result.config, ds, args.seed_list)
+        chosen_i = points.index(result.best)
+        searched_test = seeded_test(every[chosen_i], ds)
         row = {
             "dataset": label,
             "model": name,
@@ -117,12 +114,8 @@ def run(label: str, path: Path, args: argparse.Namespace) -> list[dict]:
         }
         if default_i is not None:
             row["valid_default"] = scores[default_i]
-            if same:
-                row["test_default"] = searched_test
-            elif args.seed_list is None:
-                row["test_default"] = refit(fits[default_i], ds)[0]
-            else:
-                row["test_default"] = seeded_test(cls, base, ds, args.seed_list)
+            same = default_i == chosen_i
+            row["test_default"] = searched_test if same else seeded_test(every[default_i], ds)
         line = f"  {name}: chose {result.best} (valid {max(scores):.4f}"
         if "valid_default" in row:
             line += f", default {row['valid_default']:.4f}); test default {row['test_default']:.4f}"

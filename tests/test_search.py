@@ -96,7 +96,13 @@ def test_seeds_score_each_point_by_the_mean_over_seeds_and_keep_the_first_seeds_
     torch.set_num_threads(1)
     ds = Dataset.load(data_dir)
     grid = {"n_hidden": [4, 16]}
-    result = grid_search(RBM, BASE, grid, ds, seeds=[3, 5])
+    fits = []
+    result = grid_search(
+        RBM, BASE, grid, ds, seeds=[3, 5], on_fit=lambda i, s, m, v: fits.append((i, s, m, v))
+    )
+    assert [(i, s) for i, s, _, _ in fits] == [(0, 3), (0, 5), (1, 3), (1, 5)]
+    assert [v for *_, v in fits[2:]] == result.table[1]["valid_ndcg@10_per_seed"]
+    assert fits[0][2].config.seed == 3 and fits[1][2].config.seed == 5
     # each seed's figures are the single-seed searches' at that seed
     alone = {s: grid_search(RBM, BASE.replace(seed=s), grid, ds).table for s in (3, 5)}
     for i, row in enumerate(result.table):

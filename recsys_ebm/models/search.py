@@ -147,6 +147,7 @@ def grid_search(
     seeds: list[int] | tuple[int, ...] | None = None,
     fit_callback: Callable[[int, dict[str, Any], int | None], Any] | None = None,
     on_point: Callable[[int, dict[str, Any], Any], Any] | None = None,
+    on_fit: Callable[[int, int | None, Any, float], Any] | None = None,
 ) -> SearchResult:
     """Fit ``cls`` at every point of ``grid`` over ``base`` and keep the best on validation.
 
@@ -163,6 +164,9 @@ def grid_search(
         fit_callback: ``f(point_index, point, seed)`` returning the epoch callback of that fit
             (e.g. one MLflow run per point), or None; ``seed`` is None without ``seeds``.
         on_point: called after each point's fits with ``(point_index, row, model)``.
+        on_fit: called after every fit with ``(point_index, seed, model, validation NDCG@10)``
+            (``seed`` None without ``seeds``): every seed's model, which the search itself
+            does not keep.
 
     Raises:
         ValueError: the dataset has no validation split (nothing to choose on).
@@ -191,6 +195,8 @@ def grid_search(
             callback = fit_callback(i, point, seed) if fit_callback is not None else None
             model.fit_dataset(dataset, callback=callback)
             scores.append(float(evaluate_ranking(model, dataset.train, dataset.valid)[METRIC]))
+            if on_fit is not None:
+                on_fit(i, seed, model, scores[-1])
             if kept is None:
                 kept = (model, cfg)
             del model
