@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import mlflow
 import numpy as np
@@ -159,19 +160,25 @@ def test_search_with_distributed_is_refused():
         TrainJob(data="d", model="rbm", out="o", search=("n_hidden=[4, 8]",), distributed=True)
 
 
-def test_train_job_search_saves_the_best_and_logs_a_run_per_point(data_dir, tmp_path):
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    out = tmp_path / "rbm"
-    job = TrainJob(
+def _rbm_search_job(data_dir, tmp_path, experiment: str, epochs: int, **search) -> TrainJob:
+    """A train job of the RBM with ``search`` (its ``search`` / ``search_seeds`` fields) into
+    ``tmp_path / "rbm"``, logged to a SQLite store in ``tmp_path``."""
+    return TrainJob(
         data=str(data_dir),
         model="rbm",
-        out=str(out),
-        overrides=("epochs=3", "progress=false"),
-        search=("n_hidden=[4, 16]",),
-        search_seeds="0,1",
-        tracking_uri=uri,
-        experiment="search",
+        out=str(tmp_path / "rbm"),
+        overrides=(f"epochs={epochs}", "progress=false"),
+        tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
+        experiment=experiment,
+        **search,
     )
+
+
+def test_train_job_search_saves_the_best_and_logs_a_run_per_point(data_dir, tmp_path):
+    job = _rbm_search_job(
+        data_dir, tmp_path, "search", 3, search=("n_hidden=[4, 16]",), search_seeds="0,1"
+    )
+    uri, out = job.tracking_uri, Path(job.out)
     result = train(job)
     meta = json.loads((out / "model.json").read_text())
     search = meta["fit_info"]["search"]
@@ -263,18 +270,9 @@ search = {{ n_hidden = [100, 400], learning_rate = [0.02, 0.05] }}
 def test_a_point_that_fails_leaves_no_model_and_its_run_failed(data_dir, tmp_path):
     from recsys_ebm.diagnostics import ModelFitError
 
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    out = tmp_path / "rbm"
-    job = TrainJob(
-        data=str(data_dir),
-        model="rbm",
-        out=str(out),
-        overrides=("epochs=2", "progress=false"),
-        # the second point's divergence guard trips at its first step
-        search=("max_abs_param=[10000.0, 1e-9]",),
-        tracking_uri=uri,
-        experiment="fail",
-    )
+    # the second point's divergence guard trips at its first step
+    job = _rbm_search_job(data_dir, tmp_path, "fail", 2, search=("max_abs_param=[10000.0, 1e-9]",))
+    uri, out = job.tracking_uri, Path(job.out)
     with pytest.raises(ModelFitError):
         train(job)
     assert not out.exists()
@@ -284,3 +282,9 @@ def test_a_point_that_fails_leaves_no_model_and_its_run_failed(data_dir, tmp_pat
         for r in mlflow.search_runs(experiment_names=["fail"], output_format="list")
     }
     assert runs == {"train-rbm": "FAILED", "search-rbm-0": "FINISHED", "search-rbm-1": "FAILED"}
+
+
+def test_grid_search_checks_its_seeds_as_search_seeds_does(data_dir):
+    ds = Dataset.load(data_dir)
+    with pytest.raises(ConfigError, match=r"search_seeds: expected distinct .*got \[1, 1\]"):
+        grid_search(RBM, BASE, {"n_hidden": [4]}, ds, seeds=[1, 1])

@@ -88,19 +88,24 @@ def parse_seeds(text: str | None, base: Any, grid: dict[str, list[Any]]) -> list
         seeds = [int(s) for s in str(text).split(",")]
     except ValueError:
         seeds = []
+    _check_seeds(seeds, repr(text), base, grid)
+    return seeds
+
+
+def _check_seeds(seeds: list[int], shown: str, base: Any, grid: dict[str, list[Any]]) -> None:
+    """The rules of :func:`parse_seeds` for parsed ``seeds`` (``shown``: the input, in messages)."""
     if not seeds or min(seeds) < 0 or len(set(seeds)) != len(seeds):
         raise ConfigError(
             f"search_seeds: expected distinct integers >= 0 separated by commas, e.g. 0,1,2, "
-            f"got {text!r}"
+            f"got {shown}"
         )
     if "seed" not in type(base).__dataclass_fields__:
         raise ConfigError(
             f"search_seeds: expected a model with a seed ({type(base).__name__} has none), "
-            f"got {text!r}"
+            f"got {shown}"
         )
     if "seed" in grid:
         raise ConfigError("search_seeds: expected no 'seed' key in the --search grid, got one")
-    return seeds
 
 
 def grid_points(grid: dict[str, list[Any]]) -> list[dict[str, Any]]:
@@ -181,7 +186,7 @@ def grid_search(
             "valid_fraction > 0), got one without validation interactions"
         )
     if seeds is not None:
-        seeds = parse_seeds(",".join(str(int(s)) for s in seeds), base, grid)
+        _check_seeds(list(seeds), str(list(seeds)), base, grid)
     points = grid_configs(base, grid)  # a bad value fails before the first fit
     best: SearchResult | None = None
     best_score = float("-inf")
